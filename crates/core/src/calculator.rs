@@ -1,0 +1,414 @@
+//! Turning lag into health: the [`HotPartitionCalculator`] trait and two calculators.
+
+use std::fmt;
+
+use crate::error::ConfigError;
+use crate::health::PartitionHealth;
+use crate::lag::TopicLag;
+
+/// Decides, from one topic's lag, how healthy each partition is.
+///
+/// Calculators run in the monitor task once per refresh, never on the send path, so they may
+/// take their time; they must not block on I/O. They are used as
+/// `Arc<dyn HotPartitionCalculator>`.
+///
+/// Return one [`PartitionHealth`] per partition of `lag` (a partition left out is treated as
+/// unavailable). Partitions whose `lag` is `None` could not be measured; the built-in
+/// calculators mark them unhealthy. Whatever a calculator says, a partition whose leader is
+/// unavailable is never routed to.
+///
+/// ```
+/// use ksp_core::{HotPartitionCalculator, PartitionHealth, TopicLag};
+///
+/// /// Healthy while fewer than 10 000 messages wait.
+/// struct UnderTenThousand;
+///
+/// impl HotPartitionCalculator for UnderTenThousand {
+///     fn calculate(&self, lag: &TopicLag) -> Vec<PartitionHealth> {
+///         lag.partitions
+///             .iter()
+///             .map(|p| {
+///                 let healthy = p.lag.is_some_and(|l| l < 10_000);
+///                 PartitionHealth::new(p.clone(), if healthy { 1.0 } else { 0.0 }, healthy)
+///             })
+///             .collect()
+///     }
+/// }
+/// ```
+pub trait HotPartitionCalculator: Send + Sync + 'static {
+    /// Health of every partition of `lag`.
+    fn calculate(&self, lag: &TopicLag) -> Vec<PartitionHealth>;
+
+    /// A short name for logs and health summaries.
+    fn name(&self) -> &str {
+        "custom"
+    }
+}
+
+impl<T: HotPartitionCalculator + ?Sized> HotPartitionCalculator for std::sync::Arc<T> {
+    fn calculate(&self, lag: &TopicLag) -> Vec<PartitionHealth> {
+        (**self).calculate(lag)
+    }
+
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+}
+
+/// Scores each partition on its own lag: `score = 1 − lag / max_lag`, clamped to `[0, 1]`;
+/// healthy iff `score ≥ threshold`.
+///
+/// With the defaults (`threshold` 0.5, `max_lag` 1000) a partition is healthy up to a lag of 500
+/// messages. Simple and predictable, but `max_lag` must be chosen per workload: what is a lot of
+/// lag for one topic is nothing for another. [`RelativeCalculator`] adapts by itself.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ThresholdCalculator {
+    threshold: f64,
+    max_lag: i64,
+}
+
+impl ThresholdCalculator {
+    /// Default `health_threshold`.
+    pub const DEFAULT_THRESHOLD: f64 = 0.5;
+    /// Default `max_lag`.
+    pub const DEFAULT_MAX_LAG: i64 = 1000;
+
+    /// A calculator with the given threshold (in `[0, 1]`) and lag of score 0 (at least 1).
+    pub fn new(threshold: f64, max_lag: i64) -> Result<Self, ConfigError> {
+        if !(0.0..=1.0).contains(&threshold) {
+            return Err(ConfigError::new(
+                "health_threshold",
+                threshold,
+                "a number in [0, 1]",
+            ));
+        }
+        if max_lag < 1 {
+            return Err(ConfigError::new(
+                "max_lag",
+                max_lag,
+                "a lag of at least 1 message",
+            ));
+        }
+        Ok(Self { threshold, max_lag })
+    }
+
+    /// The score of a lag.
+    pub fn score(&self, lag: i64) -> f64 {
+        (1.0 - lag as f64 / self.max_lag as f64).clamp(0.0, 1.0)
+    }
+
+    /// The health threshold.
+    pub fn threshold(&self) -> f64 {
+        self.threshold
+    }
+
+    /// The lag that scores 0.
+    pub fn max_lag(&self) -> i64 {
+        self.max_lag
+    }
+}
+
+impl Default for ThresholdCalculator {
+    fn default() -> Self {
+        Self {
+            threshold: Self::DEFAULT_THRESHOLD,
+            max_lag: Self::DEFAULT_MAX_LAG,
+        }
+    }
+}
+
+impl HotPartitionCalculator for ThresholdCalculator {
+    fn calculate(&self, lag: &TopicLag) -> Vec<PartitionHealth> {
+        lag.partitions
+            .iter()
+            .map(|p| match p.lag {
+                Some(l) => {
+                    let score = self.score(l);
+                    PartitionHealth::new(p.clone(), score, score >= self.threshold)
+                }
+                None => PartitionHealth::new(p.clone(), 0.0, false),
+            })
+            .collect()
+    }
+
+    fn name(&self) -> &str {
+        "threshold"
+    }
+}
+
+/// Flags a partition as hot when its lag exceeds `factor` × the mean lag of the topic's other
+/// partitions, and exceeds `min_lag` (so tiny lags are never hot).
+///
+/// This is the detection rule of the hot-partition runbook ("lag > 2× average"), with two
+/// changes: the mean leaves the partition itself out, because with few partitions a hot
+/// partition drags the mean up until it can no longer exceed twice of it (with 2 partitions
+/// and an inclusive mean it never can); and the floor keeps noise such as 3 vs 1 message from
+/// being called hot.
+///
+/// Score: with `limit = max(factor × mean_of_others, min_lag)`,
+/// `score = 1 − lag / (2 × limit)`, clamped to `[0, 1]`; a partition exactly at the limit
+/// scores 0.5 and is healthy iff `lag ≤ limit`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RelativeCalculator {
+    factor: f64,
+    min_lag: i64,
+}
+
+impl RelativeCalculator {
+    /// Default `factor`.
+    pub const DEFAULT_FACTOR: f64 = 2.0;
+    /// Default `min_lag`.
+    pub const DEFAULT_MIN_LAG: i64 = 100;
+
+    /// A calculator with the given factor (finite, at least 1) and floor (at least 0).
+    pub fn new(factor: f64, min_lag: i64) -> Result<Self, ConfigError> {
+        if !factor.is_finite() || factor < 1.0 {
+            return Err(ConfigError::new(
+                "hot_factor",
+                factor,
+                "a finite number of at least 1",
+            ));
+        }
+        if min_lag < 0 {
+            return Err(ConfigError::new(
+                "min_lag",
+                min_lag,
+                "a lag of at least 0 messages",
+            ));
+        }
+        Ok(Self { factor, min_lag })
+    }
+
+    /// The factor over the mean of the others.
+    pub fn factor(&self) -> f64 {
+        self.factor
+    }
+
+    /// The lag below which a partition is never hot.
+    pub fn min_lag(&self) -> i64 {
+        self.min_lag
+    }
+}
+
+impl Default for RelativeCalculator {
+    fn default() -> Self {
+        Self {
+            factor: Self::DEFAULT_FACTOR,
+            min_lag: Self::DEFAULT_MIN_LAG,
+        }
+    }
+}
+
+impl HotPartitionCalculator for RelativeCalculator {
+    fn calculate(&self, lag: &TopicLag) -> Vec<PartitionHealth> {
+        let known: Vec<f64> = lag
+            .partitions
+            .iter()
+            .filter_map(|p| p.lag.map(|l| l.max(0) as f64))
+            .collect();
+        let sum: f64 = known.iter().sum();
+        let count = known.len() as f64;
+        lag.partitions
+            .iter()
+            .map(|p| match p.lag {
+                Some(l) => {
+                    let l = l.max(0) as f64;
+                    let others = count - 1.0;
+                    let mean_of_others = if others > 0.0 {
+                        (sum - l) / others
+                    } else {
+                        0.0
+                    };
+                    let limit = (self.factor * mean_of_others).max(self.min_lag as f64);
+                    let score = if limit > 0.0 {
+                        1.0 - l / (2.0 * limit)
+                    } else if l > 0.0 {
+                        0.0
+                    } else {
+                        1.0
+                    };
+                    PartitionHealth::new(p.clone(), score, l <= limit)
+                }
+                None => PartitionHealth::new(p.clone(), 0.0, false),
+            })
+            .collect()
+    }
+
+    fn name(&self) -> &str {
+        "relative"
+    }
+}
+
+impl fmt::Display for ThresholdCalculator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "threshold(health_threshold={}, max_lag={})",
+            self.threshold, self.max_lag
+        )
+    }
+}
+
+impl fmt::Display for RelativeCalculator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "relative(hot_factor={}, min_lag={})",
+            self.factor, self.min_lag
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::lag::PartitionLag;
+
+    fn topic(lags: &[i64]) -> TopicLag {
+        TopicLag::new(
+            "t",
+            lags.iter()
+                .enumerate()
+                .map(|(p, &l)| PartitionLag::from_lag(p as i32, l))
+                .collect(),
+            SystemTime::now(),
+        )
+    }
+
+    fn scores(c: &dyn HotPartitionCalculator, lags: &[i64]) -> Vec<(f64, bool)> {
+        c.calculate(&topic(lags))
+            .into_iter()
+            .map(|h| (h.score, h.healthy))
+            .collect()
+    }
+
+    #[test]
+    fn threshold_formula_matches_the_seed() {
+        let c = ThresholdCalculator::new(0.5, 1000).unwrap();
+        assert_eq!(
+            scores(&c, &[-10, 0, 250, 500, 1000, 5000]),
+            [
+                (1.0, true),
+                (1.0, true),
+                (0.75, true),
+                // Inclusive: exactly at the threshold is healthy.
+                (0.5, true),
+                (0.0, false),
+                (0.0, false),
+            ]
+        );
+    }
+
+    #[test]
+    fn threshold_defaults() {
+        let c = ThresholdCalculator::default();
+        assert_eq!(c.threshold(), 0.5);
+        assert_eq!(c.max_lag(), 1000);
+        assert_eq!(c.name(), "threshold");
+    }
+
+    #[test]
+    fn threshold_rejects_max_lag_zero() {
+        let err = ThresholdCalculator::new(0.5, 0).unwrap_err();
+        assert_eq!(err.setting, "max_lag");
+        assert_eq!(
+            err.to_string(),
+            "invalid `max_lag` = 0: expected a lag of at least 1 message"
+        );
+    }
+
+    #[test]
+    fn threshold_rejects_threshold_outside_unit_interval() {
+        for bad in [-0.1, 1.01, f64::NAN, f64::INFINITY] {
+            let err = ThresholdCalculator::new(bad, 1000).unwrap_err();
+            assert_eq!(err.setting, "health_threshold");
+        }
+        assert!(ThresholdCalculator::new(0.0, 1).is_ok());
+        assert!(ThresholdCalculator::new(1.0, 1).is_ok());
+    }
+
+    #[test]
+    fn unknown_lag_is_unhealthy() {
+        let lag = TopicLag::new(
+            "t",
+            vec![PartitionLag::from_lag(0, 0), PartitionLag::unavailable(1)],
+            SystemTime::now(),
+        );
+        for c in [
+            &ThresholdCalculator::default() as &dyn HotPartitionCalculator,
+            &RelativeCalculator::default(),
+        ] {
+            let h = c.calculate(&lag);
+            assert!(h[0].healthy, "{}", c.name());
+            assert!(!h[1].healthy, "{}", c.name());
+            assert_eq!(h[1].score, 0.0);
+        }
+    }
+
+    #[test]
+    fn relative_flags_only_the_partition_at_five_times_the_others() {
+        let c = RelativeCalculator::default();
+        let h = scores(&c, &[400, 400, 400, 2000, 400, 400, 400, 400]);
+        let hot: Vec<usize> = h
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| !h.1)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(hot, [3]);
+        // The others sit well below their limit of 2 × 628.
+        assert!(h[0].0 > 0.8, "{:?}", h[0]);
+    }
+
+    #[test]
+    fn relative_with_two_partitions_still_finds_the_hot_one() {
+        // An inclusive mean (3000) would put the limit at 6000 and miss it.
+        let h = scores(&RelativeCalculator::default(), &[1000, 5000]);
+        assert_eq!(h.iter().map(|h| h.1).collect::<Vec<_>>(), [true, false]);
+    }
+
+    #[test]
+    fn relative_never_flags_tiny_lags() {
+        let h = scores(&RelativeCalculator::default(), &[0, 1, 0, 90, 2, 0]);
+        assert!(h.iter().all(|h| h.1), "{h:?}");
+    }
+
+    #[test]
+    fn relative_all_zero_is_all_healthy_with_full_score() {
+        let h = scores(&RelativeCalculator::default(), &[0, 0, 0]);
+        assert_eq!(h, [(1.0, true); 3]);
+    }
+
+    #[test]
+    fn relative_with_zero_floor_and_zero_mean() {
+        let c = RelativeCalculator::new(2.0, 0).unwrap();
+        let h = scores(&c, &[0, 0, 5]);
+        assert_eq!(h, [(1.0, true), (1.0, true), (0.0, false)]);
+    }
+
+    #[test]
+    fn relative_score_is_half_at_the_limit() {
+        let c = RelativeCalculator::new(2.0, 0).unwrap();
+        // Others' mean is 100, limit 200.
+        let h = scores(&c, &[100, 100, 200]);
+        assert_eq!(h[2], (0.5, true));
+    }
+
+    #[test]
+    fn relative_rejects_bad_settings() {
+        assert_eq!(
+            RelativeCalculator::new(0.5, 10).unwrap_err().setting,
+            "hot_factor"
+        );
+        assert_eq!(
+            RelativeCalculator::new(f64::NAN, 10).unwrap_err().setting,
+            "hot_factor"
+        );
+        assert_eq!(
+            RelativeCalculator::new(2.0, -1).unwrap_err().setting,
+            "min_lag"
+        );
+    }
+}

@@ -1,0 +1,517 @@
+//! Health data: what a [`HotPartitionCalculator`](crate::HotPartitionCalculator) makes of lag,
+//! and the immutable snapshot the router reads.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::lag::{PartitionLag, TopicLag};
+
+/// Health of one partition: a score in `[0, 1]` (1 = the consumer keeps up), whether new
+/// messages may go there, and the lag it was computed from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PartitionHealth {
+    /// Partition id.
+    pub partition: i32,
+    /// Health score in `[0, 1]`; never NaN.
+    pub score: f64,
+    /// Whether the calculator considers the partition healthy.
+    pub healthy: bool,
+    /// The lag this health was computed from.
+    pub lag: PartitionLag,
+}
+
+impl PartitionHealth {
+    /// Health of a partition.
+    ///
+    /// The score is clamped to `[0, 1]`. A NaN score (a custom calculator dividing by zero, say)
+    /// becomes 0 and unhealthy: a calculator that cannot produce a number has no opinion the
+    /// router should act on.
+    pub fn new(lag: PartitionLag, score: f64, healthy: bool) -> Self {
+        let (score, healthy) = if score.is_nan() {
+            (0.0, false)
+        } else {
+            (score.clamp(0.0, 1.0), healthy)
+        };
+        Self {
+            partition: lag.partition,
+            score,
+            healthy,
+            lag,
+        }
+    }
+
+    /// Whether new messages may be routed here: healthy, and its leader is available.
+    pub fn is_routable(&self) -> bool {
+        self.healthy && self.lag.leader_available
+    }
+}
+
+/// Weight units per unit of score: a partition's share of keyless traffic is proportional to
+/// its score, resolved to a thousandth.
+const WEIGHT_SCALE: f64 = 1000.0;
+
+/// Health of every partition of one topic, with the tables the router needs precomputed so that
+/// a routing decision does no work proportional to the partition count.
+///
+/// A `TopicHealth` is immutable except for its [`StickyCursor`], the router's scratch space for
+/// sticky keyless routing (see [`TopicHealth::cursor`]).
+#[derive(Debug)]
+pub struct TopicHealth {
+    topic: Box<str>,
+    topic_hash: u64,
+    collected_at: SystemTime,
+    /// Dense: index `i` holds partition `i`.
+    partitions: Box<[PartitionHealth]>,
+    /// Routable partition ids, ascending.
+    routable: Box<[i32]>,
+    /// `cumulative[i]` = sum of the weights of `routable[..=i]`.
+    cumulative: Box<[u64]>,
+    routable_bits: Box<[u64]>,
+    stale: bool,
+    cursor: StickyCursor,
+}
+
+impl TopicHealth {
+    /// Builds the health of a topic from a calculator's output.
+    ///
+    /// Partition ids are dense in Kafka (`0..n`); ids missing from `health` are filled in as
+    /// unavailable, negative ids are dropped, and a duplicate id keeps its first entry.
+    pub fn new(topic: &str, collected_at: SystemTime, health: Vec<PartitionHealth>) -> Self {
+        let count = health
+            .iter()
+            .filter(|h| h.partition >= 0)
+            .map(|h| h.partition as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let mut dense: Vec<Option<PartitionHealth>> = vec![None; count];
+        for h in health.into_iter().filter(|h| h.partition >= 0) {
+            let slot = &mut dense[h.partition as usize];
+            if slot.is_none() {
+                *slot = Some(h);
+            }
+        }
+        let partitions: Box<[PartitionHealth]> = dense
+            .into_iter()
+            .enumerate()
+            .map(|(id, h)| {
+                h.unwrap_or_else(|| {
+                    PartitionHealth::new(PartitionLag::unavailable(id as i32), 0.0, false)
+                })
+            })
+            .collect();
+
+        let mut routable = Vec::new();
+        let mut cumulative = Vec::new();
+        let mut routable_bits = vec![0u64; count.div_ceil(64)];
+        let mut total = 0u64;
+        for h in partitions.iter().filter(|h| h.is_routable()) {
+            // Every routable partition gets some traffic, however low its score, so that a
+            // recovering consumer is seen recovering.
+            total += ((h.score * WEIGHT_SCALE).round() as u64).max(1);
+            routable.push(h.partition);
+            cumulative.push(total);
+            routable_bits[h.partition as usize / 64] |= 1 << (h.partition as usize % 64);
+        }
+
+        Self {
+            topic: topic.into(),
+            topic_hash: topic_hash(topic),
+            collected_at,
+            partitions,
+            routable: routable.into(),
+            cumulative: cumulative.into(),
+            routable_bits: routable_bits.into(),
+            stale: false,
+            cursor: StickyCursor::new(),
+        }
+    }
+
+    /// Builds the health of a topic by running `calculate` over its lag report.
+    pub fn from_lag(
+        lag: &TopicLag,
+        calculate: impl FnOnce(&TopicLag) -> Vec<PartitionHealth>,
+    ) -> Self {
+        Self::new(&lag.topic, lag.collected_at, calculate(lag))
+    }
+
+    /// The same health, marked stale: readers treat it as absent (routing falls back), but it
+    /// stays visible to health queries, with its age.
+    pub fn to_stale(&self) -> Self {
+        Self {
+            topic: self.topic.clone(),
+            topic_hash: self.topic_hash,
+            collected_at: self.collected_at,
+            partitions: self.partitions.clone(),
+            routable: self.routable.clone(),
+            cumulative: self.cumulative.clone(),
+            routable_bits: self.routable_bits.clone(),
+            stale: true,
+            cursor: StickyCursor::new(),
+        }
+    }
+
+    /// Topic name.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// A hash of the topic name, stable for the life of the process.
+    pub fn topic_hash(&self) -> u64 {
+        self.topic_hash
+    }
+
+    /// When the underlying lag was read.
+    pub fn collected_at(&self) -> SystemTime {
+        self.collected_at
+    }
+
+    /// Time since the underlying lag was read (zero if that is in the future).
+    pub fn age(&self) -> Duration {
+        SystemTime::now()
+            .duration_since(self.collected_at)
+            .unwrap_or_default()
+    }
+
+    /// Whether the monitor has declared this health too old to route by.
+    pub fn is_stale(&self) -> bool {
+        self.stale
+    }
+
+    /// Number of partitions the health covers (highest known id + 1).
+    pub fn partition_count(&self) -> i32 {
+        self.partitions.len() as i32
+    }
+
+    /// Every partition, indexed by id.
+    pub fn partitions(&self) -> &[PartitionHealth] {
+        &self.partitions
+    }
+
+    /// One partition's health.
+    pub fn partition(&self, partition: i32) -> Option<&PartitionHealth> {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|i| self.partitions.get(i))
+    }
+
+    /// Partitions new messages may go to (healthy, leader available), ascending.
+    pub fn routable_partitions(&self) -> &[i32] {
+        &self.routable
+    }
+
+    /// Whether new messages may go to `partition`. Constant time.
+    #[inline]
+    pub fn is_routable(&self, partition: i32) -> bool {
+        let Ok(p) = usize::try_from(partition) else {
+            return false;
+        };
+        self.routable_bits
+            .get(p / 64)
+            .is_some_and(|word| word & (1 << (p % 64)) != 0)
+    }
+
+    /// Picks a routable partition with probability proportional to its score, from `random`, a
+    /// uniformly distributed 64-bit value. `None` when no partition is routable.
+    ///
+    /// Logarithmic in the number of routable partitions; allocates nothing.
+    #[inline]
+    pub fn pick_weighted(&self, random: u64) -> Option<i32> {
+        let total = *self.cumulative.last()?;
+        // Lemire's multiply-shift: uniform in [0, total) without a division.
+        let target = ((u128::from(random) * u128::from(total)) >> 64) as u64;
+        let index = self.cumulative.partition_point(|&c| c <= target);
+        self.routable.get(index).copied()
+    }
+
+    /// The sticky cursor the router uses for keyless messages of this topic.
+    ///
+    /// It is fresh in every new `TopicHealth` (so at most once per refresh the current sticky
+    /// batch ends early) and starts at a random batch number, so that producer instances do not
+    /// all start on the same partition.
+    pub fn cursor(&self) -> &StickyCursor {
+        &self.cursor
+    }
+}
+
+/// A hash of a topic name that is the same wherever it is computed in this process.
+fn topic_hash(topic: &str) -> u64 {
+    foldhash::fast::FixedState::with_seed(0x6b73_702d_746f_7069).hash_one(topic)
+}
+
+/// Sticky batch state for keyless routing: the current batch number and the bytes routed in it.
+///
+/// The router adds each keyless message's size; once a batch is full the next message starts a
+/// new batch number, which the router maps to a new partition. This is Kafka's KIP-794 idea
+/// (stay on one partition for about a batch, then switch), which keeps batches full, unlike a
+/// random partition per message.
+#[derive(Debug)]
+pub struct StickyCursor {
+    /// High 32 bits: batch number; low 32 bits: bytes routed in the batch.
+    state: AtomicU64,
+}
+
+const BYTES_MASK: u64 = 0xffff_ffff;
+
+impl StickyCursor {
+    /// A cursor starting at a random batch number.
+    pub fn new() -> Self {
+        let seed = std::hash::RandomState::new().build_hasher().finish();
+        Self::starting_at(seed as u32)
+    }
+
+    /// A cursor starting at a given batch number (for deterministic simulations).
+    pub fn starting_at(batch: u32) -> Self {
+        Self {
+            state: AtomicU64::new(u64::from(batch) << 32),
+        }
+    }
+
+    /// Accounts a message of `bytes` bytes and returns the batch number it belongs to. The
+    /// message that fills the batch (reaches `batch_bytes`) still belongs to it; the next one
+    /// starts a new batch.
+    ///
+    /// Lock-free: one `fetch_add`, plus one compare-and-swap by the single caller whose message
+    /// fills the batch.
+    #[inline]
+    pub fn advance(&self, bytes: usize, batch_bytes: u32) -> u32 {
+        // Clamped so a single huge message cannot carry into the batch number.
+        let bytes = bytes.min(1 << 30) as u64;
+        let previous = self.state.fetch_add(bytes, Ordering::Relaxed);
+        let batch = (previous >> 32) as u32;
+        let used = previous & BYTES_MASK;
+        let limit = u64::from(batch_bytes.max(1));
+        if used < limit && used + bytes >= limit {
+            // Exactly one caller crosses the limit per batch: it starts the next one. Others
+            // racing with it land in the full batch, which only makes it slightly larger.
+            let next = u64::from(batch.wrapping_add(1)) << 32;
+            let mut current = previous.wrapping_add(bytes);
+            while (current >> 32) as u32 == batch {
+                match self.state.compare_exchange_weak(
+                    current,
+                    next,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => break,
+                    Err(actual) => current = actual,
+                }
+            }
+        }
+        batch
+    }
+}
+
+impl Default for StickyCursor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// An immutable, versioned view of the health of every watched topic.
+///
+/// The monitor builds a new snapshot after every refresh and publishes it through a
+/// [`HealthPublisher`](crate::HealthPublisher); readers load the current one once per decision.
+/// Topics whose health did not change between two snapshots share the same [`TopicHealth`].
+#[derive(Debug, Default)]
+pub struct HealthSnapshot {
+    version: u64,
+    topics: foldhash::HashMap<Box<str>, Arc<TopicHealth>>,
+}
+
+impl HealthSnapshot {
+    /// A snapshot holding `topics` (a later duplicate of a topic replaces an earlier one). Its
+    /// version is assigned when it is published.
+    pub fn new(topics: impl IntoIterator<Item = Arc<TopicHealth>>) -> Self {
+        Self {
+            version: 0,
+            topics: topics.into_iter().map(|t| (t.topic.clone(), t)).collect(),
+        }
+    }
+
+    /// A snapshot with no health at all: every decision falls back to librdkafka.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    pub(crate) fn with_version(mut self, version: u64) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// The version, increasing by one with every publication (0 for the initial empty one).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Health of `topic`, stale or not.
+    #[inline]
+    pub fn topic(&self, topic: &str) -> Option<&Arc<TopicHealth>> {
+        self.topics.get(topic)
+    }
+
+    /// Every topic's health, in no particular order.
+    pub fn topics(&self) -> impl Iterator<Item = &Arc<TopicHealth>> {
+        self.topics.values()
+    }
+
+    /// Whether the snapshot holds no topic at all.
+    pub fn is_empty(&self) -> bool {
+        self.topics.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health(partition: i32, score: f64, healthy: bool) -> PartitionHealth {
+        PartitionHealth::new(PartitionLag::from_lag(partition, 0), score, healthy)
+    }
+
+    #[test]
+    fn nan_score_is_zero_and_unhealthy() {
+        let h = health(0, f64::NAN, true);
+        assert_eq!(h.score, 0.0);
+        assert!(!h.healthy);
+    }
+
+    #[test]
+    fn score_is_clamped() {
+        assert_eq!(health(0, 7.0, true).score, 1.0);
+        assert_eq!(health(0, -1.0, true).score, 0.0);
+    }
+
+    #[test]
+    fn missing_partitions_are_filled_as_unavailable() {
+        let t = TopicHealth::new(
+            "t",
+            SystemTime::now(),
+            vec![
+                health(0, 1.0, true),
+                health(3, 1.0, true),
+                health(-1, 1.0, true),
+            ],
+        );
+        assert_eq!(t.partition_count(), 4);
+        assert_eq!(t.routable_partitions(), [0, 3]);
+        assert!(!t.is_routable(1));
+        assert!(!t.partition(2).unwrap().lag.leader_available);
+        assert!(!t.is_routable(-1));
+        assert!(!t.is_routable(4));
+    }
+
+    #[test]
+    fn partition_without_leader_is_not_routable_even_if_healthy() {
+        let t = TopicHealth::new(
+            "t",
+            SystemTime::now(),
+            vec![
+                health(0, 1.0, true),
+                PartitionHealth::new(PartitionLag::unavailable(1), 1.0, true),
+            ],
+        );
+        assert_eq!(t.routable_partitions(), [0]);
+    }
+
+    #[test]
+    fn weighted_pick_follows_scores() {
+        let t = TopicHealth::new(
+            "t",
+            SystemTime::now(),
+            vec![
+                health(0, 1.0, true),
+                health(1, 0.25, true),
+                health(2, 1.0, false),
+            ],
+        );
+        let mut counts = [0u32; 3];
+        let n = 100_000u64;
+        for i in 0..n {
+            // Evenly spaced values stand in for a uniform random source.
+            let r = i.wrapping_mul(u64::MAX / n);
+            counts[t.pick_weighted(r).unwrap() as usize] += 1;
+        }
+        assert_eq!(counts[2], 0);
+        // Weights 1000 : 250 → 80 % : 20 %, up to the rounding of the sample spacing.
+        assert!(counts[0].abs_diff(80_000) <= 1, "{counts:?}");
+        assert!(counts[1].abs_diff(20_000) <= 1, "{counts:?}");
+    }
+
+    #[test]
+    fn weighted_pick_of_nothing_is_none() {
+        let t = TopicHealth::new("t", SystemTime::now(), vec![health(0, 1.0, false)]);
+        assert_eq!(t.pick_weighted(42), None);
+    }
+
+    #[test]
+    fn zero_score_routable_partition_still_gets_some_weight() {
+        let t = TopicHealth::new("t", SystemTime::now(), vec![health(0, 0.0, true)]);
+        assert_eq!(t.pick_weighted(u64::MAX), Some(0));
+    }
+
+    #[test]
+    fn cursor_switches_batch_after_batch_bytes() {
+        let c = StickyCursor::starting_at(7);
+        assert_eq!(c.advance(40, 100), 7);
+        assert_eq!(c.advance(40, 100), 7);
+        // This one fills the batch: still batch 7.
+        assert_eq!(c.advance(40, 100), 7);
+        assert_eq!(c.advance(40, 100), 8);
+        // A message larger than a batch fills it on its own.
+        assert_eq!(c.advance(500, 100), 8);
+        assert_eq!(c.advance(1, 100), 9);
+    }
+
+    #[test]
+    fn cursor_batch_number_wraps() {
+        let c = StickyCursor::starting_at(u32::MAX);
+        assert_eq!(c.advance(10, 10), u32::MAX);
+        assert_eq!(c.advance(1, 10), 0);
+    }
+
+    #[test]
+    fn cursor_under_contention_loses_no_batch_boundary() {
+        let c = Arc::new(StickyCursor::starting_at(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..10_000 {
+                        c.advance(10, 1000);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // 400 000 bytes in batches of about 1 000 bytes: about 400 batches. Racing callers can
+        // only make a batch larger, never skip a batch number.
+        let batch = c.advance(0, 1000);
+        assert!((200..=400).contains(&batch), "batch number {batch}");
+    }
+
+    #[test]
+    fn stale_copy_keeps_data() {
+        let t = TopicHealth::new("t", SystemTime::UNIX_EPOCH, vec![health(0, 1.0, true)]);
+        let s = t.to_stale();
+        assert!(s.is_stale());
+        assert!(!t.is_stale());
+        assert_eq!(s.routable_partitions(), t.routable_partitions());
+        assert_eq!(s.topic_hash(), t.topic_hash());
+    }
+
+    #[test]
+    fn snapshot_looks_topics_up_by_name() {
+        let snap =
+            HealthSnapshot::new([Arc::new(TopicHealth::new("a", SystemTime::now(), vec![]))]);
+        assert!(snap.topic("a").is_some());
+        assert!(snap.topic("b").is_none());
+        assert_eq!(snap.version(), 0);
+    }
+}

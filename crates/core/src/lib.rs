@@ -1,0 +1,32 @@
+//! The vocabulary of kafka-smart-producer.
+//!
+//! This crate has no Kafka client and no runtime. It defines what crosses the boundaries
+//! between the other crates:
+//!
+//! * lag data ([`PartitionLag`], [`TopicLag`]) and where it comes from ([`LagCollector`]);
+//! * health ([`PartitionHealth`], [`TopicHealth`]) and how lag becomes health
+//!   ([`HotPartitionCalculator`], with [`ThresholdCalculator`] and [`RelativeCalculator`]);
+//! * the immutable, versioned [`HealthSnapshot`] and the hand-off that carries it from the
+//!   monitor to the router: [`HealthPublisher`] → [`HealthFeed`] (an `ArcSwap` for lock-free
+//!   reads plus a `watch` channel for change notification).
+//!
+//! Data flows one way: collector → calculator → monitor → feed → router.
+//!
+//! With the `test-util` feature, [`testing`] has a collector you drive by hand.
+
+mod calculator;
+mod collector;
+mod error;
+mod feed;
+mod health;
+mod lag;
+pub mod secret;
+#[cfg(feature = "test-util")]
+pub mod testing;
+
+pub use calculator::{HotPartitionCalculator, RelativeCalculator, ThresholdCalculator};
+pub use collector::{LagCollector, LagRequest};
+pub use error::{BoxError, CollectError, ConfigError};
+pub use feed::{HealthFeed, HealthPublisher, health_channel};
+pub use health::{HealthSnapshot, PartitionHealth, StickyCursor, TopicHealth};
+pub use lag::{PartitionLag, TopicLag, UncommittedPolicy};
