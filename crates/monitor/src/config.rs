@@ -1,0 +1,254 @@
+//! Settings of the health monitor.
+
+use std::time::Duration;
+
+use ksp_core::ConfigError;
+
+/// What the monitor watches and how often.
+///
+/// ```
+/// # use std::time::Duration;
+/// # use ksp_monitor::MonitorConfig;
+/// let config = MonitorConfig::new("order-processors", ["orders"])
+///     .with_refresh_interval(Duration::from_secs(2));
+/// assert_eq!(config.effective_max_staleness(), Duration::from_secs(6));
+/// config.validate().unwrap();
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MonitorConfig {
+    /// The consumer group whose lag decides where messages go.
+    pub group: String,
+    /// Topics to watch.
+    pub topics: Vec<String>,
+    /// Time between two lag collections. Default 5 s.
+    pub refresh_interval: Duration,
+    /// Health older than this is ignored (routing falls back to librdkafka's partitioner).
+    /// Default: 3 × `refresh_interval`, so that two failed refreshes in a row are tolerated.
+    pub max_staleness: Option<Duration>,
+    /// How long one collection may take, retries included. Default: `refresh_interval`, at
+    /// most 10 s.
+    pub collect_timeout: Option<Duration>,
+}
+
+impl MonitorConfig {
+    /// Default `refresh_interval`.
+    pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+    /// Smallest accepted `refresh_interval`.
+    pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(10);
+    /// Largest accepted `refresh_interval`.
+    pub const MAX_REFRESH_INTERVAL: Duration = Duration::from_secs(3600);
+    /// Largest accepted `max_staleness`.
+    pub const MAX_STALENESS: Duration = Duration::from_secs(24 * 3600);
+
+    /// Watches `topics` for `group`, with default timings.
+    pub fn new<T: Into<String>>(
+        group: impl Into<String>,
+        topics: impl IntoIterator<Item = T>,
+    ) -> Self {
+        Self {
+            group: group.into(),
+            topics: topics.into_iter().map(Into::into).collect(),
+            refresh_interval: Self::DEFAULT_REFRESH_INTERVAL,
+            max_staleness: None,
+            collect_timeout: None,
+        }
+    }
+
+    /// Sets `refresh_interval`.
+    #[must_use]
+    pub fn with_refresh_interval(mut self, interval: Duration) -> Self {
+        self.refresh_interval = interval;
+        self
+    }
+
+    /// Sets `max_staleness`.
+    #[must_use]
+    pub fn with_max_staleness(mut self, staleness: Duration) -> Self {
+        self.max_staleness = Some(staleness);
+        self
+    }
+
+    /// Sets `collect_timeout`.
+    #[must_use]
+    pub fn with_collect_timeout(mut self, timeout: Duration) -> Self {
+        self.collect_timeout = Some(timeout);
+        self
+    }
+
+    /// `max_staleness`, or its default.
+    pub fn effective_max_staleness(&self) -> Duration {
+        self.max_staleness
+            .unwrap_or_else(|| self.refresh_interval.saturating_mul(3))
+    }
+
+    /// `collect_timeout`, or its default.
+    pub fn effective_collect_timeout(&self) -> Duration {
+        self.collect_timeout
+            .unwrap_or_else(|| self.refresh_interval.min(Duration::from_secs(10)))
+    }
+
+    /// Checks every setting; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.group.trim().is_empty() {
+            return Err(ConfigError::new(
+                "consumer_group",
+                format_args!("{:?}", self.group),
+                "a non-empty consumer group id",
+            ));
+        }
+        if self.topics.is_empty() {
+            return Err(ConfigError::new(
+                "topics",
+                "[]",
+                "at least one topic to watch",
+            ));
+        }
+        for topic in &self.topics {
+            validate_topic(topic)?;
+        }
+        let interval = self.refresh_interval;
+        if !(Self::MIN_REFRESH_INTERVAL..=Self::MAX_REFRESH_INTERVAL).contains(&interval) {
+            return Err(ConfigError::duration(
+                "refresh_interval",
+                interval,
+                format!(
+                    "between {:?} and {:?}",
+                    Self::MIN_REFRESH_INTERVAL,
+                    Self::MAX_REFRESH_INTERVAL
+                ),
+            ));
+        }
+        let staleness = self.effective_max_staleness();
+        if !(interval..=Self::MAX_STALENESS).contains(&staleness) {
+            return Err(ConfigError::duration(
+                "max_staleness",
+                staleness,
+                format!(
+                    "at least refresh_interval ({interval:?}) and at most {:?}; below the \
+                     refresh interval every snapshot would expire before the next one",
+                    Self::MAX_STALENESS
+                ),
+            ));
+        }
+        let timeout = self.effective_collect_timeout();
+        if timeout < Duration::from_millis(1) || timeout > staleness {
+            return Err(ConfigError::duration(
+                "collect_timeout",
+                timeout,
+                format!("between 1ms and max_staleness ({staleness:?})"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a topic name the way Kafka does: 1 to 249 characters from `[a-zA-Z0-9._-]`, and not
+/// `.` or `..`.
+pub fn validate_topic(topic: &str) -> Result<(), ConfigError> {
+    let valid = !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            "topics",
+            format_args!("{topic:?}"),
+            "Kafka topic names: 1 to 249 characters from [a-zA-Z0-9._-], not \".\" or \"..\"",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> MonitorConfig {
+        MonitorConfig::new("g", ["t"])
+    }
+
+    #[test]
+    fn defaults_validate() {
+        config().validate().unwrap();
+        assert_eq!(config().effective_max_staleness(), Duration::from_secs(15));
+        assert_eq!(config().effective_collect_timeout(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn collect_timeout_default_is_capped() {
+        let c = config().with_refresh_interval(Duration::from_secs(60));
+        assert_eq!(c.effective_collect_timeout(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn each_bad_setting_is_named_with_its_value() {
+        let cases: Vec<(MonitorConfig, &str, &str)> = vec![
+            (MonitorConfig::new("", ["t"]), "consumer_group", "\"\""),
+            (
+                MonitorConfig::new("g", Vec::<String>::new()),
+                "topics",
+                "[]",
+            ),
+            (
+                MonitorConfig::new("g", ["bad topic"]),
+                "topics",
+                "\"bad topic\"",
+            ),
+            (MonitorConfig::new("g", [".."]), "topics", "\"..\""),
+            (
+                MonitorConfig::new("g", ["x".repeat(250)]),
+                "topics",
+                "\"xxx",
+            ),
+            (
+                config().with_refresh_interval(Duration::ZERO),
+                "refresh_interval",
+                "0ns",
+            ),
+            (
+                config().with_refresh_interval(Duration::from_secs(7200)),
+                "refresh_interval",
+                "7200s",
+            ),
+            (
+                config().with_max_staleness(Duration::from_secs(1)),
+                "max_staleness",
+                "1s",
+            ),
+            (
+                config().with_collect_timeout(Duration::ZERO),
+                "collect_timeout",
+                "0ns",
+            ),
+            (
+                config().with_collect_timeout(Duration::from_secs(60)),
+                "collect_timeout",
+                "60s",
+            ),
+        ];
+        for (c, setting, value) in cases {
+            let err = c.validate().unwrap_err();
+            assert_eq!(err.setting, setting, "{err}");
+            assert!(err.value.starts_with(value), "{err}");
+            assert!(err.to_string().contains("expected"), "{err}");
+        }
+    }
+
+    #[test]
+    fn max_staleness_message_explains_the_bound() {
+        let err = config()
+            .with_max_staleness(Duration::from_secs(1))
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid `max_staleness` = 1s: expected at least refresh_interval (5s) and at most \
+             86400s; below the refresh interval every snapshot would expire before the next one"
+        );
+    }
+}
