@@ -1,0 +1,20 @@
+//! The lag-aware producer of kafka-smart-producer.
+//!
+//! * [`AsyncSmartProducer`]: rdkafka's `FutureProducer` whose messages are routed away from
+//!   partitions whose consumers fall behind.
+//! * [`Router`]: the routing decision itself, synchronous and allocation-free for keyless
+//!   messages; usable on its own (simulations, other producers).
+
+mod config;
+mod error;
+mod partitioner;
+mod producer;
+mod router;
+mod summary;
+
+pub use config::{KeyCacheConfig, RouterConfig};
+pub use error::{ProduceError, ProducerError, ProducerResult};
+pub use partitioner::Partitioner;
+pub use producer::{AsyncSmartProducer, AsyncSmartProducerBuilder, Delivery};
+pub use router::{Decision, Fallback, Route, Router};
+pub use summary::{PartitionSummary, TopicSummary};

@@ -1,0 +1,194 @@
+//! The partition librdkafka's own partitioner gives a key: a key's *home*.
+
+use ksp_core::ConfigError;
+use rdkafka::ClientConfig;
+
+/// librdkafka's built-in partitioners (the `partitioner` setting), reproduced so that the
+/// router knows, without asking librdkafka, where a key would go by default.
+///
+/// Messages without a key never have a home: librdkafka spreads them stickily whatever the
+/// partitioner.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Partitioner {
+    /// `random`: every message to a random partition; no key has a home.
+    Random,
+    /// `consistent`: CRC32 of the key.
+    Consistent,
+    /// `consistent_random` (librdkafka's default): CRC32 of the key; empty keys spread like
+    /// keyless messages.
+    #[default]
+    ConsistentRandom,
+    /// `murmur2`: Java client compatible murmur2 of the key.
+    Murmur2,
+    /// `murmur2_random` (the Java client's default): murmur2 of the key.
+    Murmur2Random,
+    /// `fnv1a`: FNV-1a of the key (Sarama compatible).
+    Fnv1a,
+    /// `fnv1a_random`: FNV-1a of the key.
+    Fnv1aRandom,
+}
+
+impl Partitioner {
+    /// The partitioner configured in `config` (`partitioner`), librdkafka's default if unset.
+    pub fn from_config(config: &ClientConfig) -> Result<Self, ConfigError> {
+        config
+            .get("partitioner")
+            .map_or(Ok(Self::default()), Self::from_name)
+    }
+
+    /// The partitioner of a `partitioner` setting value.
+    pub fn from_name(name: &str) -> Result<Self, ConfigError> {
+        Ok(match name {
+            "random" => Self::Random,
+            "consistent" => Self::Consistent,
+            "consistent_random" => Self::ConsistentRandom,
+            "murmur2" => Self::Murmur2,
+            "murmur2_random" => Self::Murmur2Random,
+            "fnv1a" => Self::Fnv1a,
+            "fnv1a_random" => Self::Fnv1aRandom,
+            other => {
+                return Err(ConfigError::new(
+                    "partitioner",
+                    format_args!("{other:?}"),
+                    "one of random, consistent, consistent_random, murmur2, murmur2_random, \
+                     fnv1a, fnv1a_random",
+                ));
+            }
+        })
+    }
+
+    /// The partition librdkafka would pick for `key` among `partition_count` partitions, or
+    /// `None` when it would spread the message instead (no key, an empty key under
+    /// `consistent_random`, or the `random` partitioner).
+    #[inline]
+    pub fn home(self, key: Option<&[u8]>, partition_count: i32) -> Option<i32> {
+        let key = key?;
+        let count = u32::try_from(partition_count).ok().filter(|&n| n > 0)?;
+        let hash = match self {
+            Self::Random => return None,
+            Self::ConsistentRandom if key.is_empty() => return None,
+            Self::Consistent | Self::ConsistentRandom => crc32fast::hash(key),
+            Self::Murmur2 | Self::Murmur2Random => {
+                murmur2::murmur2(key, murmur2::KAFKA_SEED) & 0x7fff_ffff
+            }
+            Self::Fnv1a | Self::Fnv1aRandom => fnv1a(key),
+        };
+        Some((hash % count) as i32)
+    }
+}
+
+/// librdkafka's `rd_fnv1a`: 32-bit FNV-1a, then the absolute value of the hash read as a
+/// signed integer (to match Sarama). Not a plain FNV crate call because of that last step.
+fn fnv1a(key: &[u8]) -> u32 {
+    let hash = key.iter().fold(0x811c_9dc5_u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    (hash as i32).wrapping_abs() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The keys of librdkafka's own unit tests (`rdmurmur2.c`, `rdfnv1a.c`).
+    const KEYS: [&[u8]; 11] = [
+        b"kafka",
+        b"giberish123456789",
+        b"1234",
+        b"234",
+        b"34",
+        b"4",
+        b"PreAmbleWillBeRemoved,ThePrePartThatIs",
+        b"reAmbleWillBeRemoved,ThePrePartThatIs",
+        b"eAmbleWillBeRemoved,ThePrePartThatIs",
+        b"AmbleWillBeRemoved,ThePrePartThatIs",
+        b"",
+    ];
+
+    #[test]
+    fn murmur2_matches_librdkafka_and_the_java_client() {
+        let expected: [u32; 11] = [
+            0xd067cf64, 0x8f552b0c, 0x9fc97b14, 0xe7c009ca, 0x873930da, 0x5a4b5ca1, 0x78424f1c,
+            0x4a62b377, 0xe0e4e09e, 0x62b8b43f, 0x106e08d9,
+        ];
+        for (key, want) in KEYS.iter().zip(expected) {
+            assert_eq!(murmur2::murmur2(key, murmur2::KAFKA_SEED), want, "{key:?}");
+        }
+    }
+
+    #[test]
+    fn fnv1a_matches_librdkafka() {
+        let expected: [u32; 11] = [
+            0xd33c4e1, 0x77a58295, 0x23bdd03, 0x2dea3cd2, 0x740fa83e, 0x310ca263, 0x65cbd69c,
+            0x6e49c79a, 0x69eed356, 0x6abcc023, 0x7ee3623b,
+        ];
+        for (key, want) in KEYS.iter().zip(expected) {
+            assert_eq!(fnv1a(key), want, "{key:?}");
+        }
+    }
+
+    #[test]
+    fn consistent_is_zlib_crc32_modulo_count() {
+        // crc32("kafka") = 0x5bbc7517 (zlib, `python3 -c "import zlib; print(hex(zlib.crc32(b'kafka')))"`).
+        assert_eq!(crc32fast::hash(b"kafka"), 0x5bbc_7517);
+        assert_eq!(
+            Partitioner::ConsistentRandom.home(Some(b"kafka"), 7),
+            Some((0x5bbc_7517_u32 % 7) as i32)
+        );
+    }
+
+    #[test]
+    fn keys_without_a_home() {
+        assert_eq!(Partitioner::ConsistentRandom.home(None, 8), None);
+        assert_eq!(Partitioner::ConsistentRandom.home(Some(b""), 8), None);
+        assert_eq!(Partitioner::Random.home(Some(b"k"), 8), None);
+        assert_eq!(Partitioner::Murmur2Random.home(None, 8), None);
+        // Under the non-random variants an empty key is still a key.
+        assert!(Partitioner::Consistent.home(Some(b""), 8).is_some());
+        assert!(Partitioner::Murmur2.home(Some(b""), 8).is_some());
+        // No partitions, no home.
+        assert_eq!(Partitioner::Murmur2.home(Some(b"k"), 0), None);
+        assert_eq!(Partitioner::Murmur2.home(Some(b"k"), -3), None);
+    }
+
+    #[test]
+    fn home_is_always_in_range() {
+        for p in [
+            Partitioner::Consistent,
+            Partitioner::ConsistentRandom,
+            Partitioner::Murmur2,
+            Partitioner::Murmur2Random,
+            Partitioner::Fnv1a,
+            Partitioner::Fnv1aRandom,
+        ] {
+            for n in [1, 2, 7, 1024] {
+                for key in KEYS.iter().filter(|k| !k.is_empty()) {
+                    let home = p.home(Some(key), n).unwrap();
+                    assert!((0..n).contains(&home), "{p:?} {n} {key:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reads_the_partitioner_setting() {
+        let mut config = ClientConfig::new();
+        assert_eq!(
+            Partitioner::from_config(&config).unwrap(),
+            Partitioner::ConsistentRandom
+        );
+        config.set("partitioner", "murmur2_random");
+        assert_eq!(
+            Partitioner::from_config(&config).unwrap(),
+            Partitioner::Murmur2Random
+        );
+        config.set("partitioner", "sticky");
+        let err = Partitioner::from_config(&config).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("invalid `partitioner` = \"sticky\""),
+            "{err}"
+        );
+    }
+}

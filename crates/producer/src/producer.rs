@@ -1,0 +1,476 @@
+//! [`AsyncSmartProducer`]: rdkafka's `FutureProducer` with lag-aware routing.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ksp_core::secret::redact;
+use ksp_core::{
+    HealthFeed, HealthSnapshot, HotPartitionCalculator, LagCollector, ThresholdCalculator,
+};
+use ksp_monitor::{HealthMonitor, KafkaLagCollector, MonitorConfig, MonitorHandle, MonitorStats};
+use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{OwnedMessage, Timestamp, ToBytes};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tokio_util::task::AbortOnDropHandle;
+use tracing::trace;
+
+use crate::config::{KeyCacheConfig, RouterConfig};
+use crate::error::{ProduceError, ProducerError, ProducerResult};
+use crate::partitioner::Partitioner;
+use crate::router::{Decision, Fallback, Route, Router};
+use crate::summary::TopicSummary;
+
+/// Where a message landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Delivery {
+    /// The partition it was written to.
+    pub partition: i32,
+    /// Its offset in that partition.
+    pub offset: i64,
+    /// Its timestamp.
+    pub timestamp: Timestamp,
+    /// How it was routed.
+    pub route: Route,
+}
+
+/// A Kafka producer that routes new messages away from partitions whose consumers fall behind.
+///
+/// It wraps rdkafka's [`FutureProducer`]. A [`HealthMonitor`] task (started by
+/// [`build`](AsyncSmartProducerBuilder::build)) reads the consumer group's lag in the
+/// background and publishes partition health; every [`produce`](Self::produce) asks the
+/// [`Router`] where the message should go, which reads the current health snapshot without
+/// locks or I/O. See [`Router`] for the rules.
+///
+/// Cheap to clone (an `Arc`); use it from as many tasks as you like.
+///
+/// ```no_run
+/// use ksp_producer::AsyncSmartProducer;
+/// use rdkafka::ClientConfig;
+/// use rdkafka::producer::FutureRecord;
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut kafka = ClientConfig::new();
+/// kafka.set("bootstrap.servers", "localhost:9092");
+/// let producer = AsyncSmartProducer::builder(kafka)
+///     .consumer_group("order-processors")
+///     .topics(["orders"])
+///     .build()?;
+/// let delivery = producer
+///     .produce(FutureRecord::to("orders").key("customer-42").payload("{\"total\":12}"))
+///     .await?;
+/// println!("partition {} offset {} ({})", delivery.partition, delivery.offset, delivery.route);
+/// producer.close(std::time::Duration::from_secs(5)).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct AsyncSmartProducer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    producer: FutureProducer,
+    router: Option<Arc<Router>>,
+    monitor: Option<MonitorHandle>,
+    _follower: Option<AbortOnDropHandle<()>>,
+}
+
+impl AsyncSmartProducer {
+    /// Starts configuring a producer with `kafka`, the rdkafka configuration of the
+    /// underlying `FutureProducer` (bootstrap servers, security, batching…). The lag reader
+    /// inherits its connection and security settings.
+    pub fn builder(kafka: ClientConfig) -> AsyncSmartProducerBuilder {
+        AsyncSmartProducerBuilder {
+            kafka,
+            smart_enabled: true,
+            monitor: MonitorConfig::new(String::new(), Vec::<String>::new()),
+            router: RouterConfig::default(),
+            calculator: Arc::new(ThresholdCalculator::default()),
+            collector: None,
+        }
+    }
+
+    /// Sends a message and waits for its delivery report.
+    ///
+    /// The partition is chosen by the [`Router`] unless the record sets one. Resolves to where
+    /// the message landed, or to a [`ProduceError`] that hands the message back. A full local
+    /// queue is reported at once ([`ProduceError::is_queue_full`]), never retried behind your
+    /// back.
+    ///
+    /// # Cancel safety
+    ///
+    /// Once the first poll has enqueued the message, dropping the future does not cancel the
+    /// send: librdkafka still delivers it, and its report is discarded.
+    pub async fn produce<K, P>(
+        &self,
+        record: FutureRecord<'_, K, P>,
+    ) -> Result<Delivery, ProduceError>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        let mut record = record;
+        let topic = record.topic;
+        let decision = self.decide(&record);
+        record.partition = decision.partition;
+        let mut route = decision.route;
+        trace!(topic, %route, partition = ?decision.partition, "routed");
+
+        let delivery = match self.inner.producer.send_result(record) {
+            Ok(delivery) => delivery,
+            Err((error, mut record))
+                if route != Route::Explicit && is_unknown_partition(&error) =>
+            {
+                // The cluster has partitions this producer's metadata does not know yet.
+                route = Route::Fallback(Fallback::PartitionUnknownToProducer);
+                record.partition = None;
+                self.inner
+                    .producer
+                    .send_result(record)
+                    .map_err(|(error, record)| enqueue_error(error, record, route))?
+            }
+            Err((error, record)) => return Err(enqueue_error(error, record, route)),
+        };
+        match delivery.await {
+            Ok(Ok(d)) => Ok(Delivery {
+                partition: d.partition,
+                offset: d.offset,
+                timestamp: d.timestamp,
+                route,
+            }),
+            Ok(Err((error, message))) => Err(ProduceError {
+                error,
+                message: Some(message),
+                route,
+                topic: topic.to_owned(),
+            }),
+            Err(_canceled) => Err(ProduceError {
+                error: KafkaError::Canceled,
+                message: None,
+                route,
+                topic: topic.to_owned(),
+            }),
+        }
+    }
+
+    /// Where `record` would go now, without sending it.
+    pub fn decide<K, P>(&self, record: &FutureRecord<'_, K, P>) -> Decision
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        match &self.inner.router {
+            Some(router) => {
+                let key = record.key.map(ToBytes::to_bytes);
+                let size =
+                    key.map_or(0, <[u8]>::len) + record.payload.map_or(0, |p| p.to_bytes().len());
+                router.route(record.topic, record.partition, key, size)
+            }
+            None => match record.partition {
+                Some(partition) => Decision {
+                    partition: Some(partition),
+                    route: Route::Explicit,
+                },
+                None => Decision {
+                    partition: None,
+                    route: Route::Fallback(Fallback::Disabled),
+                },
+            },
+        }
+    }
+
+    /// The partitions of `topic` new messages may go to now; `None` when there is no fresh
+    /// health for it (routing for it falls back).
+    pub fn healthy_partitions(&self, topic: &str) -> Option<Vec<i32>> {
+        let snapshot = self.health();
+        snapshot
+            .topic(topic)
+            .filter(|t| !t.is_stale())
+            .map(|t| t.routable_partitions().to_vec())
+    }
+
+    /// The health of `topic`: per-partition lag, score and health, and the snapshot's age.
+    pub fn topic_summary(&self, topic: &str) -> Option<TopicSummary> {
+        let snapshot = self.health();
+        snapshot
+            .topic(topic)
+            .map(|t| TopicSummary::new(snapshot.version(), t))
+    }
+
+    /// The health of every watched topic, by topic name.
+    pub fn health_summary(&self) -> Vec<TopicSummary> {
+        let snapshot = self.health();
+        let mut topics: Vec<_> = snapshot
+            .topics()
+            .map(|t| TopicSummary::new(snapshot.version(), t))
+            .collect();
+        topics.sort_by(|a, b| a.topic.cmp(&b.topic));
+        topics
+    }
+
+    /// The current health snapshot (empty when smart routing is disabled).
+    pub fn health(&self) -> Arc<HealthSnapshot> {
+        self.health_feed().load_full()
+    }
+
+    /// The health feed: subscribe to it to hear about every new snapshot.
+    pub fn health_feed(&self) -> HealthFeed {
+        self.inner
+            .router
+            .as_ref()
+            .map_or_else(HealthFeed::disconnected, |r| r.feed().clone())
+    }
+
+    /// Collects lag now and returns the version of the snapshot published.
+    pub async fn refresh_health(&self) -> ProducerResult<u64> {
+        Ok(self.monitor()?.refresh_now().await?)
+    }
+
+    /// Starts watching another topic (and collects its lag right away).
+    pub async fn watch_topic(&self, topic: impl Into<String>) -> ProducerResult<u64> {
+        Ok(self.monitor()?.watch_topic(topic).await?)
+    }
+
+    /// The monitor's counters and last outcome; `None` when smart routing is disabled or the
+    /// health comes from elsewhere.
+    pub fn monitor_stats(&self) -> Option<MonitorStats> {
+        self.inner.monitor.as_ref().map(MonitorHandle::stats)
+    }
+
+    fn monitor(&self) -> ProducerResult<&MonitorHandle> {
+        self.inner
+            .monitor
+            .as_ref()
+            .ok_or(ProducerError::SmartRoutingDisabled)
+    }
+
+    /// The router, for inspection.
+    pub fn router(&self) -> Option<&Router> {
+        self.inner.router.as_deref()
+    }
+
+    /// The underlying rdkafka producer, for what this API does not cover (transactions,
+    /// client metrics).
+    pub fn inner(&self) -> &FutureProducer {
+        &self.inner.producer
+    }
+
+    /// Waits until every message sent so far is delivered or failed, at most `timeout`.
+    pub async fn flush(&self, timeout: Duration) -> ProducerResult<()> {
+        let producer = self.inner.producer.clone();
+        tokio::task::spawn_blocking(move || producer.flush(timeout))
+            .await
+            .map_err(|e| ProducerError::Kafka {
+                context: format!("flush task failed: {e}"),
+                source: KafkaError::Canceled,
+            })?
+            .map_err(|source| ProducerError::Kafka {
+                context: format!("flush did not complete within {timeout:?}"),
+                source,
+            })
+    }
+
+    /// Stops the health monitor and flushes, at most `timeout` for the flush. Messages still
+    /// in flight keep being delivered: every pending `produce` resolves.
+    pub async fn close(&self, timeout: Duration) -> ProducerResult<()> {
+        let stopped = match &self.inner.monitor {
+            Some(monitor) => monitor.shutdown().await,
+            None => Ok(()),
+        };
+        self.flush(timeout).await?;
+        Ok(stopped?)
+    }
+}
+
+impl fmt::Debug for AsyncSmartProducer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncSmartProducer")
+            .field("smart_enabled", &self.inner.router.is_some())
+            .field("router", &self.inner.router)
+            .field("monitor", &self.inner.monitor)
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_unknown_partition(error: &KafkaError) -> bool {
+    error.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownPartition)
+}
+
+fn enqueue_error<K, P>(
+    error: KafkaError,
+    record: FutureRecord<'_, K, P>,
+    route: Route,
+) -> ProduceError
+where
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    let message = OwnedMessage::new(
+        record.payload.map(|p| p.to_bytes().to_vec()),
+        record.key.map(|k| k.to_bytes().to_vec()),
+        record.topic.to_owned(),
+        record
+            .timestamp
+            .map_or(Timestamp::NotAvailable, Timestamp::CreateTime),
+        record.partition.unwrap_or(-1),
+        -1,
+        record.headers,
+    );
+    ProduceError {
+        error,
+        message: Some(message),
+        route,
+        topic: record.topic.to_owned(),
+    }
+}
+
+/// Configures an [`AsyncSmartProducer`].
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct AsyncSmartProducerBuilder {
+    kafka: ClientConfig,
+    smart_enabled: bool,
+    monitor: MonitorConfig,
+    router: RouterConfig,
+    calculator: Arc<dyn HotPartitionCalculator>,
+    collector: Option<Arc<dyn LagCollector>>,
+}
+
+impl AsyncSmartProducerBuilder {
+    /// The consumer group whose lag decides where messages go (required with smart routing).
+    pub fn consumer_group(mut self, group: impl Into<String>) -> Self {
+        self.monitor.group = group.into();
+        self
+    }
+
+    /// The topics to route smartly (required with smart routing). Messages to other topics go
+    /// where librdkafka sends them.
+    pub fn topics<T: Into<String>>(mut self, topics: impl IntoIterator<Item = T>) -> Self {
+        self.monitor.topics = topics.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How lag becomes health. Default [`ThresholdCalculator::default`].
+    pub fn calculator(mut self, calculator: impl HotPartitionCalculator) -> Self {
+        self.calculator = Arc::new(calculator);
+        self
+    }
+
+    /// Where lag comes from. Default: a [`KafkaLagCollector`] built from the producer's own
+    /// configuration.
+    pub fn collector(mut self, collector: impl LagCollector) -> Self {
+        self.collector = Some(Arc::new(collector));
+        self
+    }
+
+    /// Time between lag collections. Default 5 s.
+    pub fn refresh_interval(mut self, interval: Duration) -> Self {
+        self.monitor.refresh_interval = interval;
+        self
+    }
+
+    /// Health older than this is ignored. Default 3 × `refresh_interval`.
+    pub fn max_staleness(mut self, staleness: Duration) -> Self {
+        self.monitor.max_staleness = Some(staleness);
+        self
+    }
+
+    /// How long one lag collection may take. Default `refresh_interval`, at most 10 s.
+    pub fn collect_timeout(mut self, timeout: Duration) -> Self {
+        self.monitor.collect_timeout = Some(timeout);
+        self
+    }
+
+    /// Capacity and TTL of the cache of moved keys.
+    pub fn key_cache(mut self, cache: KeyCacheConfig) -> Self {
+        self.router.key_cache = cache;
+        self
+    }
+
+    /// Bytes of keyless messages per partition before switching. Default 16 KiB.
+    pub fn sticky_batch_bytes(mut self, bytes: u32) -> Self {
+        self.router.sticky_batch_bytes = bytes;
+        self
+    }
+
+    /// `false` makes a plain producer: no monitor, no routing, librdkafka decides everything.
+    /// Default `true`.
+    pub fn smart_enabled(mut self, enabled: bool) -> Self {
+        self.smart_enabled = enabled;
+        self
+    }
+
+    /// Replaces every monitor setting at once.
+    pub fn monitor_config(mut self, config: MonitorConfig) -> Self {
+        self.monitor = config;
+        self
+    }
+
+    /// Validates everything, creates the rdkafka producer and, with smart routing, spawns the
+    /// health monitor on the current Tokio runtime (its first collection starts right away;
+    /// until it lands, messages go where librdkafka sends them).
+    pub fn build(self) -> ProducerResult<AsyncSmartProducer> {
+        let Self {
+            kafka,
+            smart_enabled,
+            monitor,
+            mut router,
+            calculator,
+            collector,
+        } = self;
+        router.partitioner = Partitioner::from_config(&kafka)?;
+        if smart_enabled {
+            monitor.validate()?;
+            router.validate()?;
+        }
+        let producer: FutureProducer = kafka.create().map_err(|source| ProducerError::Kafka {
+            context: "creating the rdkafka producer".into(),
+            source,
+        })?;
+        if !smart_enabled {
+            return Ok(AsyncSmartProducer {
+                inner: Arc::new(Inner {
+                    producer,
+                    router: None,
+                    monitor: None,
+                    _follower: None,
+                }),
+            });
+        }
+        let collector = match collector {
+            Some(collector) => collector,
+            None => Arc::new(KafkaLagCollector::builder(&kafka).build()?),
+        };
+        let handle = HealthMonitor::builder(collector)
+            .config(monitor)
+            .calculator(calculator)
+            .spawn()?;
+        let router = Arc::new(Router::new(handle.feed(), &router)?);
+        let follower = AbortOnDropHandle::new(tokio::spawn(router.clone().follow_health()));
+        Ok(AsyncSmartProducer {
+            inner: Arc::new(Inner {
+                producer,
+                router: Some(router),
+                monitor: Some(handle),
+                _follower: Some(follower),
+            }),
+        })
+    }
+}
+
+impl fmt::Debug for AsyncSmartProducerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncSmartProducerBuilder")
+            .field("kafka", &redact(self.kafka.config_map()))
+            .field("smart_enabled", &self.smart_enabled)
+            .field("monitor", &self.monitor)
+            .field("router", &self.router)
+            .field("calculator", &self.calculator.name())
+            .field(
+                "collector",
+                &self.collector.as_ref().map(|c| c.name().to_owned()),
+            )
+            .finish()
+    }
+}

@@ -1,0 +1,573 @@
+//! The router: where a message should go, decided synchronously from one health snapshot.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+
+use ksp_core::{ConfigError, HealthFeed, HealthSnapshot, TopicHealth};
+use moka::sync::Cache;
+use serde::Serialize;
+use tracing::debug;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::config::RouterConfig;
+use crate::partitioner::Partitioner;
+
+/// Where a message goes, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Decision {
+    /// The partition to set on the record; `None` lets librdkafka's partitioner decide.
+    pub partition: Option<i32>,
+    /// Why.
+    pub route: Route,
+}
+
+impl Decision {
+    const fn fallback(reason: Fallback) -> Self {
+        Self {
+            partition: None,
+            route: Route::Fallback(reason),
+        }
+    }
+}
+
+/// How a routing decision was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Route {
+    /// The caller set the partition; it always wins.
+    Explicit,
+    /// A keyless message, sent to the current sticky partition, chosen among the healthy
+    /// partitions with probability proportional to health.
+    Sticky,
+    /// A keyed message whose home partition is healthy: it goes home (librdkafka's
+    /// partitioner picks it, exactly as without this library).
+    Home,
+    /// A keyed message whose home partition is unhealthy, sent to its detour.
+    Moved,
+    /// No smart decision; librdkafka's partitioner decides.
+    Fallback(Fallback),
+}
+
+/// Why a decision fell back to librdkafka's partitioner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Fallback {
+    /// Smart routing is disabled.
+    Disabled,
+    /// No health for the topic: not watched, or not collected yet.
+    NoHealth,
+    /// The topic's health is older than `max_staleness`.
+    Stale,
+    /// No partition of the topic is healthy with an available leader.
+    NoRoutablePartition,
+    /// The producer's librdkafka does not know the chosen partition yet (partitions were just
+    /// added); the message was re-sent without a partition.
+    PartitionUnknownToProducer,
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Explicit => f.write_str("explicit"),
+            Self::Sticky => f.write_str("sticky"),
+            Self::Home => f.write_str("home"),
+            Self::Moved => f.write_str("moved"),
+            Self::Fallback(reason) => write!(f, "fallback({reason:?})"),
+        }
+    }
+}
+
+/// A remembered detour.
+#[derive(Debug, Clone, Copy)]
+struct Detour {
+    topic_hash: u64,
+    partition: i32,
+}
+
+/// Decides where each message goes.
+///
+/// [`route`](Router::route) is synchronous and cheap: it loads the current
+/// [`HealthSnapshot`] once, looks the topic up, and for
+///
+/// * **a keyless message**, adds its size to the topic's [`StickyCursor`](ksp_core::StickyCursor)
+///   and maps the current sticky batch to a partition weighted by health: about one batch of
+///   bytes per partition, then the next, like Kafka's KIP-794 partitioner. It allocates
+///   nothing.
+/// * **a keyed message**, computes the key's home (the partition librdkafka would pick). A
+///   healthy home means no partition is set, so librdkafka sends it home as usual. An unhealthy
+///   home moves the key to a detour: the healthy partition that ranks highest for the key by
+///   rendezvous hashing, which every producer instance computes alike without talking to the
+///   others, and which stays put for a key when *other* partitions change health. The detour
+///   is remembered in a moka cache so the key keeps to it while it stays healthy.
+///
+/// Whenever health is missing, stale or leaves no partition to route to, it sets no partition
+/// and librdkafka's own partitioner decides.
+pub struct Router {
+    feed: HealthFeed,
+    partitioner: Partitioner,
+    sticky_batch_bytes: u32,
+    detours: Cache<u64, Detour, foldhash::fast::RandomState>,
+}
+
+impl Router {
+    /// A router reading health from `feed`.
+    pub fn new(feed: HealthFeed, config: &RouterConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let detours = Cache::builder()
+            .max_capacity(config.key_cache.capacity)
+            .time_to_live(config.key_cache.ttl)
+            .support_invalidation_closures()
+            .build_with_hasher(foldhash::fast::RandomState::default());
+        Ok(Self {
+            feed,
+            partitioner: config.partitioner,
+            sticky_batch_bytes: config.sticky_batch_bytes,
+            detours,
+        })
+    }
+
+    /// Where a message for `topic` should go.
+    ///
+    /// `partition` is the record's own partition (it always wins), `key` its key and `size`
+    /// its size in bytes (key plus payload), which paces sticky switching.
+    #[inline]
+    pub fn route(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        size: usize,
+    ) -> Decision {
+        if partition.is_some() {
+            return Decision {
+                partition,
+                route: Route::Explicit,
+            };
+        }
+        let snapshot = self.feed.load();
+        let Some(health) = snapshot.topic(topic) else {
+            return Decision::fallback(Fallback::NoHealth);
+        };
+        if health.is_stale() {
+            return Decision::fallback(Fallback::Stale);
+        }
+        match (key, self.partitioner.home(key, health.partition_count())) {
+            (Some(key), Some(home)) => self.keyed(health, key, home),
+            _ => self.sticky(health, size),
+        }
+    }
+
+    #[inline]
+    fn sticky(&self, health: &TopicHealth, size: usize) -> Decision {
+        let batch = health.cursor().advance(size, self.sticky_batch_bytes);
+        match health.pick_weighted(mix64(u64::from(batch))) {
+            Some(partition) => Decision {
+                partition: Some(partition),
+                route: Route::Sticky,
+            },
+            None => Decision::fallback(Fallback::NoRoutablePartition),
+        }
+    }
+
+    fn keyed(&self, health: &TopicHealth, key: &[u8], home: i32) -> Decision {
+        if health.is_routable(home) {
+            return Decision {
+                partition: None,
+                route: Route::Home,
+            };
+        }
+        let key_hash = xxh3_64(key);
+        let fingerprint = mix64(key_hash ^ health.topic_hash().rotate_left(29));
+        // Detours that turned unroutable are dropped when the snapshot changes; this check
+        // only covers the moment between a snapshot's publication and that clean-up.
+        if let Some(detour) = self.detours.get(&fingerprint)
+            && health.is_routable(detour.partition)
+        {
+            return Decision {
+                partition: Some(detour.partition),
+                route: Route::Moved,
+            };
+        }
+        let Some(partition) = rendezvous(health.routable_partitions(), key_hash) else {
+            return Decision::fallback(Fallback::NoRoutablePartition);
+        };
+        self.detours.insert(
+            fingerprint,
+            Detour {
+                topic_hash: health.topic_hash(),
+                partition,
+            },
+        );
+        Decision {
+            partition: Some(partition),
+            route: Route::Moved,
+        }
+    }
+
+    /// The health feed this router reads.
+    pub fn feed(&self) -> &HealthFeed {
+        &self.feed
+    }
+
+    /// The partitioner whose homes it respects.
+    pub fn partitioner(&self) -> Partitioner {
+        self.partitioner
+    }
+
+    /// Moved keys currently remembered (approximate: the cache counts lazily).
+    pub fn moved_keys(&self) -> u64 {
+        self.detours.entry_count()
+    }
+
+    /// Applies pending cache maintenance now (evictions, invalidations).
+    pub fn run_pending_tasks(&self) {
+        self.detours.run_pending_tasks();
+    }
+
+    /// Keeps the detour cache in step with health until the feed closes: on every new
+    /// snapshot, forgets the detours that lead to partitions which stopped being routable.
+    ///
+    /// The producer spawns this; it runs off the send path. It subscribes when called, not
+    /// when first polled, so no snapshot published in between is missed.
+    pub fn follow_health(self: Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
+        let changes = self.feed.subscribe();
+        self.follow(changes)
+    }
+
+    async fn follow(self: Arc<Self>, mut changes: tokio::sync::watch::Receiver<u64>) {
+        let mut tracker = RoutabilityTracker::default();
+        while changes.changed().await.is_ok() {
+            let snapshot = self.feed.load_full();
+            let lost = tracker.newly_unroutable(&snapshot);
+            if lost.is_empty() {
+                continue;
+            }
+            debug!(
+                partitions = lost.len(),
+                "forgetting detours to partitions that are no longer routable"
+            );
+            let registered = self
+                .detours
+                .invalidate_entries_if(move |_, d| lost.contains(&(d.topic_hash, d.partition)));
+            if registered.is_ok() {
+                let router = self.clone();
+                // Maintenance walks the cache; keep it off the async workers.
+                let _ = tokio::task::spawn_blocking(move || router.run_pending_tasks()).await;
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Router")
+            .field("partitioner", &self.partitioner)
+            .field("sticky_batch_bytes", &self.sticky_batch_bytes)
+            .field("moved_keys", &self.moved_keys())
+            .field("feed", &self.feed)
+            .finish()
+    }
+}
+
+/// Remembers which partitions were routable in the previous snapshot, to find those that just
+/// stopped being routable.
+#[derive(Default)]
+struct RoutabilityTracker {
+    previous: HashMap<u64, Arc<TopicHealth>>,
+}
+
+impl RoutabilityTracker {
+    fn newly_unroutable(&mut self, snapshot: &HealthSnapshot) -> HashSet<(u64, i32)> {
+        let mut lost = HashSet::new();
+        let mut current = HashMap::new();
+        for topic in snapshot.topics().filter(|t| !t.is_stale()) {
+            let before = self.previous.get(&topic.topic_hash());
+            for partition in 0..topic.partition_count() {
+                // A topic seen for the first time (or again after a gap) may have detours
+                // from before; treat all its partitions as previously routable.
+                let was = before.is_none_or(|b| b.is_routable(partition));
+                if was && !topic.is_routable(partition) {
+                    lost.insert((topic.topic_hash(), partition));
+                }
+            }
+            current.insert(topic.topic_hash(), topic.clone());
+        }
+        self.previous = current;
+        lost
+    }
+}
+
+/// The routable partition that ranks highest for a key (rendezvous, or highest-random-weight,
+/// hashing). Deterministic across processes; when a partition leaves or joins the set, only
+/// the keys that ranked it highest move.
+fn rendezvous(routable: &[i32], key_hash: u64) -> Option<i32> {
+    routable
+        .iter()
+        .copied()
+        .max_by_key(|&p| mix64(key_hash ^ (p as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+}
+
+/// SplitMix64's finalizer: a fast, well-mixed 64-bit permutation.
+#[inline]
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use ksp_core::{HealthPublisher, PartitionHealth, PartitionLag, health_channel};
+
+    use super::*;
+
+    fn topic(name: &str, healthy: &[bool]) -> Arc<TopicHealth> {
+        let partitions = healthy
+            .iter()
+            .enumerate()
+            .map(|(p, &h)| {
+                PartitionHealth::new(
+                    PartitionLag::from_lag(p as i32, 0),
+                    if h { 1.0 } else { 0.0 },
+                    h,
+                )
+            })
+            .collect();
+        Arc::new(TopicHealth::new(name, SystemTime::now(), partitions))
+    }
+
+    fn router() -> (HealthPublisher, Router) {
+        let (publisher, feed) = health_channel();
+        (
+            publisher,
+            Router::new(feed, &RouterConfig::default()).unwrap(),
+        )
+    }
+
+    fn publish(publisher: &mut HealthPublisher, healthy: &[bool]) {
+        publisher.publish(HealthSnapshot::new([topic("t", healthy)]));
+    }
+
+    #[test]
+    fn explicit_partition_always_wins() {
+        let (mut publisher, router) = router();
+        publish(&mut publisher, &[false, true]);
+        let d = router.route("t", Some(0), Some(b"k"), 10);
+        assert_eq!(d.partition, Some(0));
+        assert_eq!(d.route, Route::Explicit);
+    }
+
+    #[test]
+    fn no_health_falls_back() {
+        let (_publisher, router) = router();
+        let d = router.route("t", None, None, 10);
+        assert_eq!(d, Decision::fallback(Fallback::NoHealth));
+    }
+
+    #[test]
+    fn stale_health_falls_back() {
+        let (mut publisher, router) = router();
+        publisher.publish(HealthSnapshot::new([Arc::new(
+            topic("t", &[true]).to_stale(),
+        )]));
+        assert_eq!(
+            router.route("t", None, None, 10),
+            Decision::fallback(Fallback::Stale)
+        );
+        assert_eq!(
+            router.route("t", None, Some(b"k"), 10),
+            Decision::fallback(Fallback::Stale)
+        );
+    }
+
+    #[test]
+    fn nothing_routable_falls_back() {
+        let (mut publisher, router) = router();
+        publish(&mut publisher, &[false, false]);
+        let expected = Decision::fallback(Fallback::NoRoutablePartition);
+        assert_eq!(router.route("t", None, None, 10), expected);
+        // Find a key whose home is unhealthy (all are).
+        assert_eq!(router.route("t", None, Some(b"k"), 10), expected);
+    }
+
+    #[test]
+    fn keyless_never_picks_an_unhealthy_partition_and_sticks_for_a_batch() {
+        let (mut publisher, router) = router();
+        publish(&mut publisher, &[true, false, true, true]);
+        let mut picks = Vec::new();
+        for _ in 0..10_000 {
+            let d = router.route("t", None, None, 100);
+            assert_eq!(d.route, Route::Sticky);
+            picks.push(d.partition.unwrap());
+        }
+        assert!(picks.iter().all(|&p| p != 1));
+        // 100-byte messages in 16 KiB batches: a switch at most every 164 messages.
+        let switches = picks.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(switches <= 10_000 / 163, "{switches} switches");
+        // And it does move on: every healthy partition gets traffic.
+        for p in [0, 2, 3] {
+            assert!(picks.contains(&p), "partition {p} never picked");
+        }
+    }
+
+    #[test]
+    fn keyed_message_with_healthy_home_goes_home() {
+        let (mut publisher, router) = router();
+        publish(&mut publisher, &[true; 4]);
+        let d = router.route("t", None, Some(b"user-1"), 10);
+        assert_eq!(
+            d,
+            Decision {
+                partition: None,
+                route: Route::Home
+            }
+        );
+        assert_eq!(router.moved_keys(), 0);
+    }
+
+    fn key_with_home(router: &Router, home: i32, count: i32) -> Vec<u8> {
+        (0..)
+            .map(|i| format!("key-{i}").into_bytes())
+            .find(|k| router.partitioner().home(Some(k), count) == Some(home))
+            .unwrap()
+    }
+
+    #[test]
+    fn keyed_message_with_unhealthy_home_moves_and_keeps_its_detour() {
+        let (mut publisher, router) = router();
+        publish(&mut publisher, &[true, false, true, true]);
+        let key = key_with_home(&router, 1, 4);
+        let first = router.route("t", None, Some(&key), 10);
+        assert_eq!(first.route, Route::Moved);
+        let detour = first.partition.unwrap();
+        assert_ne!(detour, 1);
+        for _ in 0..100 {
+            assert_eq!(router.route("t", None, Some(&key), 10), first);
+        }
+        // Another partition turns unhealthy: the key keeps its detour.
+        let other = [0, 2, 3].into_iter().find(|&p| p != detour).unwrap();
+        let mut healthy = [true, false, true, true];
+        healthy[other as usize] = false;
+        publish(&mut publisher, &healthy);
+        assert_eq!(router.route("t", None, Some(&key), 10), first);
+    }
+
+    #[test]
+    fn detour_that_turns_unhealthy_is_replaced() {
+        let (mut publisher, router) = router();
+        publish(&mut publisher, &[true, false, true, true]);
+        let key = key_with_home(&router, 1, 4);
+        let detour = router.route("t", None, Some(&key), 10).partition.unwrap();
+        let mut healthy = [true, false, true, true];
+        healthy[detour as usize] = false;
+        publish(&mut publisher, &healthy);
+        let d = router.route("t", None, Some(&key), 10);
+        assert_eq!(d.route, Route::Moved);
+        assert!(![1, detour].contains(&d.partition.unwrap()), "{d:?}");
+    }
+
+    #[test]
+    fn two_routers_move_a_key_to_the_same_partition() {
+        let (mut p1, r1) = router();
+        let (mut p2, r2) = router();
+        let healthy = [true, false, true, true, false, true, true, true];
+        publish(&mut p1, &healthy);
+        publish(&mut p2, &healthy);
+        let mut moved = 0;
+        for i in 0..500 {
+            let key = format!("customer-{i}");
+            let a = r1.route("t", None, Some(key.as_bytes()), 10);
+            let b = r2.route("t", None, Some(key.as_bytes()), 10);
+            assert_eq!(a, b, "{key}");
+            moved += usize::from(a.route == Route::Moved);
+        }
+        // About a quarter of the keys live on the two unhealthy partitions.
+        assert!((80..=170).contains(&moved), "{moved}");
+    }
+
+    #[test]
+    fn moved_keys_spread_over_healthy_partitions() {
+        let (mut publisher, router) = router();
+        publish(&mut publisher, &[false, true, true, true, true]);
+        let mut counts = [0; 5];
+        for i in 0..5000 {
+            let key = format!("k{i}");
+            let d = router.route("t", None, Some(key.as_bytes()), 10);
+            if d.route == Route::Moved {
+                counts[d.partition.unwrap() as usize] += 1;
+            }
+        }
+        assert_eq!(counts[0], 0);
+        let moved: i32 = counts.iter().sum();
+        for &c in &counts[1..] {
+            assert!((c - moved / 4).abs() < moved / 8, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn unwatched_topic_falls_back() {
+        let (mut publisher, router) = router();
+        publish(&mut publisher, &[true]);
+        assert_eq!(
+            router.route("other", None, None, 10),
+            Decision::fallback(Fallback::NoHealth)
+        );
+    }
+
+    #[test]
+    fn tracker_reports_partitions_that_stop_being_routable() {
+        let mut tracker = RoutabilityTracker::default();
+        let first = HealthSnapshot::new([topic("t", &[true, false, true])]);
+        let hash = first.topic("t").unwrap().topic_hash();
+        // First sight: every unroutable partition counts as lost.
+        assert_eq!(tracker.newly_unroutable(&first), HashSet::from([(hash, 1)]));
+        // Same again: nothing new.
+        let same = HealthSnapshot::new([topic("t", &[true, false, true])]);
+        assert!(tracker.newly_unroutable(&same).is_empty());
+        // Partition 2 falls, 1 recovers.
+        let next = HealthSnapshot::new([topic("t", &[true, true, false])]);
+        assert_eq!(tracker.newly_unroutable(&next), HashSet::from([(hash, 2)]));
+    }
+
+    #[tokio::test]
+    async fn detours_to_partitions_that_turn_unhealthy_are_dropped_on_notification() {
+        let (mut publisher, router) = router();
+        let router = Arc::new(router);
+        let follower = tokio::spawn(router.clone().follow_health());
+        publish(&mut publisher, &[true, false, true, true]);
+        let keys: Vec<Vec<u8>> = (0..200)
+            .map(|i| format!("key-{i}").into_bytes())
+            .filter(|k| router.partitioner().home(Some(k), 4) == Some(1))
+            .collect();
+        for key in &keys {
+            router.route("t", None, Some(key), 10);
+        }
+        router.run_pending_tasks();
+        let before = router.moved_keys();
+        assert_eq!(before, keys.len() as u64);
+
+        // Partition 2 turns unhealthy: the detours to it are dropped without any routing.
+        let to_two = keys
+            .iter()
+            .filter(|k| router.route("t", None, Some(k), 10).partition == Some(2))
+            .count() as u64;
+        assert!(to_two > 0);
+        publish(&mut publisher, &[true, false, false, true]);
+        for _ in 0..200 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            router.run_pending_tasks();
+            if router.moved_keys() == before - to_two {
+                break;
+            }
+        }
+        assert_eq!(router.moved_keys(), before - to_two);
+        drop(publisher);
+        follower.await.unwrap();
+    }
+}

@@ -1,0 +1,31 @@
+//! kafka-smart-producer: a Kafka producer that routes new messages away from partitions whose
+//! consumers fall behind.
+//!
+//! This facade re-exports the workspace's crates so that you depend on one package:
+//!
+//! * from `ksp-producer`: [`AsyncSmartProducer`], the [`Router`] and their settings;
+//! * from `ksp-monitor`: the [`HealthMonitor`] task and the [`KafkaLagCollector`];
+//! * from `ksp-core`: the data ([`TopicLag`], [`TopicHealth`], [`HealthSnapshot`]…) and the
+//!   extension traits [`LagCollector`] and [`HotPartitionCalculator`];
+//! * [`rdkafka`] itself, so that your `ClientConfig` and `FutureRecord` are the ones this
+//!   crate was built with.
+
+pub use ksp_core::{
+    BoxError, CollectError, ConfigError, HealthFeed, HealthPublisher, HealthSnapshot,
+    HotPartitionCalculator, LagCollector, LagRequest, PartitionHealth, PartitionLag,
+    RelativeCalculator, StickyCursor, ThresholdCalculator, TopicHealth, TopicLag,
+    UncommittedPolicy, health_channel, secret,
+};
+pub use ksp_monitor::{
+    HealthMonitor, HealthMonitorBuilder, KafkaLagCollector, KafkaLagCollectorBuilder,
+    MonitorConfig, MonitorError, MonitorHandle, MonitorResult, MonitorStats, RequestCounts,
+};
+pub use ksp_producer::{
+    AsyncSmartProducer, AsyncSmartProducerBuilder, Decision, Delivery, Fallback, KeyCacheConfig,
+    PartitionSummary, Partitioner, ProduceError, ProducerError, ProducerResult, Route, Router,
+    RouterConfig, TopicSummary,
+};
+pub use rdkafka;
+
+/// The `async_trait` attribute, for implementing [`LagCollector`].
+pub use async_trait::async_trait;
