@@ -1,0 +1,43 @@
+//! Fixtures for tests of code that uses kafka-smart-producer.
+//!
+//! * [`MockKafka`]: librdkafka's embedded mock cluster (a real Kafka-protocol broker on a
+//!   loopback port), with helpers to create topics, produce and commit.
+//! * [`LagScenario`]: puts a consumer group into a chosen per-partition lag.
+//! * [`DrainingConsumer`]: a real consumer that drains each partition at its own rate — one
+//!   slow consumer, on demand.
+
+mod drain;
+mod mock;
+mod scenario;
+
+pub use drain::{DrainingConsumer, DrainingConsumerBuilder};
+pub use mock::{MockKafka, commit_offsets, produce_counts};
+pub use scenario::LagScenario;
+
+/// Errors of the fixtures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TestkitError {
+    /// A Kafka client call failed.
+    #[error("{context}")]
+    Kafka {
+        /// What was being done.
+        context: String,
+        /// librdkafka's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// A fixture thread could not be started.
+    #[error("starting a fixture thread")]
+    Io(#[from] std::io::Error),
+}
+
+/// Result of the fixtures.
+pub type TestkitResult<T> = Result<T, TestkitError>;
+
+pub(crate) fn kafka_error(
+    context: impl Into<String>,
+) -> impl FnOnce(rdkafka::error::KafkaError) -> TestkitError {
+    let context = context.into();
+    move |source| TestkitError::Kafka { context, source }
+}
