@@ -1,0 +1,26 @@
+# kafka-smart-producer — the same checks CI runs (`just ci` is exactly CI).
+
+default: ci
+
+# Everything CI runs, in CI's order.
+ci:
+    scripts/test.sh
+
+fmt:
+    cargo fmt --all -- --check
+
+lint:
+    cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+
+test:
+    cargo nextest run --workspace --all-features --locked
+
+doctest:
+    cargo test --workspace --all-features --locked --doc
+
+doc:
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --locked --no-deps
+
+# The embedded demo: one slow consumer, smart vs plain producer.
+demo:
+    cargo run --release --example quickstart
