@@ -243,16 +243,23 @@ fn topic_hash(topic: &str) -> u64 {
     foldhash::fast::FixedState::with_seed(0x6b73_702d_746f_7069).hash_one(topic)
 }
 
-/// Sticky batch state for keyless routing: the current batch number and the bytes routed in it.
+/// Sticky batch state for keyless routing: the current batch number, the bytes routed in it and
+/// when it started.
 ///
-/// The router adds each keyless message's size; once a batch is full the next message starts a
-/// new batch number, which the router maps to a new partition. This is Kafka's KIP-794 idea
-/// (stay on one partition for about a batch, then switch), which keeps batches full, unlike a
-/// random partition per message.
+/// The router reports each keyless message; a batch ends once it holds `batch_bytes` (Kafka's
+/// KIP-794 idea: stay on one partition for about a batch, then switch) or once it is older
+/// than `max_age` (librdkafka's `sticky.partitioning.linger.ms`), whichever comes first. The
+/// router maps each batch number to a partition. This keeps batches full at high rates without
+/// sending bursts of hundreds of messages to one partition at low rates, and unlike a random
+/// partition per message it never breaks batching.
+///
+/// Time is whatever monotonic unit the caller uses (a TSC reading, simulated milliseconds…).
 #[derive(Debug)]
 pub struct StickyCursor {
     /// High 32 bits: batch number; low 32 bits: bytes routed in the batch.
     state: AtomicU64,
+    /// When the current batch started, in the caller's time unit.
+    started: AtomicU64,
 }
 
 const BYTES_MASK: u64 = 0xffff_ffff;
@@ -268,19 +275,37 @@ impl StickyCursor {
     pub fn starting_at(batch: u32) -> Self {
         Self {
             state: AtomicU64::new(u64::from(batch) << 32),
+            started: AtomicU64::new(0),
         }
     }
 
-    /// Accounts a message of `bytes` bytes and returns the batch number it belongs to. The
-    /// message that fills the batch (reaches `batch_bytes`) still belongs to it; the next one
-    /// starts a new batch.
+    /// Accounts a message of `bytes` bytes sent at time `now` and returns the batch number it
+    /// belongs to.
     ///
-    /// Lock-free: one `fetch_add`, plus one compare-and-swap by the single caller whose message
-    /// fills the batch.
+    /// The message that fills a batch (reaches `batch_bytes`) still belongs to it; the next
+    /// one starts a new batch. A message arriving when the batch is `max_age` old or older
+    /// starts a new batch itself. Lock-free: two atomic loads and a `fetch_add`, plus one
+    /// compare-and-swap by the single caller that ends a batch.
     #[inline]
-    pub fn advance(&self, bytes: usize, batch_bytes: u32) -> u32 {
+    pub fn advance(&self, bytes: usize, batch_bytes: u32, now: u64, max_age: u64) -> u32 {
         // Clamped so a single huge message cannot carry into the batch number.
         let bytes = bytes.min(1 << 30) as u64;
+        let started = self.started.load(Ordering::Relaxed);
+        if now.saturating_sub(started) >= max_age {
+            let current = self.state.load(Ordering::Relaxed);
+            let next_batch = ((current >> 32) as u32).wrapping_add(1);
+            let next = (u64::from(next_batch) << 32) | bytes;
+            if self
+                .state
+                .compare_exchange(current, next, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.started.store(now, Ordering::Relaxed);
+                return next_batch;
+            }
+            // Another caller moved the batch on (or added to it) first: join the batch as
+            // it now stands, below.
+        }
         let previous = self.state.fetch_add(bytes, Ordering::Relaxed);
         let batch = (previous >> 32) as u32;
         let used = previous & BYTES_MASK;
@@ -297,7 +322,10 @@ impl StickyCursor {
                     Ordering::Relaxed,
                     Ordering::Relaxed,
                 ) {
-                    Ok(_) => break,
+                    Ok(_) => {
+                        self.started.store(now, Ordering::Relaxed);
+                        break;
+                    }
                     Err(actual) => current = actual,
                 }
             }
@@ -454,24 +482,51 @@ mod tests {
         assert_eq!(t.pick_weighted(u64::MAX), Some(0));
     }
 
+    /// No time limit.
+    const FOREVER: u64 = u64::MAX;
+
     #[test]
     fn cursor_switches_batch_after_batch_bytes() {
         let c = StickyCursor::starting_at(7);
-        assert_eq!(c.advance(40, 100), 7);
-        assert_eq!(c.advance(40, 100), 7);
+        assert_eq!(c.advance(40, 100, 0, FOREVER), 7);
+        assert_eq!(c.advance(40, 100, 0, FOREVER), 7);
         // This one fills the batch: still batch 7.
-        assert_eq!(c.advance(40, 100), 7);
-        assert_eq!(c.advance(40, 100), 8);
+        assert_eq!(c.advance(40, 100, 0, FOREVER), 7);
+        assert_eq!(c.advance(40, 100, 0, FOREVER), 8);
         // A message larger than a batch fills it on its own.
-        assert_eq!(c.advance(500, 100), 8);
-        assert_eq!(c.advance(1, 100), 9);
+        assert_eq!(c.advance(500, 100, 0, FOREVER), 8);
+        assert_eq!(c.advance(1, 100, 0, FOREVER), 9);
+    }
+
+    #[test]
+    fn cursor_switches_batch_when_it_is_old() {
+        let c = StickyCursor::starting_at(0);
+        // The first batch started at time 0; max age 10.
+        assert_eq!(c.advance(1, 1000, 3, 10), 0);
+        assert_eq!(c.advance(1, 1000, 9, 10), 0);
+        // At age 10 the message starts a new batch itself.
+        assert_eq!(c.advance(1, 1000, 10, 10), 1);
+        assert_eq!(c.advance(1, 1000, 19, 10), 1);
+        // Long idle: the next message starts a fresh batch, not the stale one.
+        assert_eq!(c.advance(1, 1000, 500, 10), 2);
+        // Bytes still end a batch before its time is up.
+        assert_eq!(c.advance(999, 1000, 501, 10), 2);
+        assert_eq!(c.advance(1, 1000, 502, 10), 3);
+        assert_eq!(c.advance(1, 1000, 503, 10), 3);
+    }
+
+    #[test]
+    fn cursor_with_zero_max_age_switches_every_message() {
+        let c = StickyCursor::starting_at(0);
+        let batches: Vec<u32> = (0..4).map(|t| c.advance(1, 1000, t, 0)).collect();
+        assert_eq!(batches, [1, 2, 3, 4]);
     }
 
     #[test]
     fn cursor_batch_number_wraps() {
         let c = StickyCursor::starting_at(u32::MAX);
-        assert_eq!(c.advance(10, 10), u32::MAX);
-        assert_eq!(c.advance(1, 10), 0);
+        assert_eq!(c.advance(10, 10, 0, FOREVER), u32::MAX);
+        assert_eq!(c.advance(1, 10, 0, FOREVER), 0);
     }
 
     #[test]
@@ -482,7 +537,7 @@ mod tests {
                 let c = c.clone();
                 std::thread::spawn(move || {
                     for _ in 0..10_000 {
-                        c.advance(10, 1000);
+                        c.advance(10, 1000, 0, FOREVER);
                     }
                 })
             })
@@ -492,7 +547,7 @@ mod tests {
         }
         // 400 000 bytes in batches of about 1 000 bytes: about 400 batches. Racing callers can
         // only make a batch larger, never skip a batch number.
-        let batch = c.advance(0, 1000);
+        let batch = c.advance(0, 1000, 0, FOREVER);
         assert!((200..=400).contains(&batch), "batch number {batch}");
     }
 

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use ksp_core::ConfigError;
+use rdkafka::ClientConfig;
 
 use crate::partitioner::Partitioner;
 
@@ -77,16 +78,50 @@ pub struct RouterConfig {
     /// librdkafka's partitioner, to know each key's home. Normally read from the producer's
     /// `partitioner` setting.
     pub partitioner: Partitioner,
-    /// Bytes of keyless messages sent to one partition before switching to the next (Kafka's
-    /// KIP-794 uses the batch size). Default 16 KiB, Kafka's default `batch.size`.
+    /// Keyless messages stick to one partition until this many bytes were sent there (Kafka's
+    /// KIP-794 switches after a batch) … Default: the producer's `batch.size` (librdkafka's
+    /// default is 1 000 000).
     pub sticky_batch_bytes: u32,
+    /// … or until this long has passed, whichever comes first (librdkafka's own sticky
+    /// partitioner switches after `sticky.partitioning.linger.ms`). Default: the producer's
+    /// `sticky.partitioning.linger.ms` (librdkafka's default is 10 ms). Without a time bound,
+    /// a low-rate producer would send hundreds of messages in a row to one partition, and its
+    /// consumer would see them as a burst.
+    pub sticky_linger: Duration,
     /// The cache of moved keys.
     pub key_cache: KeyCacheConfig,
 }
 
 impl RouterConfig {
-    /// Default `sticky_batch_bytes`.
-    pub const DEFAULT_STICKY_BATCH_BYTES: u32 = 16 * 1024;
+    /// Default `sticky_batch_bytes`: librdkafka's default `batch.size`.
+    pub const DEFAULT_STICKY_BATCH_BYTES: u32 = 1_000_000;
+    /// Default `sticky_linger`: librdkafka's default `sticky.partitioning.linger.ms`.
+    pub const DEFAULT_STICKY_LINGER: Duration = Duration::from_millis(10);
+
+    /// Defaults taken from a producer's configuration: its `partitioner`, `batch.size` and
+    /// `sticky.partitioning.linger.ms`, so that routing batches like librdkafka would.
+    pub fn from_client_config(kafka: &ClientConfig) -> Result<Self, ConfigError> {
+        let mut config = Self {
+            partitioner: Partitioner::from_config(kafka)?,
+            ..Self::default()
+        };
+        if let Some(value) = kafka.get("batch.size") {
+            config.sticky_batch_bytes = value.trim().parse().map_err(|_| {
+                ConfigError::new("batch.size", format_args!("{value:?}"), "a number of bytes")
+            })?;
+        }
+        if let Some(value) = kafka.get("sticky.partitioning.linger.ms") {
+            let ms: u64 = value.trim().parse().map_err(|_| {
+                ConfigError::new(
+                    "sticky.partitioning.linger.ms",
+                    format_args!("{value:?}"),
+                    "a number of milliseconds",
+                )
+            })?;
+            config.sticky_linger = Duration::from_millis(ms);
+        }
+        Ok(config)
+    }
 
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -95,6 +130,13 @@ impl RouterConfig {
                 "sticky_batch_bytes",
                 self.sticky_batch_bytes,
                 "between 1 and 1073741824 bytes",
+            ));
+        }
+        if self.sticky_linger > Duration::from_secs(900) {
+            return Err(ConfigError::duration(
+                "sticky_linger",
+                self.sticky_linger,
+                "at most 900s (0 switches partition on every message)",
             ));
         }
         self.key_cache.validate()
@@ -106,6 +148,7 @@ impl Default for RouterConfig {
         Self {
             partitioner: Partitioner::default(),
             sticky_batch_bytes: Self::DEFAULT_STICKY_BATCH_BYTES,
+            sticky_linger: Self::DEFAULT_STICKY_LINGER,
             key_cache: KeyCacheConfig::default(),
         }
     }
@@ -136,5 +179,26 @@ mod tests {
             ..RouterConfig::default()
         };
         assert_eq!(c.validate().unwrap_err().setting, "sticky_batch_bytes");
+    }
+
+    #[test]
+    fn defaults_follow_the_producer_configuration() {
+        let c = RouterConfig::from_client_config(&ClientConfig::new()).unwrap();
+        assert_eq!(c, RouterConfig::default());
+        let mut kafka = ClientConfig::new();
+        kafka
+            .set("partitioner", "murmur2_random")
+            .set("batch.size", "65536")
+            .set("sticky.partitioning.linger.ms", "25");
+        let c = RouterConfig::from_client_config(&kafka).unwrap();
+        assert_eq!(c.partitioner, Partitioner::Murmur2Random);
+        assert_eq!(c.sticky_batch_bytes, 65536);
+        assert_eq!(c.sticky_linger, Duration::from_millis(25));
+        kafka.set("batch.size", "big");
+        let err = RouterConfig::from_client_config(&kafka).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid `batch.size` = \"big\": expected a number of bytes"
+        );
     }
 }

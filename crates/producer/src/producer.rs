@@ -18,7 +18,6 @@ use tracing::trace;
 
 use crate::config::{KeyCacheConfig, RouterConfig};
 use crate::error::{ProduceError, ProducerError, ProducerResult};
-use crate::partitioner::Partitioner;
 use crate::router::{Decision, Fallback, Route, Router};
 use crate::summary::TopicSummary;
 
@@ -86,7 +85,9 @@ impl AsyncSmartProducer {
             kafka,
             smart_enabled: true,
             monitor: MonitorConfig::new(String::new(), Vec::<String>::new()),
-            router: RouterConfig::default(),
+            key_cache: KeyCacheConfig::default(),
+            sticky_batch_bytes: None,
+            sticky_linger: None,
             calculator: Arc::new(ThresholdCalculator::default()),
             collector: None,
         }
@@ -332,7 +333,9 @@ pub struct AsyncSmartProducerBuilder {
     kafka: ClientConfig,
     smart_enabled: bool,
     monitor: MonitorConfig,
-    router: RouterConfig,
+    key_cache: KeyCacheConfig,
+    sticky_batch_bytes: Option<u32>,
+    sticky_linger: Option<Duration>,
     calculator: Arc<dyn HotPartitionCalculator>,
     collector: Option<Arc<dyn LagCollector>>,
 }
@@ -384,13 +387,21 @@ impl AsyncSmartProducerBuilder {
 
     /// Capacity and TTL of the cache of moved keys.
     pub fn key_cache(mut self, cache: KeyCacheConfig) -> Self {
-        self.router.key_cache = cache;
+        self.key_cache = cache;
         self
     }
 
-    /// Bytes of keyless messages per partition before switching. Default 16 KiB.
+    /// Bytes of keyless messages sent to one partition before switching. Default: the
+    /// producer's `batch.size`. See [`RouterConfig::sticky_batch_bytes`].
     pub fn sticky_batch_bytes(mut self, bytes: u32) -> Self {
-        self.router.sticky_batch_bytes = bytes;
+        self.sticky_batch_bytes = Some(bytes);
+        self
+    }
+
+    /// Longest time keyless messages stick to one partition. Default: the producer's
+    /// `sticky.partitioning.linger.ms`. See [`RouterConfig::sticky_linger`].
+    pub fn sticky_linger(mut self, linger: Duration) -> Self {
+        self.sticky_linger = Some(linger);
         self
     }
 
@@ -415,11 +426,20 @@ impl AsyncSmartProducerBuilder {
             kafka,
             smart_enabled,
             monitor,
-            mut router,
+            key_cache,
+            sticky_batch_bytes,
+            sticky_linger,
             calculator,
             collector,
         } = self;
-        router.partitioner = Partitioner::from_config(&kafka)?;
+        let mut router = RouterConfig::from_client_config(&kafka)?;
+        router.key_cache = key_cache;
+        if let Some(bytes) = sticky_batch_bytes {
+            router.sticky_batch_bytes = bytes;
+        }
+        if let Some(linger) = sticky_linger {
+            router.sticky_linger = linger;
+        }
         if smart_enabled {
             monitor.validate()?;
             router.validate()?;
@@ -465,7 +485,9 @@ impl fmt::Debug for AsyncSmartProducerBuilder {
             .field("kafka", &redact(self.kafka.config_map()))
             .field("smart_enabled", &self.smart_enabled)
             .field("monitor", &self.monitor)
-            .field("router", &self.router)
+            .field("key_cache", &self.key_cache)
+            .field("sticky_batch_bytes", &self.sticky_batch_bytes)
+            .field("sticky_linger", &self.sticky_linger)
             .field("calculator", &self.calculator.name())
             .field(
                 "collector",

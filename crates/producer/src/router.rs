@@ -110,6 +110,10 @@ pub struct Router {
     feed: HealthFeed,
     partitioner: Partitioner,
     sticky_batch_bytes: u32,
+    /// `sticky_linger` in ticks of `clock`.
+    sticky_linger_ticks: u64,
+    /// A TSC clock (about 10 ns a reading, against about 24 ns for `Instant::now` here).
+    clock: quanta::Clock,
     detours: Cache<u64, Detour, foldhash::fast::RandomState>,
 }
 
@@ -122,10 +126,13 @@ impl Router {
             .time_to_live(config.key_cache.ttl)
             .support_invalidation_closures()
             .build_with_hasher(foldhash::fast::RandomState::default());
+        let clock = quanta::Clock::new();
         Ok(Self {
             feed,
             partitioner: config.partitioner,
             sticky_batch_bytes: config.sticky_batch_bytes,
+            sticky_linger_ticks: ticks_for(&clock, config.sticky_linger),
+            clock,
             detours,
         })
     }
@@ -163,7 +170,12 @@ impl Router {
 
     #[inline]
     fn sticky(&self, health: &TopicHealth, size: usize) -> Decision {
-        let batch = health.cursor().advance(size, self.sticky_batch_bytes);
+        let batch = health.cursor().advance(
+            size,
+            self.sticky_batch_bytes,
+            self.clock.raw(),
+            self.sticky_linger_ticks,
+        );
         match health.pick_weighted(mix64(u64::from(batch))) {
             Some(partition) => Decision {
                 partition: Some(partition),
@@ -267,6 +279,10 @@ impl fmt::Debug for Router {
         f.debug_struct("Router")
             .field("partitioner", &self.partitioner)
             .field("sticky_batch_bytes", &self.sticky_batch_bytes)
+            .field(
+                "sticky_linger",
+                &self.clock.delta(0, self.sticky_linger_ticks),
+            )
             .field("moved_keys", &self.moved_keys())
             .field("feed", &self.feed)
             .finish()
@@ -309,6 +325,22 @@ fn rendezvous(routable: &[i32], key_hash: u64) -> Option<i32> {
         .iter()
         .copied()
         .max_by_key(|&p| mix64(key_hash ^ (p as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+}
+
+/// The number of raw ticks of `clock` that make up `duration` (the clock only converts the
+/// other way, so search for it).
+fn ticks_for(clock: &quanta::Clock, duration: std::time::Duration) -> u64 {
+    let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+    let (mut low, mut high) = (0u64, u64::MAX / 2);
+    while low < high {
+        let mid = low + (high - low) / 2;
+        if clock.delta_as_nanos(0, mid) >= nanos {
+            high = mid;
+        } else {
+            low = mid + 1;
+        }
+    }
+    low
 }
 
 /// SplitMix64's finalizer: a fast, well-mixed 64-bit permutation.
@@ -397,8 +429,28 @@ mod tests {
     }
 
     #[test]
+    fn linger_converts_to_clock_ticks_and_back() {
+        let clock = quanta::Clock::new();
+        for ms in [0, 1, 10, 250, 900_000] {
+            let d = std::time::Duration::from_millis(ms);
+            let back = clock.delta(0, ticks_for(&clock, d));
+            assert!(
+                back >= d && back - d < std::time::Duration::from_micros(1),
+                "{d:?} → {back:?}"
+            );
+        }
+    }
+
+    #[test]
     fn keyless_never_picks_an_unhealthy_partition_and_sticks_for_a_batch() {
-        let (mut publisher, router) = router();
+        let (mut publisher, feed) = health_channel();
+        let config = RouterConfig {
+            sticky_batch_bytes: 16 * 1024,
+            // Long enough that only bytes end a batch in this test.
+            sticky_linger: std::time::Duration::from_secs(600),
+            ..RouterConfig::default()
+        };
+        let router = Router::new(feed, &config).unwrap();
         publish(&mut publisher, &[true, false, true, true]);
         let mut picks = Vec::new();
         for _ in 0..10_000 {
@@ -414,6 +466,24 @@ mod tests {
         for p in [0, 2, 3] {
             assert!(picks.contains(&p), "partition {p} never picked");
         }
+    }
+
+    #[test]
+    fn keyless_switches_partition_after_the_sticky_linger() {
+        let (mut publisher, feed) = health_channel();
+        let config = RouterConfig {
+            sticky_linger: std::time::Duration::from_millis(1),
+            ..RouterConfig::default()
+        };
+        let router = Router::new(feed, &config).unwrap();
+        publish(&mut publisher, &[true, true, true]);
+        let mut picks = std::collections::BTreeSet::new();
+        for _ in 0..30 {
+            picks.insert(router.route("t", None, None, 10).partition.unwrap());
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        // 30 batches over 3 partitions: all of them get some.
+        assert_eq!(picks.len(), 3, "{picks:?}");
     }
 
     #[test]

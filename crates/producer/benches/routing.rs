@@ -1,0 +1,117 @@
+//! Cost of one routing decision.
+//!
+//! `cargo bench -p ksp-producer --bench routing`
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use ksp_core::{
+    HealthPublisher, HealthSnapshot, PartitionHealth, PartitionLag, TopicHealth, health_channel,
+};
+use ksp_producer::{Partitioner, Route, Router, RouterConfig};
+
+const TOPIC: &str = "orders";
+const UNHEALTHY: i32 = 1;
+
+/// A snapshot of `partitions` partitions where only partition 1 is unhealthy.
+fn snapshot(partitions: i32) -> HealthSnapshot {
+    let health = (0..partitions)
+        .map(|p| {
+            let lag = if p == UNHEALTHY { 5000 } else { 10 };
+            let healthy = p != UNHEALTHY;
+            PartitionHealth::new(
+                PartitionLag::from_lag(p, lag),
+                if healthy { 0.99 } else { 0.0 },
+                healthy,
+            )
+        })
+        .collect();
+    HealthSnapshot::new([Arc::new(TopicHealth::new(TOPIC, SystemTime::now(), health))])
+}
+
+fn setup(partitions: i32) -> (HealthPublisher, Router, Vec<u8>, Vec<u8>) {
+    let (mut publisher, feed) = health_channel();
+    publisher.publish(snapshot(partitions));
+    let router = Router::new(feed, &RouterConfig::default()).unwrap();
+    let key_with_home = |wanted: bool| {
+        (0..)
+            .map(|i| format!("customer-{i}").into_bytes())
+            .find(|k| {
+                (Partitioner::ConsistentRandom.home(Some(k), partitions) == Some(UNHEALTHY))
+                    == wanted
+            })
+            .unwrap()
+    };
+    let home = key_with_home(false);
+    let moved = key_with_home(true);
+    assert_eq!(
+        router.route(TOPIC, None, Some(&home), 100).route,
+        Route::Home
+    );
+    assert_eq!(
+        router.route(TOPIC, None, Some(&moved), 100).route,
+        Route::Moved
+    );
+    (publisher, router, home, moved)
+}
+
+fn decisions(c: &mut Criterion) {
+    let mut group = c.benchmark_group("route");
+    for partitions in [8, 64, 1024] {
+        let (_publisher, router, home, moved) = setup(partitions);
+        group.bench_with_input(BenchmarkId::new("keyless", partitions), &router, |b, r| {
+            b.iter(|| r.route(black_box(TOPIC), None, None, black_box(100)))
+        });
+        group.bench_with_input(
+            BenchmarkId::new("keyed_home", partitions),
+            &router,
+            |b, r| b.iter(|| r.route(black_box(TOPIC), None, Some(black_box(&home)), 100)),
+        );
+        group.bench_with_input(
+            BenchmarkId::new("keyed_moved_hit", partitions),
+            &router,
+            |b, r| b.iter(|| r.route(black_box(TOPIC), None, Some(black_box(&moved)), 100)),
+        );
+    }
+    group.finish();
+}
+
+/// The same decisions while another thread publishes a new snapshot as fast as it can.
+fn decisions_during_swaps(c: &mut Criterion) {
+    let mut group = c.benchmark_group("route_during_swaps");
+    for partitions in [8, 1024] {
+        let (publisher, router, home, moved) = setup(partitions);
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let stop = stop.clone();
+            let mut publisher = publisher;
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    publisher.publish(snapshot(partitions));
+                }
+            })
+        };
+        group.bench_with_input(BenchmarkId::new("keyless", partitions), &router, |b, r| {
+            b.iter(|| r.route(black_box(TOPIC), None, None, black_box(100)))
+        });
+        group.bench_with_input(
+            BenchmarkId::new("keyed_home", partitions),
+            &router,
+            |b, r| b.iter(|| r.route(black_box(TOPIC), None, Some(black_box(&home)), 100)),
+        );
+        group.bench_with_input(
+            BenchmarkId::new("keyed_moved_hit", partitions),
+            &router,
+            |b, r| b.iter(|| r.route(black_box(TOPIC), None, Some(black_box(&moved)), 100)),
+        );
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decisions, decisions_during_swaps);
+criterion_main!(benches);
