@@ -58,7 +58,10 @@ async fn lag_per_partition_is_exact() {
         assert_eq!(lag.committed, scenario.committed()[p], "{lag:?}");
         assert_eq!(lag.lag, Some(scenario.expected_lags()[p]), "{lag:?}");
     }
-    assert_eq!(orders.total_lag(), scenario.expected_lags().iter().sum::<i64>());
+    assert_eq!(
+        orders.total_lag(),
+        scenario.expected_lags().iter().sum::<i64>()
+    );
     assert_eq!(orders.total_lag(), 464);
 }
 

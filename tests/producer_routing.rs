@@ -39,14 +39,19 @@ async fn smart_producer(kafka: &ClientConfig) -> AsyncSmartProducer {
     producer
 }
 
-/// Produces `count` keyless 100-byte messages concurrently; returns messages per partition.
+/// Produces `count` keyless 100-byte messages in 20 waves, 15 ms apart (longer than the
+/// 10 ms sticky linger, so each wave may go elsewhere); returns messages per partition.
 async fn produce_keyless(producer: &AsyncSmartProducer, count: usize) -> BTreeMap<i32, usize> {
     let payload = [7u8; 100];
-    let sends = (0..count)
-        .map(|_| producer.produce(FutureRecord::<(), _>::to(TOPIC).payload(&payload[..])));
     let mut landed = BTreeMap::new();
-    for delivery in join_all(sends).await {
-        *landed.entry(delivery.unwrap().partition).or_default() += 1;
+    for wave in 0..20 {
+        let size = count / 20 + usize::from(wave < count % 20);
+        let sends = (0..size)
+            .map(|_| producer.produce(FutureRecord::<(), _>::to(TOPIC).payload(&payload[..])));
+        for delivery in join_all(sends).await {
+            *landed.entry(delivery.unwrap().partition).or_default() += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(15)).await;
     }
     landed
 }
@@ -80,8 +85,8 @@ async fn new_messages_stop_landing_on_a_lagging_partition() {
 
     let landed = produce_keyless(&producer, 4000).await;
     assert_eq!(landed.get(&3), None, "{landed:?}");
-    // Sticky batches of 16 KiB (~160 messages) spread 4000 messages over the 7 others.
-    assert!(landed.len() >= 5, "{landed:?}");
+    // 20 waves, each on one of the 7 others: most of them get some.
+    assert!(landed.len() >= 4, "{landed:?}");
 
     // The same load through a plain producer does land there.
     let plain = AsyncSmartProducer::builder(kafka.client_config())
@@ -89,13 +94,12 @@ async fn new_messages_stop_landing_on_a_lagging_partition() {
         .build()
         .unwrap();
     let mut plain_on_slow = 0;
-    for _ in 0..20 {
-        plain_on_slow += produce_keyless(&plain, 500)
+    for _ in 0..5 {
+        plain_on_slow += produce_keyless(&plain, 400)
             .await
             .get(&3)
             .copied()
             .unwrap_or(0);
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
         plain_on_slow > 0,

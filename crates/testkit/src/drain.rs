@@ -141,6 +141,9 @@ impl DrainingConsumerBuilder {
             .set("group.id", &self.group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
+            // Fetch as soon as anything is there: the latencies it reports should be the
+            // queueing behind a slow consumer, not the broker's fetch wait.
+            .set("fetch.wait.max.ms", "10")
             .create()
             .map_err(kafka_error("creating the draining consumer"))?;
         let consumer = Arc::new(consumer);

@@ -5,7 +5,9 @@
 //! * [`LagScenario`]: puts a consumer group into a chosen per-partition lag.
 //! * [`DrainingConsumer`]: a real consumer that drains each partition at its own rate — one
 //!   slow consumer, on demand.
+//! * [`demo`]: the embedded demo behind `cargo run --example quickstart`.
 
+pub mod demo;
 mod drain;
 mod mock;
 mod scenario;
@@ -27,6 +29,9 @@ pub enum TestkitError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    /// The demo could not run.
+    #[error("demo: {0}")]
+    Demo(String),
     /// A fixture thread could not be started.
     #[error("starting a fixture thread")]
     Io(#[from] std::io::Error),
