@@ -1,5 +1,6 @@
-//! kafka-smart-producer: a Kafka producer that routes new messages away from partitions whose
-//! consumers fall behind.
+#![doc = include_str!("../README.md")]
+//!
+//! ## This crate
 //!
 //! This facade re-exports the workspace's crates so that you depend on one package:
 //!
