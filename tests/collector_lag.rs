@@ -27,7 +27,6 @@ async fn collect(
 async fn lag_per_partition_is_exact() {
     common::init_tracing();
     let kafka = MockKafka::start(3).unwrap();
-    kafka.create_topic("orders", 8).unwrap();
     let scenario = LagScenario::new("orders", 8)
         .offsets(0, 100, 100)
         .offsets(1, 100, 40)
@@ -37,7 +36,7 @@ async fn lag_per_partition_is_exact() {
         .offsets(5, 10, 10)
         .offsets(6, 300, 150)
         .offsets(7, 1, 0);
-    scenario.apply(&kafka.client_config(), GROUP).await.unwrap();
+    scenario.create(&kafka, GROUP).await.unwrap();
 
     let collector = KafkaLagCollector::builder(&kafka.client_config())
         .build()
@@ -69,12 +68,11 @@ async fn lag_per_partition_is_exact() {
 async fn uncommitted_partitions_count_their_retained_backlog() {
     common::init_tracing();
     let kafka = MockKafka::start(1).unwrap();
-    kafka.create_topic("events", 3).unwrap();
     LagScenario::new("events", 3)
         .offsets(0, 50, 20)
         .uncommitted(1, 80)
         .uncommitted(2, 0)
-        .apply(&kafka.client_config(), GROUP)
+        .create(&kafka, GROUP)
         .await
         .unwrap();
 
@@ -130,10 +128,9 @@ async fn partition_layout_is_reread_every_refresh() {
 async fn one_list_offsets_per_leader_and_one_offset_fetch_per_refresh() {
     common::init_tracing();
     let kafka = MockKafka::start(3).unwrap();
-    kafka.create_topic("wide", 64).unwrap();
     LagScenario::new("wide", 64)
         .lag(5, 20)
-        .apply(&kafka.client_config(), GROUP)
+        .create(&kafka, GROUP)
         .await
         .unwrap();
     let collector = KafkaLagCollector::builder(&kafka.client_config())
@@ -194,9 +191,8 @@ async fn one_list_offsets_per_leader_and_one_offset_fetch_per_refresh() {
 async fn partitions_whose_leader_is_down_are_reported_unavailable() {
     common::init_tracing();
     let kafka = MockKafka::start(3).unwrap();
-    kafka.create_topic("orders", 6).unwrap();
     LagScenario::new("orders", 6)
-        .apply(&kafka.client_config(), GROUP)
+        .create(&kafka, GROUP)
         .await
         .unwrap();
     // Leaders: partitions 0 and 3 on broker 1, 1 and 4 on broker 2, 2 and 5 on broker 3; the
@@ -250,10 +246,9 @@ async fn partitions_whose_leader_is_down_are_reported_unavailable() {
 async fn retriable_errors_are_retried_within_the_refresh() {
     common::init_tracing();
     let kafka = MockKafka::start(1).unwrap();
-    kafka.create_topic("orders", 4).unwrap();
     LagScenario::new("orders", 4)
         .lag(2, 42)
-        .apply(&kafka.client_config(), GROUP)
+        .create(&kafka, GROUP)
         .await
         .unwrap();
     let collector = KafkaLagCollector::builder(&kafka.client_config())

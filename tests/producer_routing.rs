@@ -19,10 +19,9 @@ const TOPIC: &str = "orders";
 /// A mock cluster with an 8-partition topic whose partition `slow` lags 5000 messages.
 async fn cluster_with_slow_partition(slow: usize) -> MockKafka {
     let kafka = MockKafka::start(3).unwrap();
-    kafka.create_topic(TOPIC, 8).unwrap();
     LagScenario::new(TOPIC, 8)
         .lag(slow, 5000)
-        .apply(&kafka.client_config(), GROUP)
+        .create(&kafka, GROUP)
         .await
         .unwrap();
     kafka

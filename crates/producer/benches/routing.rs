@@ -58,23 +58,29 @@ fn setup(partitions: i32) -> (HealthPublisher, Router, Vec<u8>, Vec<u8>) {
     (publisher, router, home, moved)
 }
 
+/// The three decisions on one router: keyless, keyed staying home, keyed moved (cache hit).
+fn bench_decisions(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    partitions: i32,
+    router: &Router,
+    home: &[u8],
+    moved: &[u8],
+) {
+    group.bench_with_input(BenchmarkId::new("keyless", partitions), router, |b, r| {
+        b.iter(|| r.route(black_box(TOPIC), None, None, black_box(100)))
+    });
+    for (name, key) in [("keyed_home", home), ("keyed_moved_hit", moved)] {
+        group.bench_with_input(BenchmarkId::new(name, partitions), router, |b, r| {
+            b.iter(|| r.route(black_box(TOPIC), None, Some(black_box(key)), 100))
+        });
+    }
+}
+
 fn decisions(c: &mut Criterion) {
     let mut group = c.benchmark_group("route");
     for partitions in [8, 64, 1024] {
         let (_publisher, router, home, moved) = setup(partitions);
-        group.bench_with_input(BenchmarkId::new("keyless", partitions), &router, |b, r| {
-            b.iter(|| r.route(black_box(TOPIC), None, None, black_box(100)))
-        });
-        group.bench_with_input(
-            BenchmarkId::new("keyed_home", partitions),
-            &router,
-            |b, r| b.iter(|| r.route(black_box(TOPIC), None, Some(black_box(&home)), 100)),
-        );
-        group.bench_with_input(
-            BenchmarkId::new("keyed_moved_hit", partitions),
-            &router,
-            |b, r| b.iter(|| r.route(black_box(TOPIC), None, Some(black_box(&moved)), 100)),
-        );
+        bench_decisions(&mut group, partitions, &router, &home, &moved);
     }
     group.finish();
 }
@@ -83,30 +89,17 @@ fn decisions(c: &mut Criterion) {
 fn decisions_during_swaps(c: &mut Criterion) {
     let mut group = c.benchmark_group("route_during_swaps");
     for partitions in [8, 1024] {
-        let (publisher, router, home, moved) = setup(partitions);
+        let (mut publisher, router, home, moved) = setup(partitions);
         let stop = Arc::new(AtomicBool::new(false));
         let writer = {
             let stop = stop.clone();
-            let mut publisher = publisher;
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     publisher.publish(snapshot(partitions));
                 }
             })
         };
-        group.bench_with_input(BenchmarkId::new("keyless", partitions), &router, |b, r| {
-            b.iter(|| r.route(black_box(TOPIC), None, None, black_box(100)))
-        });
-        group.bench_with_input(
-            BenchmarkId::new("keyed_home", partitions),
-            &router,
-            |b, r| b.iter(|| r.route(black_box(TOPIC), None, Some(black_box(&home)), 100)),
-        );
-        group.bench_with_input(
-            BenchmarkId::new("keyed_moved_hit", partitions),
-            &router,
-            |b, r| b.iter(|| r.route(black_box(TOPIC), None, Some(black_box(&moved)), 100)),
-        );
+        bench_decisions(&mut group, partitions, &router, &home, &moved);
         stop.store(true, Ordering::Relaxed);
         writer.join().unwrap();
     }

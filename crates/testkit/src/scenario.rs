@@ -77,6 +77,13 @@ impl LagScenario {
             .collect()
     }
 
+    /// Creates the topic on `kafka` with the scenario's partition count, then
+    /// [`apply`](Self::apply)s the scenario.
+    pub async fn create(&self, kafka: &crate::MockKafka, group: &str) -> TestkitResult<()> {
+        kafka.create_topic(&self.topic, self.produced.len() as i32)?;
+        self.apply(&kafka.client_config(), group).await
+    }
+
     /// Produces the messages and commits the offsets. The topic must exist.
     pub async fn apply(&self, kafka: &ClientConfig, group: &str) -> TestkitResult<()> {
         produce_counts(kafka, &self.topic, &self.produced).await?;
