@@ -412,3 +412,137 @@ mod tests {
         );
     }
 }
+
+/// A built-in calculator chosen by name, with its settings: what configuration files hold.
+///
+/// ```
+/// # use ksp_core::CalculatorConfig;
+/// let relative: CalculatorConfig = "relative".parse().unwrap();
+/// assert_eq!(relative.build().unwrap().name(), "relative");
+/// let err = "median".parse::<CalculatorConfig>().unwrap_err();
+/// assert_eq!(
+///     err.to_string(),
+///     "invalid `calculator` = \"median\": expected one of \"threshold\", \"relative\"",
+/// );
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CalculatorConfig {
+    /// [`ThresholdCalculator`].
+    Threshold {
+        /// Healthy iff score ≥ this.
+        #[serde(default = "default_threshold")]
+        health_threshold: f64,
+        /// Lag that scores 0.
+        #[serde(default = "default_max_lag")]
+        max_lag: i64,
+    },
+    /// [`RelativeCalculator`].
+    Relative {
+        /// Hot iff lag > this × the others' mean.
+        #[serde(default = "default_factor")]
+        hot_factor: f64,
+        /// Lags at or below this are never hot.
+        #[serde(default = "default_min_lag")]
+        min_lag: i64,
+    },
+}
+
+fn default_threshold() -> f64 {
+    ThresholdCalculator::DEFAULT_THRESHOLD
+}
+fn default_max_lag() -> i64 {
+    ThresholdCalculator::DEFAULT_MAX_LAG
+}
+fn default_factor() -> f64 {
+    RelativeCalculator::DEFAULT_FACTOR
+}
+fn default_min_lag() -> i64 {
+    RelativeCalculator::DEFAULT_MIN_LAG
+}
+
+impl CalculatorConfig {
+    /// The names of the built-in calculators.
+    pub const NAMES: [&'static str; 2] = ["threshold", "relative"];
+
+    /// Validates the settings and builds the calculator.
+    pub fn build(&self) -> Result<std::sync::Arc<dyn HotPartitionCalculator>, ConfigError> {
+        Ok(match *self {
+            Self::Threshold {
+                health_threshold,
+                max_lag,
+            } => std::sync::Arc::new(ThresholdCalculator::new(health_threshold, max_lag)?),
+            Self::Relative {
+                hot_factor,
+                min_lag,
+            } => std::sync::Arc::new(RelativeCalculator::new(hot_factor, min_lag)?),
+        })
+    }
+}
+
+impl Default for CalculatorConfig {
+    fn default() -> Self {
+        Self::Threshold {
+            health_threshold: default_threshold(),
+            max_lag: default_max_lag(),
+        }
+    }
+}
+
+impl std::str::FromStr for CalculatorConfig {
+    type Err = ConfigError;
+
+    /// A built-in calculator by name, with default settings.
+    fn from_str(name: &str) -> Result<Self, ConfigError> {
+        match name {
+            "threshold" => Ok(Self::default()),
+            "relative" => Ok(Self::Relative {
+                hot_factor: default_factor(),
+                min_lag: default_min_lag(),
+            }),
+            other => Err(ConfigError::new(
+                "calculator",
+                format_args!("{other:?}"),
+                "one of \"threshold\", \"relative\"",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    #[test]
+    fn decodes_from_json_with_defaults() {
+        let c: CalculatorConfig =
+            serde_json::from_str(r#"{"kind":"relative","min_lag":50}"#).unwrap();
+        assert_eq!(
+            c,
+            CalculatorConfig::Relative {
+                hot_factor: 2.0,
+                min_lag: 50
+            }
+        );
+        let c: CalculatorConfig = serde_json::from_str(r#"{"kind":"threshold"}"#).unwrap();
+        assert_eq!(c, CalculatorConfig::default());
+    }
+
+    #[test]
+    fn invalid_values_fail_at_build_with_the_setting_named() {
+        let c: CalculatorConfig =
+            serde_json::from_str(r#"{"kind":"threshold","health_threshold":2}"#).unwrap();
+        let err = c.build().err().unwrap();
+        assert_eq!(err.setting, "health_threshold");
+    }
+
+    #[test]
+    fn unknown_kind_is_rejected() {
+        let err = serde_json::from_str::<CalculatorConfig>(r#"{"kind":"median"}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown variant `median`"),
+            "{err}"
+        );
+    }
+}

@@ -77,19 +77,26 @@ pub struct TopicHealth {
 }
 
 impl TopicHealth {
+    /// Highest partition count a topic's health may have. Partition ids at or above it are
+    /// dropped: the tables are dense, so a collector or calculator reporting partition
+    /// 2 000 000 000 would otherwise make this allocate gigabytes.
+    pub const MAX_PARTITIONS: i32 = 1 << 20;
+
     /// Builds the health of a topic from a calculator's output.
     ///
     /// Partition ids are dense in Kafka (`0..n`); ids missing from `health` are filled in as
-    /// unavailable, negative ids are dropped, and a duplicate id keeps its first entry.
+    /// unavailable, negative ids and ids of [`MAX_PARTITIONS`](Self::MAX_PARTITIONS) or more are
+    /// dropped, and a duplicate id keeps its first entry.
     pub fn new(topic: &str, collected_at: SystemTime, health: Vec<PartitionHealth>) -> Self {
+        let valid = |h: &PartitionHealth| (0..Self::MAX_PARTITIONS).contains(&h.partition);
         let count = health
             .iter()
-            .filter(|h| h.partition >= 0)
+            .filter(|h| valid(h))
             .map(|h| h.partition as usize + 1)
             .max()
             .unwrap_or(0);
         let mut dense: Vec<Option<PartitionHealth>> = vec![None; count];
-        for h in health.into_iter().filter(|h| h.partition >= 0) {
+        for h in health.into_iter().filter(valid) {
             let slot = &mut dense[h.partition as usize];
             if slot.is_none() {
                 *slot = Some(h);
@@ -431,6 +438,22 @@ mod tests {
         assert!(!t.partition(2).unwrap().lag.leader_available);
         assert!(!t.is_routable(-1));
         assert!(!t.is_routable(4));
+    }
+
+    #[test]
+    fn absurd_partition_ids_are_dropped_not_allocated() {
+        let t = TopicHealth::new(
+            "t",
+            SystemTime::now(),
+            vec![
+                health(1, 1.0, true),
+                health(2_000_000_000, 1.0, true),
+                health(TopicHealth::MAX_PARTITIONS, 1.0, true),
+                health(i32::MAX, 1.0, true),
+            ],
+        );
+        assert_eq!(t.partition_count(), 2);
+        assert_eq!(t.routable_partitions(), [1]);
     }
 
     #[test]

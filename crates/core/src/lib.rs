@@ -24,7 +24,9 @@ pub mod secret;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
-pub use calculator::{HotPartitionCalculator, RelativeCalculator, ThresholdCalculator};
+pub use calculator::{
+    CalculatorConfig, HotPartitionCalculator, RelativeCalculator, ThresholdCalculator,
+};
 pub use collector::{LagCollector, LagRequest};
 pub use error::{BoxError, CollectError, ConfigError};
 pub use feed::{HealthFeed, HealthPublisher, health_channel};

@@ -15,4 +15,6 @@ mod monitor;
 pub use config::{MonitorConfig, validate_topic};
 pub use error::{MonitorError, MonitorResult};
 pub use kafka::{KafkaLagCollector, KafkaLagCollectorBuilder, RequestCounts};
-pub use monitor::{HealthMonitor, HealthMonitorBuilder, MonitorHandle, MonitorStats};
+pub use monitor::{
+    HealthMonitor, HealthMonitorBuilder, MonitorHandle, MonitorStats, MonitorStatus,
+};

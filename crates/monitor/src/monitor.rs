@@ -3,9 +3,11 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use futures::FutureExt;
 use ksp_core::{
     CollectError, HealthFeed, HealthPublisher, HealthSnapshot, HotPartitionCalculator,
     LagCollector, LagRequest, ThresholdCalculator, TopicHealth, TopicLag, health_channel,
@@ -152,6 +154,7 @@ impl HealthMonitorBuilder {
         let (commands, receiver) = mpsc::channel(16);
         let cancel = cancel.map_or_else(CancellationToken::new, |t| t.child_token());
         let stats = Arc::new(Mutex::new(MonitorStats::default()));
+        let status = Arc::new(AtomicU8::new(MonitorStatus::Running as u8));
         let span = info_span!(
             "ksp.monitor",
             group = %config.group,
@@ -169,6 +172,7 @@ impl HealthMonitorBuilder {
             health: HashMap::new(),
             publisher,
             stats: stats.clone(),
+            status: status.clone(),
             cancel: cancel.clone(),
         };
         let task = runtime.spawn(task.run(receiver).instrument(span));
@@ -177,6 +181,7 @@ impl HealthMonitorBuilder {
                 commands,
                 feed,
                 stats,
+                status,
                 task: Mutex::new(Some(task)),
                 _stop_on_drop: cancel.clone().drop_guard(),
                 cancel,
@@ -192,6 +197,29 @@ impl fmt::Debug for HealthMonitorBuilder {
             .field("calculator", &self.calculator.name())
             .field("config", &self.config)
             .finish_non_exhaustive()
+    }
+}
+
+/// Whether the monitor task runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MonitorStatus {
+    /// Collecting.
+    Running = 0,
+    /// Shut down, cancelled, or every handle was dropped.
+    Stopped = 1,
+    /// The task panicked (a bug: collector and calculator panics are caught and counted as
+    /// failures). The feed was emptied, so routing falls back.
+    Panicked = 2,
+}
+
+impl MonitorStatus {
+    fn from_u8(value: u8) -> Self {
+        match value {
+            0 => Self::Running,
+            2 => Self::Panicked,
+            _ => Self::Stopped,
+        }
     }
 }
 
@@ -226,6 +254,7 @@ struct HandleInner {
     commands: mpsc::Sender<Command>,
     feed: HealthFeed,
     stats: Arc<Mutex<MonitorStats>>,
+    status: Arc<AtomicU8>,
     task: Mutex<Option<JoinHandle<()>>>,
     cancel: CancellationToken,
     _stop_on_drop: DropGuard,
@@ -289,12 +318,12 @@ impl MonitorHandle {
 
     /// Whether the monitor task is still running.
     pub fn is_running(&self) -> bool {
-        self.inner
-            .task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .is_some_and(|t| !t.is_finished())
+        self.status() == MonitorStatus::Running
+    }
+
+    /// Whether the task runs, was stopped, or panicked.
+    pub fn status(&self) -> MonitorStatus {
+        MonitorStatus::from_u8(self.inner.status.load(Ordering::SeqCst))
     }
 
     /// Stops the monitor and waits for its task to end. A collection in progress is abandoned
@@ -358,11 +387,32 @@ struct Monitor {
     health: HashMap<String, Tracked>,
     publisher: HealthPublisher,
     stats: Arc<Mutex<MonitorStats>>,
+    status: Arc<AtomicU8>,
     cancel: CancellationToken,
+}
+
+/// Records how the monitor task ended, whatever ended it. Dropped last in `run` (and during
+/// unwinding if the task panics), after which the publisher, dropped with the task, has
+/// emptied the feed.
+struct ExitGuard(Arc<AtomicU8>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                "the health monitor task panicked; routing falls back to librdkafka's partitioner"
+            );
+            self.0
+                .store(MonitorStatus::Panicked as u8, Ordering::SeqCst);
+        } else {
+            self.0.store(MonitorStatus::Stopped as u8, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Monitor {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let _exit = ExitGuard(self.status.clone());
         let mut tick = tokio::time::interval(self.refresh_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -406,8 +456,11 @@ impl Monitor {
         );
         let collected = {
             let request = LagRequest::new(&self.group, &self.topics, budget);
-            let collect =
-                tokio::time::timeout(budget + COLLECT_SLACK, self.collector.collect(&request));
+            // A panicking collector is a failed collection, not a dead monitor.
+            let collect = tokio::time::timeout(
+                budget + COLLECT_SLACK,
+                AssertUnwindSafe(self.collector.collect(&request)).catch_unwind(),
+            );
             tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => return Err(MonitorError::Stopped),
@@ -417,14 +470,18 @@ impl Monitor {
         let elapsed = started.elapsed();
         span.record("duration_ms", elapsed.as_secs_f64() * 1e3);
         let result = match collected {
-            Ok(Ok(reports)) => {
+            Ok(Ok(Ok(reports))) => {
                 span.record("outcome", "ok");
                 self.apply(reports);
                 let version = self.publish();
                 self.record_success(elapsed, version);
                 Ok(version)
             }
-            Ok(Err(error)) => Err(error),
+            Ok(Ok(Err(error))) => Err(error),
+            Ok(Err(panic)) => Err(CollectError::source(
+                "the lag collector panicked",
+                panic_message(panic.as_ref()),
+            )),
             Err(_elapsed) => Err(CollectError::Timeout { budget }),
         };
         result.map_err(|error| {
@@ -569,4 +626,31 @@ pub(crate) fn render_error(error: &(dyn std::error::Error + 'static)) -> String 
         source = cause.source();
     }
     rendered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn exit_guard_records_a_panic_and_a_normal_end() {
+        let status = Arc::new(AtomicU8::new(MonitorStatus::Running as u8));
+        let guard = ExitGuard(status.clone());
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            panic!("monitor bug");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert_eq!(
+            MonitorStatus::from_u8(status.load(Ordering::SeqCst)),
+            MonitorStatus::Panicked
+        );
+
+        let status = Arc::new(AtomicU8::new(MonitorStatus::Running as u8));
+        drop(ExitGuard(status.clone()));
+        assert_eq!(
+            MonitorStatus::from_u8(status.load(Ordering::SeqCst)),
+            MonitorStatus::Stopped
+        );
+    }
 }

@@ -396,3 +396,36 @@ async fn invalid_settings_are_rejected_before_spawning() {
         "invalid `refresh_interval` = 0ns: expected between 10ms and 3600s"
     );
 }
+
+struct PanickingCollector;
+
+#[async_trait::async_trait]
+impl ksp_core::LagCollector for PanickingCollector {
+    async fn collect(
+        &self,
+        _: &ksp_core::LagRequest<'_>,
+    ) -> Result<Vec<TopicLag>, ksp_core::CollectError> {
+        panic!("collector bug");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_collector_is_a_failed_collection_not_a_dead_monitor() {
+    let monitor = HealthMonitor::builder(Arc::new(PanickingCollector))
+        .group("g")
+        .topics(["t"])
+        .spawn()
+        .unwrap();
+    assert!(monitor.refresh_now().await.is_err());
+    assert!(monitor.refresh_now().await.is_err());
+    assert_eq!(monitor.status(), ksp_monitor::MonitorStatus::Running);
+    let stats = monitor.stats();
+    assert!(stats.failures >= 2, "{stats:?}");
+    assert_eq!(
+        stats.last_error.as_deref(),
+        Some("the lag collector panicked: collector bug")
+    );
+    assert!(monitor.feed().load().is_empty());
+    monitor.shutdown().await.unwrap();
+    assert_eq!(monitor.status(), ksp_monitor::MonitorStatus::Stopped);
+}

@@ -9,6 +9,7 @@ mod config;
 mod error;
 mod partitioner;
 mod producer;
+mod queue;
 mod router;
 mod summary;
 

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use ksp_core::secret::redact;
 use ksp_core::{
-    HealthFeed, HealthSnapshot, HotPartitionCalculator, LagCollector, ThresholdCalculator,
+    CalculatorConfig, HealthFeed, HealthSnapshot, HotPartitionCalculator, LagCollector,
+    ThresholdCalculator,
 };
 use ksp_monitor::{HealthMonitor, KafkaLagCollector, MonitorConfig, MonitorHandle, MonitorStats};
 use rdkafka::ClientConfig;
@@ -18,6 +19,7 @@ use tracing::trace;
 
 use crate::config::{KeyCacheConfig, RouterConfig};
 use crate::error::{ProduceError, ProducerError, ProducerResult};
+use crate::queue::{InFlight, LocalQueue};
 use crate::router::{Decision, Fallback, Route, Router};
 use crate::summary::TopicSummary;
 
@@ -70,7 +72,8 @@ pub struct AsyncSmartProducer {
 }
 
 struct Inner {
-    producer: FutureProducer,
+    producer: OffloadedDrop,
+    queue: LocalQueue,
     router: Option<Arc<Router>>,
     monitor: Option<MonitorHandle>,
     _follower: Option<AbortOnDropHandle<()>>,
@@ -88,6 +91,7 @@ impl AsyncSmartProducer {
             key_cache: KeyCacheConfig::default(),
             sticky_batch_bytes: None,
             sticky_linger: None,
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
             calculator: Arc::new(ThresholdCalculator::default()),
             collector: None,
         }
@@ -96,14 +100,19 @@ impl AsyncSmartProducer {
     /// Sends a message and waits for its delivery report.
     ///
     /// The partition is chosen by the [`Router`] unless the record sets one. Resolves to where
-    /// the message landed, or to a [`ProduceError`] that hands the message back. A full local
-    /// queue is reported at once ([`ProduceError::is_queue_full`]), never retried behind your
-    /// back.
+    /// the message landed, or to a [`ProduceError`] that hands the message back.
+    ///
+    /// When librdkafka's local queue is full (`queue.buffering.max.messages` or
+    /// `queue.buffering.max.kbytes`), it waits for room, woken by delivery reports, at most
+    /// `queue_timeout`; then it fails with [`ProduceError::is_queue_full`] and the message.
+    /// Nothing is retried behind your back.
     ///
     /// # Cancel safety
     ///
-    /// Once the first poll has enqueued the message, dropping the future does not cancel the
-    /// send: librdkafka still delivers it, and its report is discarded.
+    /// Dropping the future while it waits for room sends nothing. Once the message is
+    /// enqueued, dropping the future does not cancel the send: librdkafka still delivers it
+    /// (or reports it failed) and its report is discarded; its queue room stays reserved until
+    /// then.
     pub async fn produce<K, P>(
         &self,
         record: FutureRecord<'_, K, P>,
@@ -119,6 +128,11 @@ impl AsyncSmartProducer {
         let mut route = decision.route;
         trace!(topic, %route, partition = ?decision.partition, "routed");
 
+        let payload = record.payload.map_or(0, |p| p.to_bytes().len());
+        let Some(reservation) = self.inner.queue.reserve(payload).await else {
+            let full = KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
+            return Err(enqueue_error(full, record, route));
+        };
         let delivery = match self.inner.producer.send_result(record) {
             Ok(delivery) => delivery,
             Err((error, mut record))
@@ -134,7 +148,16 @@ impl AsyncSmartProducer {
             }
             Err((error, record)) => return Err(enqueue_error(error, record, route)),
         };
-        match delivery.await {
+        let mut in_flight = InFlight {
+            delivery: None,
+            reservation: Some(reservation),
+            producer: &self.inner.producer,
+        };
+        let report = in_flight.delivery.insert(delivery).await;
+        // The report is in: nothing left to wait for if this future is dropped now.
+        in_flight.delivery = None;
+        drop(in_flight);
+        match report {
             Ok(Ok(d)) => Ok(Delivery {
                 partition: d.partition,
                 offset: d.offset,
@@ -247,6 +270,12 @@ impl AsyncSmartProducer {
             .ok_or(ProducerError::SmartRoutingDisabled)
     }
 
+    /// Messages that can still be handed to librdkafka without waiting for room (`None` when
+    /// `queue.buffering.max.messages` is 0, librdkafka's "no limit").
+    pub fn queue_room(&self) -> Option<usize> {
+        self.inner.queue.available_messages()
+    }
+
     /// The router, for inspection.
     pub fn router(&self) -> Option<&Router> {
         self.inner.router.as_deref()
@@ -295,6 +324,31 @@ impl fmt::Debug for AsyncSmartProducer {
     }
 }
 
+/// The rdkafka producer, dropped on a blocking thread: dropping it purges its queue and waits
+/// up to 500 ms for the resulting reports, which must not stall an async worker.
+struct OffloadedDrop(Option<FutureProducer>);
+
+impl std::ops::Deref for OffloadedDrop {
+    type Target = FutureProducer;
+
+    fn deref(&self) -> &FutureProducer {
+        // Only `drop` takes it out.
+        self.0
+            .as_ref()
+            .expect("the producer is present until dropped")
+    }
+}
+
+impl Drop for OffloadedDrop {
+    fn drop(&mut self) {
+        if let (Some(producer), Ok(runtime)) =
+            (self.0.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn_blocking(move || drop(producer));
+        }
+    }
+}
+
 fn is_unknown_partition(error: &KafkaError) -> bool {
     error.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownPartition)
 }
@@ -336,6 +390,7 @@ pub struct AsyncSmartProducerBuilder {
     key_cache: KeyCacheConfig,
     sticky_batch_bytes: Option<u32>,
     sticky_linger: Option<Duration>,
+    queue_timeout: Duration,
     calculator: Arc<dyn HotPartitionCalculator>,
     collector: Option<Arc<dyn LagCollector>>,
 }
@@ -405,6 +460,19 @@ impl AsyncSmartProducerBuilder {
         self
     }
 
+    /// How long `produce` waits for room when librdkafka's local queue is full, before failing
+    /// with the message handed back. Default 5 s; `Duration::ZERO` fails at once.
+    pub fn queue_timeout(mut self, timeout: Duration) -> Self {
+        self.queue_timeout = timeout;
+        self
+    }
+
+    /// How lag becomes health, chosen by name and settings (what configuration files hold).
+    pub fn calculator_config(mut self, config: CalculatorConfig) -> ProducerResult<Self> {
+        self.calculator = config.build()?;
+        Ok(self)
+    }
+
     /// `false` makes a plain producer: no monitor, no routing, librdkafka decides everything.
     /// Default `true`.
     pub fn smart_enabled(mut self, enabled: bool) -> Self {
@@ -429,9 +497,11 @@ impl AsyncSmartProducerBuilder {
             key_cache,
             sticky_batch_bytes,
             sticky_linger,
+            queue_timeout,
             calculator,
             collector,
         } = self;
+        let queue = LocalQueue::new(&kafka, queue_timeout)?;
         let mut router = RouterConfig::from_client_config(&kafka)?;
         router.key_cache = key_cache;
         if let Some(bytes) = sticky_batch_bytes {
@@ -448,10 +518,12 @@ impl AsyncSmartProducerBuilder {
             context: "creating the rdkafka producer".into(),
             source,
         })?;
+        let producer = OffloadedDrop(Some(producer));
         if !smart_enabled {
             return Ok(AsyncSmartProducer {
                 inner: Arc::new(Inner {
                     producer,
+                    queue,
                     router: None,
                     monitor: None,
                     _follower: None,
@@ -471,6 +543,7 @@ impl AsyncSmartProducerBuilder {
         Ok(AsyncSmartProducer {
             inner: Arc::new(Inner {
                 producer,
+                queue,
                 router: Some(router),
                 monitor: Some(handle),
                 _follower: Some(follower),
@@ -488,6 +561,7 @@ impl fmt::Debug for AsyncSmartProducerBuilder {
             .field("key_cache", &self.key_cache)
             .field("sticky_batch_bytes", &self.sticky_batch_bytes)
             .field("sticky_linger", &self.sticky_linger)
+            .field("queue_timeout", &self.queue_timeout)
             .field("calculator", &self.calculator.name())
             .field(
                 "collector",
@@ -496,3 +570,6 @@ impl fmt::Debug for AsyncSmartProducerBuilder {
             .finish()
     }
 }
+
+/// Default `queue_timeout`.
+const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
