@@ -12,14 +12,15 @@
 //!   crate was built with.
 
 pub use ksp_core::{
-    BoxError, CollectError, ConfigError, HealthFeed, HealthPublisher, HealthSnapshot,
-    HotPartitionCalculator, LagCollector, LagRequest, PartitionHealth, PartitionLag,
-    RelativeCalculator, StickyCursor, ThresholdCalculator, TopicHealth, TopicLag,
+    BoxError, CalculatorConfig, CollectError, ConfigError, HealthFeed, HealthPublisher,
+    HealthSnapshot, HotPartitionCalculator, LagCollector, LagRequest, PartitionHealth,
+    PartitionLag, RelativeCalculator, StickyCursor, ThresholdCalculator, TopicHealth, TopicLag,
     UncommittedPolicy, health_channel, secret,
 };
 pub use ksp_monitor::{
     HealthMonitor, HealthMonitorBuilder, KafkaLagCollector, KafkaLagCollectorBuilder,
-    MonitorConfig, MonitorError, MonitorHandle, MonitorResult, MonitorStats, RequestCounts,
+    MonitorConfig, MonitorError, MonitorHandle, MonitorResult, MonitorStats, MonitorStatus,
+    RequestCounts, validate_topic,
 };
 pub use ksp_producer::{
     AsyncSmartProducer, AsyncSmartProducerBuilder, Decision, Delivery, Fallback, KeyCacheConfig,

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use ksp_core::secret::redact;
 use ksp_core::{
-    CalculatorConfig, HealthFeed, HealthSnapshot, HotPartitionCalculator, LagCollector,
-    ThresholdCalculator,
+    CalculatorConfig, ConfigError, HealthFeed, HealthSnapshot, HotPartitionCalculator,
+    LagCollector, ThresholdCalculator,
 };
 use ksp_monitor::{HealthMonitor, KafkaLagCollector, MonitorConfig, MonitorHandle, MonitorStats};
 use rdkafka::ClientConfig;
@@ -93,6 +93,7 @@ impl AsyncSmartProducer {
             sticky_linger: None,
             queue_timeout: DEFAULT_QUEUE_TIMEOUT,
             calculator: Arc::new(ThresholdCalculator::default()),
+            calculator_error: None,
             collector: None,
         }
     }
@@ -392,6 +393,7 @@ pub struct AsyncSmartProducerBuilder {
     sticky_linger: Option<Duration>,
     queue_timeout: Duration,
     calculator: Arc<dyn HotPartitionCalculator>,
+    calculator_error: Option<ConfigError>,
     collector: Option<Arc<dyn LagCollector>>,
 }
 
@@ -412,6 +414,7 @@ impl AsyncSmartProducerBuilder {
     /// How lag becomes health. Default [`ThresholdCalculator::default`].
     pub fn calculator(mut self, calculator: impl HotPartitionCalculator) -> Self {
         self.calculator = Arc::new(calculator);
+        self.calculator_error = None;
         self
     }
 
@@ -468,9 +471,17 @@ impl AsyncSmartProducerBuilder {
     }
 
     /// How lag becomes health, chosen by name and settings (what configuration files hold).
-    pub fn calculator_config(mut self, config: CalculatorConfig) -> ProducerResult<Self> {
-        self.calculator = config.build()?;
-        Ok(self)
+    /// Invalid settings are reported by [`validate`](Self::validate) and
+    /// [`build`](Self::build).
+    pub fn calculator_config(mut self, config: CalculatorConfig) -> Self {
+        match config.build() {
+            Ok(calculator) => {
+                self.calculator = calculator;
+                self.calculator_error = None;
+            }
+            Err(error) => self.calculator_error = Some(error),
+        }
+        self
     }
 
     /// `false` makes a plain producer: no monitor, no routing, librdkafka decides everything.
@@ -486,34 +497,52 @@ impl AsyncSmartProducerBuilder {
         self
     }
 
+    /// Runs every check [`build`](Self::build) runs, librdkafka's own parsing of the client
+    /// settings included, without creating a client or touching the network. Use it to reject a
+    /// bad configuration at startup, or in a test.
+    pub fn validate(&self) -> ProducerResult<()> {
+        self.checked().map(drop)
+    }
+
+    fn checked(&self) -> ProducerResult<(LocalQueue, RouterConfig)> {
+        if let Some(error) = &self.calculator_error {
+            return Err(error.clone().into());
+        }
+        let queue = LocalQueue::new(&self.kafka, self.queue_timeout)?;
+        let mut router = RouterConfig::from_client_config(&self.kafka)?;
+        router.key_cache = self.key_cache.clone();
+        if let Some(bytes) = self.sticky_batch_bytes {
+            router.sticky_batch_bytes = bytes;
+        }
+        if let Some(linger) = self.sticky_linger {
+            router.sticky_linger = linger;
+        }
+        if self.smart_enabled {
+            self.monitor.validate()?;
+            router.validate()?;
+        }
+        self.kafka
+            .create_native_config()
+            .map_err(|source| ProducerError::Kafka {
+                context: "invalid rdkafka client configuration".into(),
+                source,
+            })?;
+        Ok((queue, router))
+    }
+
     /// Validates everything, creates the rdkafka producer and, with smart routing, spawns the
     /// health monitor on the current Tokio runtime (its first collection starts right away;
     /// until it lands, messages go where librdkafka sends them).
     pub fn build(self) -> ProducerResult<AsyncSmartProducer> {
+        let (queue, router) = self.checked()?;
         let Self {
             kafka,
             smart_enabled,
             monitor,
-            key_cache,
-            sticky_batch_bytes,
-            sticky_linger,
-            queue_timeout,
             calculator,
             collector,
+            ..
         } = self;
-        let queue = LocalQueue::new(&kafka, queue_timeout)?;
-        let mut router = RouterConfig::from_client_config(&kafka)?;
-        router.key_cache = key_cache;
-        if let Some(bytes) = sticky_batch_bytes {
-            router.sticky_batch_bytes = bytes;
-        }
-        if let Some(linger) = sticky_linger {
-            router.sticky_linger = linger;
-        }
-        if smart_enabled {
-            monitor.validate()?;
-            router.validate()?;
-        }
         let producer: FutureProducer = kafka.create().map_err(|source| ProducerError::Kafka {
             context: "creating the rdkafka producer".into(),
             source,

@@ -50,8 +50,14 @@ impl LocalQueue {
                 "at most 3600s (0 fails at once when the queue is full)",
             ));
         }
-        let max_messages = setting(kafka, "queue.buffering.max.messages", DEFAULT_MAX_MESSAGES)?;
-        let max_kbytes = setting(kafka, "queue.buffering.max.kbytes", DEFAULT_MAX_KBYTES)?;
+        // librdkafka's own ranges; anything else it would refuse anyway.
+        let max_messages = setting(
+            kafka,
+            "queue.buffering.max.messages",
+            0,
+            DEFAULT_MAX_MESSAGES,
+        )?;
+        let max_kbytes = setting(kafka, "queue.buffering.max.kbytes", 1, DEFAULT_MAX_KBYTES)?;
         let max_bytes = max_kbytes.saturating_mul(1024).min(Semaphore::MAX_PERMITS);
         Ok(Self {
             // 0 disables librdkafka's message-count limit.
@@ -111,13 +117,28 @@ impl LocalQueue {
     }
 }
 
-fn setting(kafka: &ClientConfig, key: &'static str, default: usize) -> Result<usize, ConfigError> {
-    kafka.get(key).map_or(Ok(default), |value| {
-        value
-            .trim()
-            .parse()
-            .map_err(|_| ConfigError::new(key, format_args!("{value:?}"), "a non-negative integer"))
-    })
+/// An integer setting of librdkafka's, in `min..=i32::MAX` like librdkafka requires.
+fn setting(
+    kafka: &ClientConfig,
+    key: &'static str,
+    min: usize,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    let Some(value) = kafka.get(key) else {
+        return Ok(default);
+    };
+    value
+        .trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (min..=i32::MAX as usize).contains(n))
+        .ok_or_else(|| {
+            ConfigError::new(
+                key,
+                format_args!("{value:?}"),
+                format!("an integer between {min} and 2147483647"),
+            )
+        })
 }
 
 /// A message handed to librdkafka whose delivery report is still awaited.
@@ -205,6 +226,18 @@ mod tests {
         kafka.set("queue.buffering.max.messages", "lots");
         let err = LocalQueue::new(&kafka, Duration::ZERO).err().unwrap();
         assert_eq!(err.setting, "queue.buffering.max.messages");
+        // Found by the decoder fuzz test: a huge limit made the semaphore constructor panic.
+        kafka.set("queue.buffering.max.messages", "9223372036854775807");
+        let err = LocalQueue::new(&kafka, Duration::ZERO).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "invalid `queue.buffering.max.messages` = \"9223372036854775807\": expected an \
+             integer between 0 and 2147483647"
+        );
+        kafka.set("queue.buffering.max.messages", "0");
+        kafka.set("queue.buffering.max.kbytes", "0");
+        let err = LocalQueue::new(&kafka, Duration::ZERO).err().unwrap();
+        assert_eq!(err.setting, "queue.buffering.max.kbytes");
         let err = LocalQueue::new(&ClientConfig::new(), Duration::from_secs(86_400))
             .err()
             .unwrap();

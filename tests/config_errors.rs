@@ -1,0 +1,214 @@
+//! Every invalid setting is a typed error at build time that names the setting, the value and
+//! what is allowed. Checked with `validate()`, which runs every check `build()` runs without
+//! creating a client.
+
+use std::time::Duration;
+
+use kafka_smart_producer::rdkafka::ClientConfig;
+use kafka_smart_producer::{
+    AsyncSmartProducer, AsyncSmartProducerBuilder, CalculatorConfig, KeyCacheConfig, ProducerError,
+};
+
+fn kafka(extra: &[(&str, &str)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", "127.0.0.1:9092");
+    for (k, v) in extra {
+        config.set(*k, *v);
+    }
+    config
+}
+
+fn valid(kafka: ClientConfig) -> AsyncSmartProducerBuilder {
+    AsyncSmartProducer::builder(kafka)
+        .consumer_group("processors")
+        .topics(["orders"])
+}
+
+type Case = (
+    &'static str,
+    Box<dyn Fn() -> AsyncSmartProducerBuilder>,
+    &'static str,
+);
+
+#[test]
+fn every_bad_setting_is_named_with_its_value_and_what_is_allowed() {
+    let cases: Vec<Case> = vec![
+        (
+            "health_threshold",
+            Box::new(|| {
+                valid(kafka(&[])).calculator_config(CalculatorConfig::Threshold {
+                    health_threshold: 1.5,
+                    max_lag: 1000,
+                })
+            }),
+            "1.5",
+        ),
+        (
+            "max_lag",
+            Box::new(|| {
+                valid(kafka(&[])).calculator_config(CalculatorConfig::Threshold {
+                    health_threshold: 0.5,
+                    max_lag: 0,
+                })
+            }),
+            "0",
+        ),
+        (
+            "hot_factor",
+            Box::new(|| {
+                valid(kafka(&[])).calculator_config(CalculatorConfig::Relative {
+                    hot_factor: 0.5,
+                    min_lag: 10,
+                })
+            }),
+            "0.5",
+        ),
+        (
+            "min_lag",
+            Box::new(|| {
+                valid(kafka(&[])).calculator_config(CalculatorConfig::Relative {
+                    hot_factor: 2.0,
+                    min_lag: -1,
+                })
+            }),
+            "-1",
+        ),
+        (
+            "refresh_interval",
+            Box::new(|| valid(kafka(&[])).refresh_interval(Duration::ZERO)),
+            "0ns",
+        ),
+        (
+            "refresh_interval",
+            Box::new(|| valid(kafka(&[])).refresh_interval(Duration::from_secs(7200))),
+            "7200s",
+        ),
+        (
+            "max_staleness",
+            Box::new(|| valid(kafka(&[])).max_staleness(Duration::from_millis(1))),
+            "1ms",
+        ),
+        (
+            "collect_timeout",
+            Box::new(|| valid(kafka(&[])).collect_timeout(Duration::ZERO)),
+            "0ns",
+        ),
+        (
+            "topics",
+            Box::new(|| valid(kafka(&[])).topics(Vec::<String>::new())),
+            "[]",
+        ),
+        (
+            "topics",
+            Box::new(|| valid(kafka(&[])).topics(["orders", "not a topic"])),
+            "\"not a topic\"",
+        ),
+        (
+            "consumer_group",
+            Box::new(|| valid(kafka(&[])).consumer_group("")),
+            "\"\"",
+        ),
+        (
+            "key_cache.capacity",
+            Box::new(|| valid(kafka(&[])).key_cache(KeyCacheConfig::default().with_capacity(0))),
+            "0",
+        ),
+        (
+            "key_cache.ttl",
+            Box::new(|| {
+                valid(kafka(&[])).key_cache(KeyCacheConfig::default().with_ttl(Duration::ZERO))
+            }),
+            "0ns",
+        ),
+        (
+            "sticky_batch_bytes",
+            Box::new(|| valid(kafka(&[])).sticky_batch_bytes(0)),
+            "0",
+        ),
+        (
+            "sticky_linger",
+            Box::new(|| valid(kafka(&[])).sticky_linger(Duration::from_secs(3600))),
+            "3600s",
+        ),
+        (
+            "queue_timeout",
+            Box::new(|| valid(kafka(&[])).queue_timeout(Duration::from_secs(86_400))),
+            "86400s",
+        ),
+        (
+            "partitioner",
+            Box::new(|| valid(kafka(&[("partitioner", "sticky")]))),
+            "\"sticky\"",
+        ),
+        (
+            "batch.size",
+            Box::new(|| valid(kafka(&[("batch.size", "big")]))),
+            "\"big\"",
+        ),
+        (
+            "sticky.partitioning.linger.ms",
+            Box::new(|| valid(kafka(&[("sticky.partitioning.linger.ms", "-5")]))),
+            "\"-5\"",
+        ),
+        (
+            "queue.buffering.max.messages",
+            Box::new(|| valid(kafka(&[("queue.buffering.max.messages", "lots")]))),
+            "\"lots\"",
+        ),
+        (
+            "queue.buffering.max.kbytes",
+            Box::new(|| valid(kafka(&[("queue.buffering.max.kbytes", "1e9")]))),
+            "\"1e9\"",
+        ),
+    ];
+    for (setting, builder, value) in cases {
+        let err = builder().validate().unwrap_err();
+        let ProducerError::Config(config) = &err else {
+            panic!("{setting}: not a config error: {err:?}");
+        };
+        assert_eq!(config.setting, setting, "{err}");
+        assert_eq!(config.value, value, "{err}");
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&format!("invalid `{setting}` = {value}: expected ")),
+            "{message}"
+        );
+        // build() refuses it the same way, before creating anything.
+        assert_eq!(builder().build().unwrap_err().to_string(), message);
+    }
+}
+
+#[test]
+fn unknown_calculator_name_is_a_config_error() {
+    let err = "median".parse::<CalculatorConfig>().unwrap_err();
+    assert_eq!(err.setting, "calculator");
+    assert_eq!(
+        err.to_string(),
+        "invalid `calculator` = \"median\": expected one of \"threshold\", \"relative\""
+    );
+}
+
+#[test]
+fn librdkafka_settings_are_checked_by_librdkafka() {
+    for (key, value) in [
+        ("no.such.setting", "1"),
+        ("linger.ms", "soon"),
+        ("acks", "most"),
+    ] {
+        let err = valid(kafka(&[(key, value)])).validate().unwrap_err();
+        let ProducerError::Kafka { context, source } = &err else {
+            panic!("{key}: {err:?}");
+        };
+        assert_eq!(context, "invalid rdkafka client configuration");
+        assert!(source.to_string().contains(key), "{source}");
+    }
+}
+
+#[test]
+fn a_plain_producer_needs_no_routing_settings() {
+    AsyncSmartProducer::builder(kafka(&[]))
+        .smart_enabled(false)
+        .validate()
+        .unwrap();
+    valid(kafka(&[])).validate().unwrap();
+}
