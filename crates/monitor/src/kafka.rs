@@ -385,7 +385,10 @@ where
                 .with_max_times(16)
                 .with_jitter(),
         )
-        .when(|e: &ReadError| e.is_retriable() && Instant::now() + MIN_ATTEMPT < deadline)
+        .when(|e: &ReadError| e.is_retriable())
+        // Give up, with the last real error, when the next attempt would not fit in the budget
+        // (otherwise the caller's timeout fires first and the error says only "timed out").
+        .adjust(move |_, delay| delay.filter(|&d| Instant::now() + d + MIN_ATTEMPT < deadline))
         .notify(|e: &ReadError, after: Duration| debug!(what, error = %e, ?after, "retrying"))
         .await
 }
@@ -486,14 +489,16 @@ fn per_leader<'a>(
 
 impl KafkaLagCollector {
     /// Watermarks at `offset` for the given partitions, one request per leader, leaders in
-    /// parallel. A failing leader only loses its own partitions.
+    /// parallel. A failing leader only loses its own partitions, which count as unavailable
+    /// this round; if every leader fails, the read fails as a whole (the monitor then keeps
+    /// its last health rather than publishing a topic with nothing measured).
     async fn watermarks(
         &self,
         reader: &Arc<Reader>,
         lists: Vec<(i32, TopicPartitionList)>,
         deadline: Instant,
         what: &'static str,
-    ) -> Offsets {
+    ) -> Result<Offsets, ReadError> {
         let reads = lists.into_iter().map(|(leader, tpl)| {
             let reader = reader.clone();
             async move {
@@ -501,13 +506,31 @@ impl KafkaLagCollector {
                     read_offsets(&tpl, |tpl| reader.offsets_for_times(tpl, timeout))
                 })
                 .await;
-                if let Err(error) = &read {
-                    warn!(leader, %error, "{what} of one broker's partitions could not be read; they count as unavailable this round");
-                }
-                read.unwrap_or_default()
+                (leader, read)
             }
         });
-        join_all(reads).await.into_iter().flatten().collect()
+        let results = join_all(reads).await;
+        let leaders = results.len();
+        let mut offsets = Offsets::new();
+        let mut failures = Vec::new();
+        for (leader, read) in results {
+            match read {
+                Ok(read) => offsets.extend(read),
+                Err(error) => failures.push((leader, error)),
+            }
+        }
+        if leaders > 0 && failures.len() == leaders {
+            return Err(failures.swap_remove(0).1);
+        }
+        for (leader, error) in failures {
+            warn!(
+                leader,
+                %error,
+                "{what} of one broker's partitions could not be read; they count as unavailable \
+                 this round",
+            );
+        }
+        Ok(offsets)
     }
 }
 
@@ -559,6 +582,9 @@ impl LagCollector for KafkaLagCollector {
         let committed = committed.map_err(|e| {
             CollectError::source(format!("committed offsets of group `{group}`"), e)
         })?;
+        let highs = highs.map_err(|e| {
+            CollectError::source(format!("high watermarks of {:?}", request.topics), e)
+        })?;
 
         let lows = if self.inner.policy == UncommittedPolicy::RetainedBacklog {
             let uncommitted = available()
@@ -567,8 +593,11 @@ impl LagCollector for KafkaLagCollector {
             if lists.is_empty() {
                 Offsets::new()
             } else {
+                // Without them the uncommitted partitions' lag is unknown, not the whole
+                // collection.
                 self.watermarks(&reader, lists, deadline, "low watermarks")
                     .await
+                    .unwrap_or_default()
             }
         } else {
             Offsets::new()

@@ -9,10 +9,12 @@
 
 pub mod demo;
 mod drain;
+mod ledger;
 mod mock;
 mod scenario;
 
 pub use drain::{DrainingConsumer, DrainingConsumerBuilder};
+pub use ledger::{Consumed, Entry, Ledger, Load, Outcome, Reconciliation, Tally, read_topic};
 pub use mock::{MockKafka, commit_offsets, produce_counts};
 pub use scenario::LagScenario;
 
