@@ -4,14 +4,10 @@
 use std::future::Future;
 use std::time::Duration;
 
-/// Routes the library's and librdkafka's logs to the test output (`RUST_LOG=debug` to see).
+/// Routes the library's and librdkafka's logs to the test output (`RUST_LOG` overrides the
+/// default filter) and keeps a copy for [`capture_logs`].
 pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
+    capture_logs();
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, at most `limit`.
@@ -45,7 +41,9 @@ impl Logs {
 impl std::io::Write for Logs {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0.lock().unwrap().extend_from_slice(buf);
-        std::io::stderr().write(buf)
+        // Through the macro, so that the test harness captures it with the test's output.
+        eprint!("{}", String::from_utf8_lossy(buf));
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -61,8 +59,11 @@ pub fn capture_logs() -> Logs {
     LOGS.get_or_init(|| {
         let logs = Logs::default();
         let writer = logs.clone();
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            "warn,ksp_monitor=debug,ksp_producer=debug,librdkafka=debug".into()
+        });
         tracing_subscriber::fmt()
-            .with_env_filter("warn,ksp_monitor=debug,ksp_producer=debug")
+            .with_env_filter(filter)
             .with_ansi(false)
             .with_writer(move || writer.clone())
             .init();

@@ -9,7 +9,9 @@ use ksp_core::{
     CalculatorConfig, ConfigError, HealthFeed, HealthSnapshot, HotPartitionCalculator,
     LagCollector, ThresholdCalculator,
 };
-use ksp_monitor::{HealthMonitor, KafkaLagCollector, MonitorConfig, MonitorHandle, MonitorStats};
+use ksp_monitor::{
+    HealthMonitor, KafkaLagCollector, MonitorConfig, MonitorHandle, MonitorStats, MonitorStatus,
+};
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{OwnedMessage, Timestamp, ToBytes};
@@ -264,6 +266,12 @@ impl AsyncSmartProducer {
         self.inner.monitor.as_ref().map(MonitorHandle::stats)
     }
 
+    /// Whether the health monitor runs, was stopped, or panicked; `None` when smart routing
+    /// is disabled.
+    pub fn monitor_status(&self) -> Option<MonitorStatus> {
+        self.inner.monitor.as_ref().map(MonitorHandle::status)
+    }
+
     fn monitor(&self) -> ProducerResult<&MonitorHandle> {
         self.inner
             .monitor
@@ -509,6 +517,7 @@ impl AsyncSmartProducerBuilder {
             return Err(error.clone().into());
         }
         let queue = LocalQueue::new(&self.kafka, self.queue_timeout)?;
+        queue.client_config(&self.kafka)?;
         let mut router = RouterConfig::from_client_config(&self.kafka)?;
         router.key_cache = self.key_cache.clone();
         if let Some(bytes) = self.sticky_batch_bytes {
@@ -543,10 +552,14 @@ impl AsyncSmartProducerBuilder {
             collector,
             ..
         } = self;
-        let producer: FutureProducer = kafka.create().map_err(|source| ProducerError::Kafka {
-            context: "creating the rdkafka producer".into(),
-            source,
-        })?;
+        let producer: FutureProducer =
+            queue
+                .client_config(&kafka)?
+                .create()
+                .map_err(|source| ProducerError::Kafka {
+                    context: "creating the rdkafka producer".into(),
+                    source,
+                })?;
         let producer = OffloadedDrop(Some(producer));
         if !smart_enabled {
             return Ok(AsyncSmartProducer {

@@ -27,6 +27,8 @@ const DEFAULT_MAX_KBYTES: usize = 1_048_576;
 pub(crate) struct LocalQueue {
     messages: Option<Arc<Semaphore>>,
     bytes: Arc<Semaphore>,
+    max_messages: usize,
+    max_kbytes: usize,
     max_bytes: usize,
     timeout: Duration,
 }
@@ -63,9 +65,32 @@ impl LocalQueue {
             // 0 disables librdkafka's message-count limit.
             messages: (max_messages > 0).then(|| Arc::new(Semaphore::new(max_messages))),
             bytes: Arc::new(Semaphore::new(max_bytes)),
+            max_messages,
+            max_kbytes,
             max_bytes,
             timeout,
         })
+    }
+
+    /// The configuration to create librdkafka's producer with: `kafka`, with librdkafka's
+    /// queue limits raised by one batch above the limits these semaphores enforce.
+    ///
+    /// librdkafka calls the delivery callbacks of a whole batch before it destroys the
+    /// batch's messages, and only destroying a message frees its place in librdkafka's count.
+    /// A send admitted here as soon as a report arrived could otherwise still find librdkafka
+    /// full. With the headroom, librdkafka never refuses a message this queue admitted; the
+    /// configured limits are still the ones enforced, here.
+    pub(crate) fn client_config(&self, kafka: &ClientConfig) -> Result<ClientConfig, ConfigError> {
+        let batch_messages = setting(kafka, "batch.num.messages", 1, 10_000)?;
+        let batch_bytes = setting(kafka, "batch.size", 1, 1_000_000)?;
+        let mut config = kafka.clone();
+        if self.max_messages > 0 {
+            let raised = (self.max_messages + batch_messages).min(i32::MAX as usize);
+            config.set("queue.buffering.max.messages", raised.to_string());
+        }
+        let raised = (self.max_kbytes + batch_bytes.div_ceil(1024) + 1).min(i32::MAX as usize);
+        config.set("queue.buffering.max.kbytes", raised.to_string());
+        Ok(config)
     }
 
     /// Reserves room for a message with `payload` bytes of payload; `None` if there was none
@@ -218,6 +243,22 @@ mod tests {
     async fn a_payload_larger_than_the_queue_is_passed_through() {
         let q = queue("10", "1", Duration::ZERO);
         assert!(q.reserve(10_000_000).await.is_some());
+    }
+
+    #[test]
+    fn librdkafka_gets_one_batch_of_headroom() {
+        let q = queue("50", "1000", Duration::ZERO);
+        let mut kafka = ClientConfig::new();
+        kafka
+            .set("batch.num.messages", "100")
+            .set("batch.size", "10240");
+        let config = q.client_config(&kafka).unwrap();
+        assert_eq!(config.get("queue.buffering.max.messages"), Some("150"));
+        assert_eq!(config.get("queue.buffering.max.kbytes"), Some("1011"));
+        // No count limit stays no count limit.
+        let q = queue("0", "1000", Duration::ZERO);
+        let config = q.client_config(&ClientConfig::new()).unwrap();
+        assert_eq!(config.get("queue.buffering.max.messages"), None);
     }
 
     #[test]
