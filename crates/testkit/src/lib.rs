@@ -9,6 +9,7 @@
 
 pub mod demo;
 mod drain;
+pub mod faults;
 mod ledger;
 mod mock;
 mod scenario;
@@ -41,6 +42,20 @@ pub enum TestkitError {
 
 /// Result of the fixtures.
 pub type TestkitResult<T> = Result<T, TestkitError>;
+
+/// Polls `ready` every 25 ms until it holds, at most `limit`; whether it did.
+pub(crate) async fn wait_for(limit: std::time::Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if ready() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
 
 pub(crate) fn kafka_error(
     context: impl Into<String>,
