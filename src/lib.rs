@@ -12,10 +12,10 @@
 //!   crate was built with.
 
 pub use ksp_core::{
-    BoxError, CalculatorConfig, CollectError, ConfigError, HealthFeed, HealthPublisher,
-    HealthSnapshot, HotPartitionCalculator, LagCollector, LagRequest, PartitionHealth,
-    PartitionLag, RelativeCalculator, StickyCursor, ThresholdCalculator, TopicHealth, TopicLag,
-    UncommittedPolicy, health_channel, secret,
+    BoxError, CalculatorConfig, CollectError, ConfigError, Damper, DampingConfig, HealthFeed,
+    HealthPublisher, HealthSnapshot, HotPartitionCalculator, LagCollector, LagRequest,
+    MAX_SHARE_OF_FAIR, PartitionHealth, PartitionLag, RelativeCalculator, StickyCursor,
+    ThresholdCalculator, TopicHealth, TopicLag, UncommittedPolicy, health_channel, secret,
 };
 pub use ksp_monitor::{
     HealthMonitor, HealthMonitorBuilder, KafkaLagCollector, KafkaLagCollectorBuilder,

@@ -481,11 +481,14 @@ impl CalculatorConfig {
     }
 }
 
+/// The default is the relative calculator: it adapts to each workload, where the threshold
+/// calculator's `max_lag` must be chosen per topic (1000 messages is 10 ms of backlog at
+/// 100 000 msg/s and 100 s at 10 msg/s). `docs/benchmarks.md` compares both.
 impl Default for CalculatorConfig {
     fn default() -> Self {
-        Self::Threshold {
-            health_threshold: default_threshold(),
-            max_lag: default_max_lag(),
+        Self::Relative {
+            hot_factor: default_factor(),
+            min_lag: default_min_lag(),
         }
     }
 }
@@ -496,11 +499,11 @@ impl std::str::FromStr for CalculatorConfig {
     /// A built-in calculator by name, with default settings.
     fn from_str(name: &str) -> Result<Self, ConfigError> {
         match name {
-            "threshold" => Ok(Self::default()),
-            "relative" => Ok(Self::Relative {
-                hot_factor: default_factor(),
-                min_lag: default_min_lag(),
+            "threshold" => Ok(Self::Threshold {
+                health_threshold: default_threshold(),
+                max_lag: default_max_lag(),
             }),
+            "relative" => Ok(Self::default()),
             other => Err(ConfigError::new(
                 "calculator",
                 format_args!("{other:?}"),
@@ -526,7 +529,8 @@ mod config_tests {
             }
         );
         let c: CalculatorConfig = serde_json::from_str(r#"{"kind":"threshold"}"#).unwrap();
-        assert_eq!(c, CalculatorConfig::default());
+        assert_eq!(c, "threshold".parse().unwrap());
+        assert_eq!(CalculatorConfig::default(), "relative".parse().unwrap());
     }
 
     #[test]

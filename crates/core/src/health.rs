@@ -51,9 +51,76 @@ impl PartitionHealth {
     }
 }
 
-/// Weight units per unit of score: a partition's share of keyless traffic is proportional to
-/// its score, resolved to a thousandth.
-const WEIGHT_SCALE: f64 = 1000.0;
+/// Weight units per unit of share: shares of keyless traffic are resolved to a millionth.
+const WEIGHT_SCALE: f64 = 1_000_000.0;
+
+/// No partition gets more than this many times its fair share of keyless traffic, and keys
+/// only move off unhealthy partitions when the healthy ones can take them within it.
+pub const MAX_SHARE_OF_FAIR: f64 = 2.0;
+
+/// Shares of keyless traffic: routable partitions by score, each capped at
+/// [`MAX_SHARE_OF_FAIR`] × fair; the remainder, if the routable ones cannot take it all, to
+/// the other partitions with a leader by score, under the same cap. All zero when nothing is
+/// routable (routing then falls back to librdkafka).
+fn keyless_shares(partitions: &[PartitionHealth]) -> Vec<f64> {
+    let mut shares = vec![0.0; partitions.len()];
+    let eligible = partitions.iter().filter(|h| h.lag.leader_available).count();
+    if eligible == 0 {
+        return shares;
+    }
+    let cap = MAX_SHARE_OF_FAIR / eligible as f64;
+    // Every routable partition gets some traffic, however low its score, so that a
+    // recovering consumer is seen recovering.
+    let healthy: Vec<(usize, f64)> = partitions
+        .iter()
+        .filter(|h| h.is_routable())
+        .map(|h| (h.partition as usize, h.score.max(0.001)))
+        .collect();
+    if healthy.is_empty() {
+        return shares;
+    }
+    let taken = water_fill(&healthy, 1.0, cap, &mut shares);
+    if taken < 1.0 - 1e-9 {
+        // What the healthy partitions cannot take goes to the others in inverse proportion to
+        // their backlog, under the same cap: the most backed-up consumers get the least.
+        let rest: Vec<(usize, f64)> = partitions
+            .iter()
+            .filter(|h| h.lag.leader_available && !h.is_routable())
+            .map(|h| {
+                let lag = h.lag.lag.map_or(f64::MAX, |l| l.max(0) as f64);
+                (h.partition as usize, 1.0 / (1.0 + lag))
+            })
+            .collect();
+        water_fill(&rest, 1.0 - taken, cap, &mut shares);
+    }
+    shares
+}
+
+/// Splits `total` among `items` (index, weight) in proportion to weight, none above `cap`;
+/// adds the splits to `shares` and returns how much was handed out (less than `total` when
+/// every item is at the cap).
+fn water_fill(items: &[(usize, f64)], total: f64, cap: f64, shares: &mut [f64]) -> f64 {
+    let mut active: Vec<(usize, f64)> = items.to_vec();
+    let mut remaining = total;
+    while !active.is_empty() && remaining > 1e-12 {
+        let sum: f64 = active.iter().map(|(_, w)| w).sum();
+        let at = remaining;
+        let (over, under): (Vec<_>, Vec<_>) = active.iter().partition(|(_, w)| at * w / sum > cap);
+        if over.is_empty() {
+            for (i, w) in &active {
+                shares[*i] += at * w / sum;
+            }
+            remaining = 0.0;
+            break;
+        }
+        for (i, _) in &over {
+            shares[*i] += cap;
+            remaining -= cap;
+        }
+        active = under;
+    }
+    total - remaining
+}
 
 /// Health of every partition of one topic, with the tables the router needs precomputed so that
 /// a routing decision does no work proportional to the partition count.
@@ -69,9 +136,12 @@ pub struct TopicHealth {
     partitions: Box<[PartitionHealth]>,
     /// Routable partition ids, ascending.
     routable: Box<[i32]>,
-    /// `cumulative[i]` = sum of the weights of `routable[..=i]`.
+    /// Partitions keyless batches may go to, ascending (see [`TopicHealth::pick_weighted`]).
+    picks: Box<[i32]>,
+    /// `cumulative[i]` = sum of the weights of `picks[..=i]`.
     cumulative: Box<[u64]>,
     routable_bits: Box<[u64]>,
+    absorbs_moved_keys: bool,
     stale: bool,
     cursor: StickyCursor,
 }
@@ -113,16 +183,21 @@ impl TopicHealth {
             .collect();
 
         let mut routable = Vec::new();
-        let mut cumulative = Vec::new();
         let mut routable_bits = vec![0u64; count.div_ceil(64)];
-        let mut total = 0u64;
         for h in partitions.iter().filter(|h| h.is_routable()) {
-            // Every routable partition gets some traffic, however low its score, so that a
-            // recovering consumer is seen recovering.
-            total += ((h.score * WEIGHT_SCALE).round() as u64).max(1);
             routable.push(h.partition);
-            cumulative.push(total);
             routable_bits[h.partition as usize / 64] |= 1 << (h.partition as usize % 64);
+        }
+        let eligible = partitions.iter().filter(|h| h.lag.leader_available).count();
+        let absorbs_moved_keys = routable.len() as f64 * MAX_SHARE_OF_FAIR >= eligible as f64;
+        let shares = keyless_shares(&partitions);
+        let mut picks = Vec::new();
+        let mut cumulative = Vec::new();
+        let mut total = 0u64;
+        for (partition, share) in shares.iter().enumerate().filter(|(_, s)| **s > 0.0) {
+            total += ((share * WEIGHT_SCALE).round() as u64).max(1);
+            picks.push(partition as i32);
+            cumulative.push(total);
         }
 
         Self {
@@ -131,11 +206,22 @@ impl TopicHealth {
             collected_at,
             partitions,
             routable: routable.into(),
+            picks: picks.into(),
             cumulative: cumulative.into(),
             routable_bits: routable_bits.into(),
+            absorbs_moved_keys,
             stale: false,
             cursor: StickyCursor::new(),
         }
+    }
+
+    /// Whether moving the keys of every unroutable partition onto the routable ones would
+    /// still give each of them at most [`MAX_SHARE_OF_FAIR`] times its fair share, that is,
+    /// whether at least half the partitions with a leader are routable. When not, keys stay
+    /// home: herding them onto the few healthy partitions would overload those.
+    #[inline]
+    pub fn can_absorb_moved_keys(&self) -> bool {
+        self.absorbs_moved_keys
     }
 
     /// Builds the health of a topic by running `calculate` over its lag report.
@@ -155,8 +241,10 @@ impl TopicHealth {
             collected_at: self.collected_at,
             partitions: self.partitions.clone(),
             routable: self.routable.clone(),
+            picks: self.picks.clone(),
             cumulative: self.cumulative.clone(),
             routable_bits: self.routable_bits.clone(),
+            absorbs_moved_keys: self.absorbs_moved_keys,
             stale: true,
             cursor: StickyCursor::new(),
         }
@@ -222,17 +310,44 @@ impl TopicHealth {
             .is_some_and(|word| word & (1 << (p % 64)) != 0)
     }
 
-    /// Picks a routable partition with probability proportional to its score, from `random`, a
-    /// uniformly distributed 64-bit value. `None` when no partition is routable.
+    /// Picks the partition for a sticky batch of keyless messages, from `random`, a uniformly
+    /// distributed 64-bit value; `None` when no partition is routable.
     ///
-    /// Logarithmic in the number of routable partitions; allocates nothing.
+    /// Routable partitions are drawn with probability proportional to their score, except that
+    /// none gets more than [`MAX_SHARE_OF_FAIR`] times its fair share (1 / the partitions with
+    /// a leader); what the routable partitions cannot take that way goes to the other
+    /// partitions with a leader, the least unhealthy first. So when most consumers are slow,
+    /// the few fast ones are not buried under the whole load (herding).
+    ///
+    /// Logarithmic in the number of partitions; allocates nothing.
     #[inline]
     pub fn pick_weighted(&self, random: u64) -> Option<i32> {
         let total = *self.cumulative.last()?;
         // Lemire's multiply-shift: uniform in [0, total) without a division.
         let target = ((u128::from(random) * u128::from(total)) >> 64) as u64;
         let index = self.cumulative.partition_point(|&c| c <= target);
-        self.routable.get(index).copied()
+        self.picks.get(index).copied()
+    }
+
+    /// Each partition's share of keyless traffic, indexed by partition (0 for those never
+    /// picked).
+    pub fn keyless_shares(&self) -> Vec<f64> {
+        let total = self.cumulative.last().copied().unwrap_or(0).max(1) as f64;
+        let mut shares = vec![0.0; self.partitions.len()];
+        let mut previous = 0;
+        for (&p, &c) in self.picks.iter().zip(self.cumulative.iter()) {
+            shares[p as usize] = (c - previous) as f64 / total;
+            previous = c;
+        }
+        shares
+    }
+
+    /// The same health with its sticky cursor starting at batch `batch` instead of a random
+    /// one, for deterministic simulations.
+    #[must_use]
+    pub fn with_sticky_start(mut self, batch: u32) -> Self {
+        self.cursor = StickyCursor::starting_at(batch);
+        self
     }
 
     /// The sticky cursor the router uses for keyless messages of this topic.
@@ -471,16 +586,12 @@ mod tests {
 
     #[test]
     fn weighted_pick_follows_scores() {
-        let t = TopicHealth::new(
-            "t",
-            SystemTime::now(),
-            vec![
-                health(0, 1.0, true),
-                health(1, 0.25, true),
-                health(2, 1.0, false),
-            ],
-        );
-        let mut counts = [0u32; 3];
+        // Eight partitions: the cap (2 × 1/8) does not bind.
+        let mut parts: Vec<_> = (0..8).map(|p| health(p, 1.0, true)).collect();
+        parts[1] = health(1, 0.25, true);
+        parts[2] = health(2, 1.0, false);
+        let t = TopicHealth::new("t", SystemTime::now(), parts);
+        let mut counts = [0u32; 8];
         let n = 100_000u64;
         for i in 0..n {
             // Evenly spaced values stand in for a uniform random source.
@@ -488,9 +599,80 @@ mod tests {
             counts[t.pick_weighted(r).unwrap() as usize] += 1;
         }
         assert_eq!(counts[2], 0);
-        // Weights 1000 : 250 → 80 % : 20 %, up to the rounding of the sample spacing.
-        assert!(counts[0].abs_diff(80_000) <= 1, "{counts:?}");
-        assert!(counts[1].abs_diff(20_000) <= 1, "{counts:?}");
+        // Weights 1 : 0.25 : 1 × 5 → 1/6.25 = 16 % and 0.25/6.25 = 4 %, up to rounding.
+        assert!(counts[0].abs_diff(16_000) <= 2, "{counts:?}");
+        assert!(counts[1].abs_diff(4_000) <= 2, "{counts:?}");
+    }
+
+    fn shares(parts: Vec<PartitionHealth>) -> Vec<f64> {
+        TopicHealth::new("t", SystemTime::now(), parts)
+            .keyless_shares()
+            .iter()
+            .map(|s| (s * 1000.0).round() / 1000.0)
+            .collect()
+    }
+
+    #[test]
+    fn no_partition_gets_more_than_twice_its_fair_share() {
+        // 7 of 8 unhealthy: the healthy one takes 2/8; the other 3/4 spill over the rest in
+        // inverse proportion to their backlog, 2/8 at most each.
+        let unhealthy =
+            |p: i32, lag: i64| PartitionHealth::new(PartitionLag::from_lag(p, lag), 0.0, false);
+        let mut parts = vec![health(0, 1.0, true)];
+        parts.extend((1..8).map(|p| unhealthy(p, 999)));
+        let s = shares(parts);
+        assert_eq!(s[0], 0.25);
+        for share in &s[1..] {
+            assert!((share - 0.75 / 7.0).abs() < 0.001, "{s:?}");
+        }
+        // A partition with 10 times the backlog gets about a tenth as much.
+        let mut parts = vec![health(0, 1.0, true), unhealthy(1, 9_999)];
+        parts.extend((2..8).map(|p| unhealthy(p, 999)));
+        let s = TopicHealth::new("t", SystemTime::now(), parts).keyless_shares();
+        assert!((s[2] / s[1] - 10.0).abs() < 0.01, "{s:?}");
+    }
+
+    #[test]
+    fn healthy_partitions_take_everything_when_they_can() {
+        let s = shares((0..8).map(|p| health(p, 1.0, p != 3)).collect());
+        assert_eq!(s[3], 0.0);
+        for (p, share) in s.iter().enumerate().filter(|(p, _)| *p != 3) {
+            assert!((share - 1.0 / 7.0).abs() < 0.001, "{p}: {s:?}");
+        }
+        // Two partitions, one healthy: 2 × 1/2 allows it everything.
+        assert_eq!(
+            shares(vec![health(0, 1.0, true), health(1, 0.0, false)]),
+            [1.0, 0.0]
+        );
+    }
+
+    #[test]
+    fn nothing_routable_means_no_pick_and_no_leader_means_no_share() {
+        let t = TopicHealth::new("t", SystemTime::now(), vec![health(0, 0.5, false)]);
+        assert_eq!(t.pick_weighted(7), None);
+        let mut parts = vec![health(0, 1.0, true)];
+        parts
+            .extend((1..8).map(|p| PartitionHealth::new(PartitionLag::unavailable(p), 0.0, false)));
+        let s = shares(parts);
+        // Only one partition has a leader: it takes everything.
+        assert_eq!(s[0], 1.0);
+    }
+
+    #[test]
+    fn keys_move_only_when_the_healthy_partitions_can_take_them() {
+        let topic = |healthy: usize| {
+            TopicHealth::new(
+                "t",
+                SystemTime::now(),
+                (0..8)
+                    .map(|p| health(p, 1.0, (p as usize) < healthy))
+                    .collect(),
+            )
+        };
+        assert!(topic(8).can_absorb_moved_keys());
+        assert!(topic(4).can_absorb_moved_keys());
+        assert!(!topic(3).can_absorb_moved_keys());
+        assert!(!topic(0).can_absorb_moved_keys());
     }
 
     #[test]

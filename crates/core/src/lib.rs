@@ -16,6 +16,7 @@
 
 mod calculator;
 mod collector;
+mod damping;
 mod error;
 mod feed;
 mod health;
@@ -28,7 +29,8 @@ pub use calculator::{
     CalculatorConfig, HotPartitionCalculator, RelativeCalculator, ThresholdCalculator,
 };
 pub use collector::{LagCollector, LagRequest};
+pub use damping::{Damper, DampingConfig};
 pub use error::{BoxError, CollectError, ConfigError};
 pub use feed::{HealthFeed, HealthPublisher, health_channel};
-pub use health::{HealthSnapshot, PartitionHealth, StickyCursor, TopicHealth};
+pub use health::{HealthSnapshot, MAX_SHARE_OF_FAIR, PartitionHealth, StickyCursor, TopicHealth};
 pub use lag::{PartitionLag, TopicLag, UncommittedPolicy};

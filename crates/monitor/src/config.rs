@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ksp_core::ConfigError;
+use ksp_core::{ConfigError, DampingConfig};
 
 /// What the monitor watches and how often.
 ///
@@ -29,6 +29,8 @@ pub struct MonitorConfig {
     /// How long one collection may take, retries included. Default: `refresh_interval`, at
     /// most 10 s.
     pub collect_timeout: Option<Duration>,
+    /// How long a partition that turned unhealthy is kept out (see [`DampingConfig`]).
+    pub damping: DampingConfig,
 }
 
 impl MonitorConfig {
@@ -52,6 +54,7 @@ impl MonitorConfig {
             refresh_interval: Self::DEFAULT_REFRESH_INTERVAL,
             max_staleness: None,
             collect_timeout: None,
+            damping: DampingConfig::default(),
         }
     }
 
@@ -66,6 +69,13 @@ impl MonitorConfig {
     #[must_use]
     pub fn with_max_staleness(mut self, staleness: Duration) -> Self {
         self.max_staleness = Some(staleness);
+        self
+    }
+
+    /// Sets `damping`.
+    #[must_use]
+    pub fn with_damping(mut self, damping: DampingConfig) -> Self {
+        self.damping = damping;
         self
     }
 
@@ -139,7 +149,7 @@ impl MonitorConfig {
                 format!("between 1ms and max_staleness ({staleness:?})"),
             ));
         }
-        Ok(())
+        self.damping.validate()
     }
 }
 

@@ -9,8 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use futures::FutureExt;
 use ksp_core::{
-    CollectError, HealthFeed, HealthPublisher, HealthSnapshot, HotPartitionCalculator,
-    LagCollector, LagRequest, ThresholdCalculator, TopicHealth, TopicLag, health_channel,
+    CollectError, Damper, DampingConfig, HealthFeed, HealthPublisher, HealthSnapshot,
+    HotPartitionCalculator, LagCollector, LagRequest, RelativeCalculator, TopicHealth, TopicLag,
+    health_channel,
 };
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
@@ -65,7 +66,7 @@ impl HealthMonitor {
     pub fn builder(collector: Arc<dyn LagCollector>) -> HealthMonitorBuilder {
         HealthMonitorBuilder {
             collector,
-            calculator: Arc::new(ThresholdCalculator::default()),
+            calculator: Arc::new(RelativeCalculator::default()),
             config: MonitorConfig::new(String::new(), Vec::<String>::new()),
             cancel: None,
         }
@@ -94,7 +95,7 @@ impl HealthMonitorBuilder {
         self
     }
 
-    /// How lag becomes health. Default: [`ThresholdCalculator::default`].
+    /// How lag becomes health. Default: [`RelativeCalculator::default`].
     pub fn calculator(mut self, calculator: Arc<dyn HotPartitionCalculator>) -> Self {
         self.calculator = calculator;
         self
@@ -109,6 +110,12 @@ impl HealthMonitorBuilder {
     /// See [`MonitorConfig::max_staleness`].
     pub fn max_staleness(mut self, staleness: Duration) -> Self {
         self.config.max_staleness = Some(staleness);
+        self
+    }
+
+    /// See [`MonitorConfig::damping`].
+    pub fn damping(mut self, damping: DampingConfig) -> Self {
+        self.config.damping = damping;
         self
     }
 
@@ -170,6 +177,9 @@ impl HealthMonitorBuilder {
             group: config.group,
             topics: config.topics,
             health: HashMap::new(),
+            dampers: HashMap::new(),
+            damping: config.damping,
+            started: Instant::now(),
             publisher,
             stats: stats.clone(),
             status: status.clone(),
@@ -385,6 +395,11 @@ struct Monitor {
     max_staleness: Duration,
     collect_timeout: Duration,
     health: HashMap<String, Tracked>,
+    /// Flap damping per topic; outlives each round's health.
+    dampers: HashMap<String, Damper>,
+    damping: DampingConfig,
+    /// Origin of the dampers' clock.
+    started: Instant,
     publisher: HealthPublisher,
     stats: Arc<Mutex<MonitorStats>>,
     status: Arc<AtomicU8>,
@@ -502,7 +517,7 @@ impl Monitor {
             let calculator = &self.calculator;
             let calculated =
                 std::panic::catch_unwind(AssertUnwindSafe(|| calculator.calculate(&report)));
-            let health = match calculated {
+            let mut health = match calculated {
                 Ok(health) => health,
                 Err(panic) => {
                     warn!(
@@ -513,6 +528,11 @@ impl Monitor {
                     continue;
                 }
             };
+            let damping = self.damping;
+            self.dampers
+                .entry(report.topic.clone())
+                .or_insert_with(|| Damper::new(damping))
+                .apply(now.duration_since(self.started), &mut health);
             let age = SystemTime::now()
                 .duration_since(report.collected_at)
                 .unwrap_or_default();

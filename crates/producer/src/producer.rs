@@ -7,7 +7,7 @@ use std::time::Duration;
 use ksp_core::secret::redact;
 use ksp_core::{
     CalculatorConfig, ConfigError, HealthFeed, HealthSnapshot, HotPartitionCalculator,
-    LagCollector, ThresholdCalculator,
+    LagCollector, RelativeCalculator,
 };
 use ksp_monitor::{
     HealthMonitor, KafkaLagCollector, MonitorConfig, MonitorHandle, MonitorStats, MonitorStatus,
@@ -94,7 +94,7 @@ impl AsyncSmartProducer {
             sticky_batch_bytes: None,
             sticky_linger: None,
             queue_timeout: DEFAULT_QUEUE_TIMEOUT,
-            calculator: Arc::new(ThresholdCalculator::default()),
+            calculator: Arc::new(RelativeCalculator::default()),
             calculator_error: None,
             collector: None,
         }
@@ -419,7 +419,8 @@ impl AsyncSmartProducerBuilder {
         self
     }
 
-    /// How lag becomes health. Default [`ThresholdCalculator::default`].
+    /// How lag becomes health. Default [`RelativeCalculator::default`] (see
+    /// [`CalculatorConfig`] for why).
     pub fn calculator(mut self, calculator: impl HotPartitionCalculator) -> Self {
         self.calculator = Arc::new(calculator);
         self.calculator_error = None;
@@ -448,6 +449,13 @@ impl AsyncSmartProducerBuilder {
     /// How long one lag collection may take. Default `refresh_interval`, at most 10 s.
     pub fn collect_timeout(mut self, timeout: Duration) -> Self {
         self.monitor.collect_timeout = Some(timeout);
+        self
+    }
+
+    /// How long a partition that turned unhealthy is kept out before it is routed to again.
+    /// Default: 60 s, growing with each repeated flip up to 10 minutes.
+    pub fn damping(mut self, damping: ksp_core::DampingConfig) -> Self {
+        self.monitor.damping = damping;
         self
     }
 

@@ -64,6 +64,9 @@ pub enum Fallback {
     Stale,
     /// No partition of the topic is healthy with an available leader.
     NoRoutablePartition,
+    /// A key's home is unhealthy, but fewer than half the partitions are healthy: moving the
+    /// keys of all the others onto them would overload them, so keys stay home.
+    TooFewRoutable,
     /// The producer's librdkafka does not know the chosen partition yet (partitions were just
     /// added); the message was re-sent without a partition.
     PartitionUnknownToProducer,
@@ -120,13 +123,22 @@ pub struct Router {
 impl Router {
     /// A router reading health from `feed`.
     pub fn new(feed: HealthFeed, config: &RouterConfig) -> Result<Self, ConfigError> {
+        Self::with_clock(feed, config, quanta::Clock::new())
+    }
+
+    /// A router whose sticky linger is timed by `clock`: `quanta::Clock::mock()` makes a
+    /// simulation or a test decide when time passes.
+    pub fn with_clock(
+        feed: HealthFeed,
+        config: &RouterConfig,
+        clock: quanta::Clock,
+    ) -> Result<Self, ConfigError> {
         config.validate()?;
         let detours = Cache::builder()
             .max_capacity(config.key_cache.capacity)
             .time_to_live(config.key_cache.ttl)
             .support_invalidation_closures()
             .build_with_hasher(foldhash::fast::RandomState::default());
-        let clock = quanta::Clock::new();
         Ok(Self {
             feed,
             partitioner: config.partitioner,
@@ -176,7 +188,12 @@ impl Router {
             self.clock.raw(),
             self.sticky_linger_ticks,
         );
-        match health.pick_weighted(mix64(u64::from(batch))) {
+        // Consecutive batch numbers times the golden ratio spread over [0, 2^64) as evenly as
+        // any sequence can (a Weyl sequence): each partition's share converges to its weight
+        // within a few dozen batches, where hashing the batch number would leave random
+        // swings. The cursor starts at a random batch, so producers do not move in step.
+        let spread = u64::from(batch).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        match health.pick_weighted(spread) {
             Some(partition) => Decision {
                 partition: Some(partition),
                 route: Route::Sticky,
@@ -191,6 +208,14 @@ impl Router {
                 partition: None,
                 route: Route::Home,
             };
+        }
+        if health.routable_partitions().is_empty() {
+            return Decision::fallback(Fallback::NoRoutablePartition);
+        }
+        if !health.can_absorb_moved_keys() {
+            // Moving every key of the unhealthy majority onto the few healthy partitions would
+            // overload them: keys stay home.
+            return Decision::fallback(Fallback::TooFewRoutable);
         }
         let key_hash = xxh3_64(key);
         let fingerprint = mix64(key_hash ^ health.topic_hash().rotate_left(29));

@@ -98,8 +98,10 @@ fn router(parts: &[Part], partitioner: Partitioner) -> (ksp_core::HealthPublishe
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
-    /// Whatever the snapshot, a chosen partition exists in it and may be routed to; the
-    /// router never panics.
+    /// Whatever the snapshot, a chosen partition exists in it and has an available leader;
+    /// a moved key's detour is routable, and a keyless batch goes to a routable partition
+    /// unless fewer than half are routable (then it may spill to a partition with a leader);
+    /// the router never panics.
     #[test]
     fn chosen_partitions_are_in_range_and_routable(
         parts in parts(),
@@ -114,8 +116,15 @@ proptest! {
             let decision = router.route(TOPIC, None, key.as_deref(), size);
             if let Some(p) = decision.partition {
                 prop_assert!((0..health.partition_count()).contains(&p), "{decision:?}");
-                prop_assert!(health.is_routable(p), "{decision:?}");
-                prop_assert!(matches!(decision.route, Route::Sticky | Route::Moved));
+                prop_assert!(health.partition(p).unwrap().lag.leader_available, "{decision:?}");
+                match decision.route {
+                    Route::Moved => prop_assert!(health.is_routable(p), "{decision:?}"),
+                    Route::Sticky => prop_assert!(
+                        health.is_routable(p) || !health.can_absorb_moved_keys(),
+                        "{decision:?}"
+                    ),
+                    other => prop_assert!(false, "unexpected route {other:?}"),
+                }
             }
             if decision.route == Route::Home {
                 // A healthy home is left to librdkafka, which hashes the key there.
@@ -142,6 +151,27 @@ proptest! {
                 prop_assert_eq!(a, b);
                 // And again: a moved key keeps its detour.
                 prop_assert_eq!(first.route(TOPIC, None, Some(key), 10), a);
+            }
+        }
+    }
+
+    /// No partition ever gets more than twice its fair share of keyless traffic (fair: one
+    /// over the partitions with a leader), and shares add up to 1 whenever anything is
+    /// routable.
+    #[test]
+    fn keyless_shares_are_capped(parts in parts()) {
+        let snapshot = snapshot(&parts);
+        let health = snapshot.topic(TOPIC).unwrap();
+        let shares = health.keyless_shares();
+        let eligible = health.partitions().iter().filter(|h| h.lag.leader_available).count();
+        let total: f64 = shares.iter().sum();
+        if health.routable_partitions().is_empty() {
+            prop_assert_eq!(total, 0.0);
+        } else {
+            prop_assert!((total - 1.0).abs() < 1e-6, "{shares:?}");
+            let cap = ksp_core::MAX_SHARE_OF_FAIR / eligible as f64;
+            for s in &shares {
+                prop_assert!(*s <= cap + 1e-6, "{shares:?} cap {cap}");
             }
         }
     }

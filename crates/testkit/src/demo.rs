@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use ksp_core::{HealthFeed, LagCollector, LagRequest, ThresholdCalculator, TopicLag};
+use ksp_core::{HealthFeed, LagCollector, LagRequest, RelativeCalculator, TopicLag};
 use ksp_monitor::{HealthMonitor, KafkaLagCollector, MonitorHandle};
 use ksp_producer::AsyncSmartProducer;
 use rdkafka::ClientConfig;
@@ -382,7 +382,7 @@ fn observer(
     HealthMonitor::builder(Arc::new(collector))
         .group(group)
         .topics([topic])
-        .calculator(Arc::new(ThresholdCalculator::default()))
+        .calculator(Arc::new(RelativeCalculator::default()))
         .refresh_interval(config.refresh_interval)
         .spawn()
         .map_err(|e| TestkitError::Demo(e.to_string()))

@@ -1,0 +1,74 @@
+//! Benchmarks of kafka-smart-producer. `just bench` runs them all and rewrites
+//! `docs/benchmarks.md`; see `src/main.rs` for the pieces.
+
+pub mod plot;
+pub mod scenarios;
+pub mod sim;
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use sim::{Ours, Outcome, Policy};
+
+/// Runs every simulated scenario under every policy, draws the plots into `images` and
+/// returns the markdown section.
+pub fn simulation(seconds: u32, seed: u64, images: Option<&Path>) -> anyhow::Result<String> {
+    let mut md = String::new();
+    let ours = Ours::default();
+    for scenario in scenarios::all(seconds) {
+        let outcomes: Vec<Outcome> = Policy::ALL
+            .iter()
+            .map(|&policy| sim::run(&scenario, policy, &ours, seed))
+            .collect();
+        writeln!(md, "### {}\n", scenario.title)?;
+        writeln!(
+            md,
+            "| policy | end-to-end p50 | p99 | max | lag of partition {w} at the end | its highest lag | health flips / partition / min (worst) | largest share of a 10 s window (× fair) | keyed messages that changed partition |",
+            w = scenario.watched[0]
+        )?;
+        writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+        for o in &outcomes {
+            let watched = scenario.watched[0];
+            let flips = o.flips_per_minute.iter().copied().fold(0.0, f64::max);
+            writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {} |",
+                o.policy.label(),
+                ms(o.latency.p50),
+                ms(o.latency.p99),
+                ms(o.latency.max),
+                o.final_lag(watched),
+                o.max_lag(watched),
+                if o.policy == Policy::Librdkafka {
+                    "–".to_owned()
+                } else {
+                    format!("{flips:.1}")
+                },
+                o.max_window_share,
+                o.keyed_moved
+                    .map_or("–".to_owned(), |m| format!("{:.1} %", m * 100.0)),
+            )?;
+        }
+        if let Some(images) = images {
+            std::fs::create_dir_all(images)?;
+            let file = images.join(format!("sim_{}.svg", scenario.name));
+            plot::lag_panels(&file, &scenario, &outcomes)?;
+            writeln!(
+                md,
+                "\n![{}](img/sim_{}.svg)\n",
+                scenario.title, scenario.name
+            )?;
+        }
+    }
+    Ok(md)
+}
+
+fn ms(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.0} s", v / 1000.0)
+    } else if v >= 1000.0 {
+        format!("{:.1} s", v / 1000.0)
+    } else {
+        format!("{v:.0} ms")
+    }
+}

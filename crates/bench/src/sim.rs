@@ -1,0 +1,555 @@
+//! A deterministic simulator of routing quality.
+//!
+//! No Kafka: partitions are queues of produce timestamps, consumers drain them at scripted
+//! rates, lag is observed every refresh interval and published after a collection delay. The
+//! policy under test decides each message's partition. "Ours" is the library's real code: the
+//! real [`Router`] (with a mock clock), the real calculator and the real
+//! [`TopicHealth`](ksp_core::TopicHealth) tables.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ksp_core::{
+    Damper, DampingConfig, HealthPublisher, HealthSnapshot, HotPartitionCalculator, PartitionLag,
+    RelativeCalculator, ThresholdCalculator, TopicHealth, TopicLag, health_channel,
+};
+use ksp_producer::{Partitioner, Router, RouterConfig};
+
+const TOPIC: &str = "sim";
+
+/// Keyed traffic: keys drawn from a Zipf distribution.
+#[derive(Debug, Clone, Copy)]
+pub struct Keys {
+    /// Distinct keys.
+    pub count: usize,
+    /// Zipf exponent (1.0 ≈ a few keys carry most traffic).
+    pub exponent: f64,
+}
+
+/// A scenario.
+pub struct Scenario {
+    /// Short name (file names).
+    pub name: &'static str,
+    /// What it shows.
+    pub title: &'static str,
+    /// Simulated seconds.
+    pub seconds: u32,
+    /// Partitions at the start.
+    pub partitions: usize,
+    /// Messages produced per second.
+    pub rate: f64,
+    /// Consumer speed of `partition` at time `t` seconds, in messages per second.
+    pub drain: Box<dyn Fn(usize, f64) -> f64 + Send + Sync>,
+    /// At `.0` seconds the partition count becomes `.1`.
+    pub grow: Option<(f64, usize)>,
+    /// Keyed traffic, or keyless.
+    pub keys: Option<Keys>,
+    /// Lag collection interval.
+    pub refresh: Duration,
+    /// Time from reading lag to publishing health.
+    pub collect_delay: Duration,
+    /// Payload bytes per message (paces sticky batches).
+    pub payload: usize,
+    /// The partitions of interest (drawn bold, reported).
+    pub watched: Vec<usize>,
+}
+
+/// Which built-in calculator "ours" runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Calc {
+    /// [`ThresholdCalculator::default`]: unhealthy past a lag of 500.
+    Threshold,
+    /// [`ksp_core::RelativeCalculator::default`]: unhealthy past 2 × the others' mean lag.
+    Relative,
+}
+
+/// Who decides the partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// librdkafka's default partitioner: sticky for 10 ms among all partitions when keyless,
+    /// CRC32 of the key otherwise.
+    Librdkafka,
+    /// The Python library's rule: each message to a random partition among those scoring at
+    /// least 0.5 (threshold calculator, max lag 1000); keys cached on first use (LRU of 1000,
+    /// 300 s TTL) and never re-checked.
+    PythonPeer,
+    /// This library, with the given calculator and otherwise default settings.
+    Ours(Calc),
+}
+
+impl Policy {
+    /// Every policy, in report order.
+    pub const ALL: [Policy; 4] = [
+        Policy::Librdkafka,
+        Policy::PythonPeer,
+        Policy::Ours(Calc::Threshold),
+        Policy::Ours(Calc::Relative),
+    ];
+
+    /// A label for tables and plots.
+    pub fn label(self) -> &'static str {
+        match self {
+            Policy::Librdkafka => "librdkafka default",
+            Policy::PythonPeer => "Python peer",
+            Policy::Ours(Calc::Threshold) => "ours, threshold calculator",
+            Policy::Ours(Calc::Relative) => "ours, relative calculator",
+        }
+    }
+}
+
+/// Latency percentiles, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+/// What one policy did in one scenario.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The policy.
+    pub policy: Policy,
+    /// End-to-end latency of every message produced (messages still queued at the end count
+    /// with their age then, so a policy cannot hide latency in a backlog).
+    pub latency: Latency,
+    /// `(t, lag of each partition)` every 500 ms.
+    pub lags: Vec<(f64, Vec<u64>)>,
+    /// Health flips (routable ↔ not) per partition per minute, for policies that have health.
+    pub flips_per_minute: Vec<f64>,
+    /// Each partition's share of all messages, × the partition count (1 = fair).
+    pub shares: Vec<f64>,
+    /// The largest share any partition got in any 10 s window after the first, × fair.
+    pub max_window_share: f64,
+    /// Share of keyed messages that went to another partition than the key's previous
+    /// message.
+    pub keyed_moved: Option<f64>,
+}
+
+impl Outcome {
+    /// Lag of `partition` at the end.
+    pub fn final_lag(&self, partition: usize) -> u64 {
+        self.lags
+            .last()
+            .and_then(|(_, l)| l.get(partition).copied())
+            .unwrap_or(0)
+    }
+
+    /// Highest lag `partition` reached.
+    pub fn max_lag(&self, partition: usize) -> u64 {
+        self.lags
+            .iter()
+            .filter_map(|(_, l)| l.get(partition).copied())
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Settings of "ours" besides the calculator: the library's defaults unless changed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ours {
+    /// Flap damping.
+    pub damping: DampingConfig,
+}
+
+impl fmt::Debug for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scenario")
+            .field("name", &self.name)
+            .field("seconds", &self.seconds)
+            .field("partitions", &self.partitions)
+            .field("rate", &self.rate)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Zipf sampler over `count` keys.
+struct Zipf {
+    cdf: Vec<f64>,
+    names: Vec<Vec<u8>>,
+}
+
+impl Zipf {
+    fn new(keys: Keys) -> Self {
+        let weights: Vec<f64> = (1..=keys.count)
+            .map(|k| 1.0 / (k as f64).powf(keys.exponent))
+            .collect();
+        let total: f64 = weights.iter().sum();
+        let mut acc = 0.0;
+        let cdf = weights
+            .iter()
+            .map(|w| {
+                acc += w / total;
+                acc
+            })
+            .collect();
+        let names = (0..keys.count)
+            .map(|k| format!("key-{k}").into_bytes())
+            .collect();
+        Self { cdf, names }
+    }
+
+    fn sample(&self, rng: &mut fastrand::Rng) -> usize {
+        let u = rng.f64();
+        self.cdf.partition_point(|&c| c < u).min(self.cdf.len() - 1)
+    }
+}
+
+/// The Python peer's key cache: LRU of 1000 entries, 300 s TTL.
+struct PeerCache {
+    entries: HashMap<usize, (i32, u64 /* inserted ms */, u64 /* last used */)>,
+}
+
+impl PeerCache {
+    const CAPACITY: usize = 1000;
+    const TTL_MS: u64 = 300_000;
+
+    fn get(&mut self, key: usize, now: u64) -> Option<i32> {
+        let entry = self.entries.get_mut(&key)?;
+        if now - entry.1 > Self::TTL_MS {
+            self.entries.remove(&key);
+            return None;
+        }
+        entry.2 = now;
+        Some(entry.0)
+    }
+
+    fn insert(&mut self, key: usize, partition: i32, now: u64) {
+        if self.entries.len() >= Self::CAPACITY
+            && !self.entries.contains_key(&key)
+            && let Some((&oldest, _)) = self.entries.iter().min_by_key(|(_, e)| e.2)
+        {
+            self.entries.remove(&oldest);
+        }
+        self.entries.insert(key, (partition, now, now));
+    }
+}
+
+/// The state one policy routes with.
+enum Decider {
+    Librdkafka {
+        sticky: i32,
+        since_ms: u64,
+    },
+    Peer {
+        healthy: Vec<i32>,
+        cache: PeerCache,
+        sticky: i32,
+        since_ms: u64,
+    },
+    Ours {
+        router: Router,
+        publisher: HealthPublisher,
+        mock: Arc<quanta::Mock>,
+        calculator: Arc<dyn HotPartitionCalculator>,
+        damper: Damper,
+        /// librdkafka's own sticky state, for messages the router leaves to it.
+        sticky: i32,
+        since_ms: u64,
+    },
+}
+
+/// Runs `scenario` under `policy`, with `seed` for every random choice.
+pub fn run(scenario: &Scenario, policy: Policy, ours: &Ours, seed: u64) -> Outcome {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut partitions = scenario.partitions;
+    let final_partitions = scenario.grow.map_or(partitions, |(_, n)| n.max(partitions));
+    let mut queues: Vec<VecDeque<u64>> = vec![VecDeque::new(); final_partitions];
+    let mut budget = vec![0.0f64; final_partitions];
+    let mut produced_owed = 0.0;
+    let mut latencies: Vec<u32> = Vec::new();
+    let mut lags = Vec::new();
+    let mut counts = vec![0u64; final_partitions];
+    let mut window = vec![0u64; final_partitions];
+    let mut max_window_share = 0.0f64;
+    let mut flips = vec![0u32; final_partitions];
+    let mut last_routable: Vec<Option<bool>> = vec![None; final_partitions];
+    let zipf = scenario.keys.map(Zipf::new);
+    let mut last_partition_of_key: HashMap<usize, i32> = HashMap::new();
+    let (mut keyed_total, mut keyed_moved) = (0u64, 0u64);
+    let mut pending_publish: VecDeque<(u64, Vec<u64>)> = VecDeque::new();
+
+    let mut decider = match policy {
+        Policy::Librdkafka => Decider::Librdkafka {
+            sticky: 0,
+            since_ms: 0,
+        },
+        Policy::PythonPeer => Decider::Peer {
+            healthy: (0..partitions as i32).collect(),
+            cache: PeerCache {
+                entries: HashMap::new(),
+            },
+            sticky: 0,
+            since_ms: 0,
+        },
+        Policy::Ours(calc) => {
+            let calculator: Arc<dyn HotPartitionCalculator> = match calc {
+                Calc::Threshold => Arc::new(ThresholdCalculator::default()),
+                Calc::Relative => Arc::new(RelativeCalculator::default()),
+            };
+            let (publisher, feed) = health_channel();
+            let (clock, mock) = quanta::Clock::mock();
+            let mut config = RouterConfig::default();
+            config.sticky_batch_bytes = 1_000_000;
+            config.sticky_linger = Duration::from_millis(10);
+            Decider::Ours {
+                router: Router::with_clock(feed, &config, clock).expect("valid router config"),
+                publisher,
+                mock,
+                calculator,
+                damper: Damper::new(ours.damping),
+                sticky: 0,
+                since_ms: 0,
+            }
+        }
+    };
+
+    let refresh_ms = scenario.refresh.as_millis() as u64;
+    let delay_ms = scenario.collect_delay.as_millis() as u64;
+    let end_ms = u64::from(scenario.seconds) * 1000;
+    for now in 0..end_ms {
+        let t = now as f64 / 1000.0;
+        if let Some((at, n)) = scenario.grow
+            && partitions < n
+            && t >= at
+        {
+            partitions = n;
+        }
+        // Lag is read at each refresh and published after the collection delay.
+        if now % refresh_ms == 0 {
+            let observed = queues
+                .iter()
+                .take(partitions)
+                .map(|q| q.len() as u64)
+                .collect();
+            pending_publish.push_back((now + delay_ms, observed));
+        }
+        while pending_publish.front().is_some_and(|(at, _)| *at <= now) {
+            let (_, observed) = pending_publish.pop_front().unwrap_or_default();
+            let report = TopicLag::new(
+                TOPIC,
+                observed
+                    .iter()
+                    .enumerate()
+                    .map(|(p, &lag)| PartitionLag::from_lag(p as i32, lag as i64))
+                    .collect(),
+                SystemTime::now(),
+            );
+            let routable: Vec<bool> = match &mut decider {
+                Decider::Librdkafka { .. } => Vec::new(),
+                Decider::Peer { healthy, .. } => {
+                    let health = ThresholdCalculator::default().calculate(&report);
+                    *healthy = health
+                        .iter()
+                        .filter(|h| h.healthy)
+                        .map(|h| h.partition)
+                        .collect();
+                    health.iter().map(|h| h.healthy).collect()
+                }
+                Decider::Ours {
+                    publisher,
+                    calculator,
+                    damper,
+                    ..
+                } => {
+                    let mut verdicts = calculator.calculate(&report);
+                    damper.apply(Duration::from_millis(now), &mut verdicts);
+                    let health = TopicHealth::new(TOPIC, report.collected_at, verdicts)
+                        .with_sticky_start(rng.u32(..));
+                    let routable = (0..health.partition_count())
+                        .map(|p| health.is_routable(p))
+                        .collect();
+                    publisher.publish(HealthSnapshot::new([Arc::new(health)]));
+                    routable
+                }
+            };
+            for (p, &r) in routable.iter().enumerate() {
+                if last_routable[p].is_some_and(|was| was != r) {
+                    flips[p] += 1;
+                }
+                last_routable[p] = Some(r);
+            }
+        }
+
+        // Produce.
+        produced_owed += scenario.rate / 1000.0;
+        while produced_owed >= 1.0 {
+            produced_owed -= 1.0;
+            let key = zipf.as_ref().map(|z| z.sample(&mut rng));
+            let key_bytes = key.and_then(|k| zipf.as_ref().map(|z| z.names[k].as_slice()));
+            let partition = decide(
+                &mut decider,
+                &mut rng,
+                now,
+                partitions,
+                key,
+                key_bytes,
+                scenario.payload,
+            );
+            let p = partition as usize;
+            queues[p].push_back(now);
+            counts[p] += 1;
+            window[p] += 1;
+            if let Some(key) = key {
+                keyed_total += 1;
+                if last_partition_of_key
+                    .insert(key, partition)
+                    .is_some_and(|previous| previous != partition)
+                {
+                    keyed_moved += 1;
+                }
+            }
+        }
+
+        // Consume.
+        for p in 0..partitions {
+            budget[p] += (scenario.drain)(p, t) / 1000.0;
+            while budget[p] >= 1.0 {
+                match queues[p].pop_front() {
+                    Some(produced) => {
+                        latencies.push((now - produced) as u32);
+                        budget[p] -= 1.0;
+                    }
+                    None => {
+                        // An idle consumer does not save up reads.
+                        budget[p] = budget[p].min(1.0);
+                        break;
+                    }
+                }
+            }
+        }
+
+        if now % 500 == 0 {
+            lags.push((
+                t,
+                queues
+                    .iter()
+                    .take(partitions)
+                    .map(|q| q.len() as u64)
+                    .collect(),
+            ));
+        }
+        if now % 10_000 == 9_999 {
+            let total: u64 = window.iter().sum();
+            if now >= 19_999 && total > 0 {
+                for &w in window.iter().take(partitions) {
+                    max_window_share =
+                        max_window_share.max(w as f64 * partitions as f64 / total as f64);
+                }
+            }
+            window.iter_mut().for_each(|w| *w = 0);
+        }
+        if let Decider::Ours { mock, .. } = &decider {
+            mock.increment(Duration::from_millis(1));
+        }
+    }
+    for queue in &queues {
+        latencies.extend(queue.iter().map(|&produced| (end_ms - produced) as u32));
+    }
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |&v| f64::from(v))
+    };
+    let total: u64 = counts.iter().sum();
+    let minutes = f64::from(scenario.seconds) / 60.0;
+    Outcome {
+        policy,
+        latency: Latency {
+            p50: at(0.5),
+            p99: at(0.99),
+            max: latencies.last().map_or(0.0, |&v| f64::from(v)),
+        },
+        lags,
+        flips_per_minute: flips.iter().map(|&f| f64::from(f) / minutes).collect(),
+        shares: counts
+            .iter()
+            .map(|&c| c as f64 * final_partitions as f64 / total.max(1) as f64)
+            .collect(),
+        max_window_share,
+        keyed_moved: (keyed_total > 0).then(|| keyed_moved as f64 / keyed_total as f64),
+    }
+}
+
+/// librdkafka's sticky rule: keep the partition for 10 ms, then a random one.
+fn sticky(
+    current: &mut i32,
+    since: &mut u64,
+    now: u64,
+    partitions: usize,
+    rng: &mut fastrand::Rng,
+) -> i32 {
+    if now >= *since + 10 || *current as usize >= partitions {
+        *current = rng.i32(0..partitions as i32);
+        *since = now;
+    }
+    *current
+}
+
+fn decide(
+    decider: &mut Decider,
+    rng: &mut fastrand::Rng,
+    now: u64,
+    partitions: usize,
+    key: Option<usize>,
+    key_bytes: Option<&[u8]>,
+    payload: usize,
+) -> i32 {
+    let count = partitions as i32;
+    match decider {
+        Decider::Librdkafka {
+            sticky: s,
+            since_ms,
+        } => match Partitioner::ConsistentRandom.home(key_bytes, count) {
+            Some(home) => home,
+            None => sticky(s, since_ms, now, partitions, rng),
+        },
+        Decider::Peer {
+            healthy,
+            cache,
+            sticky: s,
+            since_ms,
+        } => {
+            let healthy: Vec<i32> = healthy.iter().copied().filter(|&p| p < count).collect();
+            let pick = |rng: &mut fastrand::Rng| {
+                (!healthy.is_empty()).then(|| healthy[rng.usize(..healthy.len())])
+            };
+            match key {
+                Some(key) => {
+                    if let Some(p) = cache.get(key, now) {
+                        return p;
+                    }
+                    let p = pick(rng)
+                        .or_else(|| Partitioner::ConsistentRandom.home(key_bytes, count))
+                        .unwrap_or(0);
+                    cache.insert(key, p, now);
+                    p
+                }
+                None => pick(rng).unwrap_or_else(|| sticky(s, since_ms, now, partitions, rng)),
+            }
+        }
+        Decider::Ours {
+            router,
+            sticky: s,
+            since_ms,
+            ..
+        } => {
+            let size = payload + key_bytes.map_or(0, <[u8]>::len);
+            let decision = router.route(TOPIC, None, key_bytes, size);
+            match decision.partition {
+                Some(p) => p,
+                // No partition set: librdkafka's partitioner decides, as in production.
+                None => match Partitioner::ConsistentRandom.home(key_bytes, count) {
+                    Some(home) => home,
+                    None => sticky(s, since_ms, now, partitions, rng),
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! Flap damping: a partition that turned unhealthy must stay healthy for a while before it is
+//! routed to again, and longer each time it flaps.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+use crate::health::PartitionHealth;
+
+/// How long a partition that turned unhealthy is kept out.
+///
+/// A consumer that alternates between slow and fast would otherwise flip in and out of the
+/// routable set every few refreshes: each time it is let back in it receives a full share,
+/// falls behind again, and the messages sent to it in between wait behind its backlog. So a
+/// partition that turns unhealthy must then be healthy, continuously, for a *hold* before it
+/// counts as healthy again. The first hold is `recovery_hold`; each further flip doubles it, up
+/// to `max_hold`. The flip count decays with `penalty_half_life`, so a consumer that settled
+/// down is forgiven. This is route flap damping as BGP routers do it.
+///
+/// Only the calculator's verdict is damped: a partition whose leader is unavailable is
+/// unroutable at once, and routable again as soon as its leader is back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DampingConfig {
+    /// The first hold. Default 60 s. Zero disables damping.
+    #[serde(with = "duration_secs")]
+    pub recovery_hold: Duration,
+    /// The longest hold. Default 10 minutes.
+    #[serde(with = "duration_secs")]
+    pub max_hold: Duration,
+    /// Half-life of the flip penalty. Default 5 minutes.
+    #[serde(with = "duration_secs")]
+    pub penalty_half_life: Duration,
+}
+
+mod duration_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}
+
+impl DampingConfig {
+    /// No damping: health follows the calculator round by round.
+    pub const DISABLED: Self = Self {
+        recovery_hold: Duration::ZERO,
+        max_hold: Duration::ZERO,
+        penalty_half_life: Duration::from_secs(300),
+    };
+
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let day = Duration::from_secs(24 * 3600);
+        if self.recovery_hold > day {
+            return Err(ConfigError::duration(
+                "recovery_hold",
+                self.recovery_hold,
+                "at most 24h (0 disables damping)",
+            ));
+        }
+        if self.max_hold < self.recovery_hold || self.max_hold > day {
+            return Err(ConfigError::duration(
+                "max_hold",
+                self.max_hold,
+                format!("between recovery_hold ({:?}) and 24h", self.recovery_hold),
+            ));
+        }
+        if self.penalty_half_life < Duration::from_secs(1) || self.penalty_half_life > day {
+            return Err(ConfigError::duration(
+                "penalty_half_life",
+                self.penalty_half_life,
+                "between 1s and 24h",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for DampingConfig {
+    fn default() -> Self {
+        Self {
+            recovery_hold: Duration::from_secs(60),
+            max_hold: Duration::from_secs(600),
+            penalty_half_life: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct PartitionState {
+    /// Whether it currently counts as healthy.
+    healthy: bool,
+    /// Since when the calculator has said healthy, while it is held out.
+    healthy_since: Option<Duration>,
+    /// How long it is held out this time.
+    hold: Duration,
+    /// Flip penalty, and when it was last updated.
+    penalty: f64,
+    penalty_at: Duration,
+}
+
+/// The damping state of one topic. Time is whatever monotonic clock the caller uses (the
+/// monitor's, or a simulation's), as time since an arbitrary origin.
+#[derive(Debug, Clone, Default)]
+pub struct Damper {
+    config: DampingConfig,
+    partitions: Vec<Option<PartitionState>>,
+}
+
+impl Damper {
+    /// A damper with no history.
+    pub fn new(config: DampingConfig) -> Self {
+        Self {
+            config,
+            partitions: Vec::new(),
+        }
+    }
+
+    /// Rewrites `health`'s healthy flags as damped at time `now`. A partition seen for the
+    /// first time takes the calculator's verdict as is.
+    ///
+    /// Holding partitions out is a luxury of spare capacity: if fewer than half the
+    /// partitions with a leader would count as healthy, the held ones that the calculator
+    /// calls healthy are let back in at once (otherwise nothing might be routable, and
+    /// routing would fall back to spreading load over every partition, the worst included).
+    pub fn apply(&mut self, now: Duration, health: &mut [PartitionHealth]) {
+        if self.config.recovery_hold.is_zero() {
+            return;
+        }
+        let raw: Vec<bool> = health.iter().map(|h| h.healthy).collect();
+        let config = self.config;
+        for h in health.iter_mut() {
+            let Some(state) = self.state(h.partition, h.healthy, now) else {
+                continue;
+            };
+            h.healthy = state.step(&config, now, h.healthy);
+        }
+        let eligible = health.iter().filter(|h| h.lag.leader_available).count();
+        let healthy = health
+            .iter()
+            .filter(|h| h.healthy && h.lag.leader_available)
+            .count();
+        if (healthy as f64) * crate::health::MAX_SHARE_OF_FAIR < eligible as f64 {
+            for (h, &raw) in health.iter_mut().zip(&raw) {
+                if raw
+                    && !h.healthy
+                    && let Some(state) = self.state(h.partition, raw, now)
+                {
+                    state.release();
+                    h.healthy = true;
+                }
+            }
+        }
+    }
+
+    fn state(
+        &mut self,
+        partition: i32,
+        healthy: bool,
+        now: Duration,
+    ) -> Option<&mut PartitionState> {
+        let index = usize::try_from(partition).ok()?;
+        if index >= self.partitions.len() {
+            self.partitions.resize(index + 1, None);
+        }
+        Some(
+            self.partitions[index].get_or_insert_with(|| PartitionState {
+                healthy,
+                penalty_at: now,
+                ..PartitionState::default()
+            }),
+        )
+    }
+
+    /// Whether `partition` is being held out although the calculator says healthy.
+    pub fn is_held(&self, partition: i32) -> bool {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|i| self.partitions.get(i))
+            .and_then(Option::as_ref)
+            .is_some_and(|s| !s.healthy && s.healthy_since.is_some())
+    }
+}
+
+impl PartitionState {
+    /// Lets a held partition back in before its hold is over (its penalty stays).
+    fn release(&mut self) {
+        self.healthy = true;
+        self.healthy_since = None;
+    }
+
+    fn step(&mut self, config: &DampingConfig, now: Duration, raw: bool) -> bool {
+        if self.healthy {
+            if !raw {
+                // Decay the penalty to now, then count this flip.
+                let elapsed = now.saturating_sub(self.penalty_at).as_secs_f64();
+                let half_life = config.penalty_half_life.as_secs_f64();
+                self.penalty = self.penalty * 0.5f64.powf(elapsed / half_life) + 1.0;
+                self.penalty_at = now;
+                let factor = 2f64.powf((self.penalty - 1.0).max(0.0));
+                self.hold = config
+                    .recovery_hold
+                    .mul_f64(factor)
+                    .min(config.max_hold.max(config.recovery_hold));
+                self.healthy = false;
+                self.healthy_since = None;
+            }
+        } else if raw {
+            let since = *self.healthy_since.get_or_insert(now);
+            if now.saturating_sub(since) >= self.hold {
+                self.healthy = true;
+                self.healthy_since = None;
+            }
+        } else {
+            self.healthy_since = None;
+        }
+        self.healthy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lag::PartitionLag;
+
+    /// A 30 s first hold, 10 minutes at most, 5 minutes half-life.
+    fn thirty() -> DampingConfig {
+        DampingConfig {
+            recovery_hold: Duration::from_secs(30),
+            ..DampingConfig::default()
+        }
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    fn verdicts(raw: &[bool]) -> Vec<PartitionHealth> {
+        raw.iter()
+            .enumerate()
+            .map(|(p, &h)| PartitionHealth::new(PartitionLag::from_lag(p as i32, 0), 1.0, h))
+            .collect()
+    }
+
+    /// Damps the verdicts of the first `raw.len()` partitions of an 8-partition topic whose
+    /// other partitions stay healthy (so that the release rule for too few healthy
+    /// partitions does not kick in), and returns theirs.
+    fn step(damper: &mut Damper, at: u64, raw: &[bool]) -> Vec<bool> {
+        let mut all = raw.to_vec();
+        all.resize(8, true);
+        let mut health = verdicts(&all);
+        damper.apply(secs(at), &mut health);
+        health.iter().take(raw.len()).map(|h| h.healthy).collect()
+    }
+
+    /// Damps exactly the verdicts given.
+    fn step_all(damper: &mut Damper, at: u64, raw: &[bool]) -> Vec<bool> {
+        let mut health = verdicts(raw);
+        damper.apply(secs(at), &mut health);
+        health.iter().map(|h| h.healthy).collect()
+    }
+
+    #[test]
+    fn first_sight_is_taken_as_is() {
+        let mut d = Damper::new(thirty());
+        assert_eq!(step(&mut d, 0, &[true, false]), [true, false]);
+        // A partition that was never healthy recovers once healthy for the (zero) hold.
+        assert_eq!(step(&mut d, 1, &[true, true]), [true, true]);
+    }
+
+    #[test]
+    fn a_partition_that_turned_unhealthy_waits_the_hold() {
+        let mut d = Damper::new(thirty());
+        step(&mut d, 0, &[true]);
+        assert_eq!(step(&mut d, 10, &[false]), [false]);
+        // Healthy again from 20 s: held out until 50 s.
+        assert_eq!(step(&mut d, 20, &[true]), [false]);
+        assert!(d.is_held(0));
+        assert_eq!(step(&mut d, 49, &[true]), [false]);
+        assert_eq!(step(&mut d, 50, &[true]), [true]);
+        assert!(!d.is_held(0));
+    }
+
+    #[test]
+    fn relapsing_during_the_hold_restarts_it() {
+        let mut d = Damper::new(thirty());
+        step(&mut d, 0, &[true]);
+        step(&mut d, 10, &[false]);
+        step(&mut d, 20, &[true]);
+        step(&mut d, 40, &[false]);
+        assert_eq!(step(&mut d, 60, &[true]), [false]);
+        assert_eq!(step(&mut d, 89, &[true]), [false]);
+        assert_eq!(step(&mut d, 90, &[true]), [true]);
+    }
+
+    #[test]
+    fn each_flip_doubles_the_hold_up_to_the_maximum() {
+        let mut d = Damper::new(thirty());
+        step(&mut d, 0, &[true]);
+        let mut now = 0;
+        let mut holds = Vec::new();
+        for _ in 0..8 {
+            now += 1;
+            step(&mut d, now, &[false]);
+            let out = now;
+            now += 1;
+            while step(&mut d, now, &[true]) == [false] {
+                now += 1;
+            }
+            holds.push(now - out - 1);
+        }
+        // 30 s, then nearly doubling; the penalty keeps decaying while the partition is held
+        // out, so a partition that flaps forever settles at the hold where one flip per hold
+        // balances the decay (about 150 s with the defaults), well below `max_hold`.
+        assert_eq!(holds[0], 30);
+        for pair in holds.windows(2) {
+            assert!(pair[1] >= pair[0], "{holds:?}");
+        }
+        assert!((50..=60).contains(&holds[1]), "{holds:?}");
+        assert!((120..=600).contains(holds.last().unwrap()), "{holds:?}");
+    }
+
+    #[test]
+    fn max_hold_caps_the_hold() {
+        let mut c = thirty();
+        c.max_hold = Duration::from_secs(45);
+        let mut d = Damper::new(c);
+        step(&mut d, 0, &[true]);
+        step(&mut d, 1, &[false]);
+        step(&mut d, 2, &[true]);
+        step(&mut d, 32, &[true]);
+        step(&mut d, 33, &[false]);
+        assert_eq!(step(&mut d, 34, &[true]), [false]);
+        assert_eq!(step(&mut d, 78, &[true]), [false]);
+        assert_eq!(step(&mut d, 79, &[true]), [true]);
+    }
+
+    #[test]
+    fn the_penalty_decays() {
+        let mut d = Damper::new(thirty());
+        step(&mut d, 0, &[true]);
+        step(&mut d, 1, &[false]);
+        step(&mut d, 2, &[true]);
+        step(&mut d, 40, &[true]);
+        // Ten half-lives later a new flip costs about the base hold again.
+        step(&mut d, 3000, &[false]);
+        assert_eq!(step(&mut d, 3001, &[true]), [false]);
+        assert_eq!(step(&mut d, 3031, &[true]), [false]);
+        assert_eq!(step(&mut d, 3032, &[true]), [true]);
+    }
+
+    #[test]
+    fn holds_are_released_when_too_few_partitions_are_healthy() {
+        let mut d = Damper::new(thirty());
+        step_all(&mut d, 0, &[true, true, true, true]);
+        // Two of four turn unhealthy and recover at once: held, since two of four healthy is
+        // still half.
+        step_all(&mut d, 1, &[true, true, false, false]);
+        assert_eq!(
+            step_all(&mut d, 2, &[true, true, true, true]),
+            [true, true, false, false]
+        );
+        // Another falls: one of four is too few, the recovered ones come back at once.
+        assert_eq!(
+            step_all(&mut d, 3, &[true, false, true, true]),
+            [true, false, true, true]
+        );
+    }
+
+    #[test]
+    fn disabled_damping_follows_the_calculator() {
+        let mut d = Damper::new(DampingConfig::DISABLED);
+        step(&mut d, 0, &[true]);
+        assert_eq!(step(&mut d, 1, &[false]), [false]);
+        assert_eq!(step(&mut d, 2, &[true]), [true]);
+    }
+
+    #[test]
+    fn settings_are_validated() {
+        let c = DampingConfig {
+            max_hold: Duration::from_secs(1),
+            ..DampingConfig::default()
+        };
+        assert_eq!(c.validate().unwrap_err().setting, "max_hold");
+        let c = DampingConfig {
+            penalty_half_life: Duration::ZERO,
+            ..DampingConfig::default()
+        };
+        assert_eq!(c.validate().unwrap_err().setting, "penalty_half_life");
+        DampingConfig::DISABLED.validate().unwrap();
+        DampingConfig::default().validate().unwrap();
+    }
+}
