@@ -24,3 +24,8 @@ doc:
 # The embedded demo: one slow consumer, smart vs plain producer.
 demo:
     cargo run --release --example quickstart
+
+# Every benchmark; rewrites docs/benchmarks.md and docs/img/ (about 6 minutes).
+bench:
+    cargo bench -p ksp-producer --bench routing
+    cargo run --release -p ksp-bench -- all

@@ -1,33 +1,56 @@
 //! Benchmarks of kafka-smart-producer. `just bench` runs them all and rewrites
-//! `docs/benchmarks.md`; see `src/main.rs` for the pieces.
+//! `docs/benchmarks.md`; `cargo run --release -p ksp-bench -- --help` lists the pieces.
 
+pub mod alloc;
 pub mod plot;
+pub mod refresh;
+pub mod report;
 pub mod scenarios;
 pub mod sim;
+pub mod throughput;
+pub mod validate;
 
 use std::fmt::Write as _;
 use std::path::Path;
 
-use sim::{Ours, Outcome, Policy};
+use sim::{Ours, Outcome, Policy, Scenario};
 
-/// Runs every simulated scenario under every policy, draws the plots into `images` and
-/// returns the markdown section.
-pub fn simulation(seconds: u32, seed: u64, images: Option<&Path>) -> anyhow::Result<String> {
-    let mut md = String::new();
+/// One simulated scenario under every policy.
+#[derive(Debug)]
+pub struct SimRun {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// One outcome per policy, in [`Policy::ALL`] order.
+    pub outcomes: Vec<Outcome>,
+}
+
+/// Runs every simulated scenario under every policy.
+pub fn simulate(seconds: u32, seed: u64) -> Vec<SimRun> {
     let ours = Ours::default();
-    for scenario in scenarios::all(seconds) {
-        let outcomes: Vec<Outcome> = Policy::ALL
-            .iter()
-            .map(|&policy| sim::run(&scenario, policy, &ours, seed))
-            .collect();
-        writeln!(md, "### {}\n", scenario.title)?;
+    scenarios::all(seconds)
+        .into_iter()
+        .map(|scenario| {
+            let outcomes = Policy::ALL
+                .iter()
+                .map(|&policy| sim::run(&scenario, policy, &ours, seed))
+                .collect();
+            SimRun { scenario, outcomes }
+        })
+        .collect()
+}
+
+/// The markdown of the simulation results; plots go to `images` (linked as `img/…`).
+pub fn simulation_markdown(runs: &[SimRun], images: Option<&Path>) -> anyhow::Result<String> {
+    let mut md = String::new();
+    for SimRun { scenario, outcomes } in runs {
+        writeln!(md, "#### {}\n", scenario.title)?;
         writeln!(
             md,
             "| policy | end-to-end p50 | p99 | max | lag of partition {w} at the end | its highest lag | health flips / partition / min (worst) | largest share of a 10 s window (× fair) | keyed messages that changed partition |",
             w = scenario.watched[0]
         )?;
         writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
-        for o in &outcomes {
+        for o in outcomes {
             let watched = scenario.watched[0];
             let flips = o.flips_per_minute.iter().copied().fold(0.0, f64::max);
             writeln!(
@@ -52,18 +75,21 @@ pub fn simulation(seconds: u32, seed: u64, images: Option<&Path>) -> anyhow::Res
         if let Some(images) = images {
             std::fs::create_dir_all(images)?;
             let file = images.join(format!("sim_{}.svg", scenario.name));
-            plot::lag_panels(&file, &scenario, &outcomes)?;
+            plot::lag_panels(&file, scenario, outcomes)?;
             writeln!(
                 md,
-                "\n![{}](img/sim_{}.svg)\n",
+                "\n![lag per partition over time: {}](img/sim_{}.svg)\n",
                 scenario.title, scenario.name
             )?;
+        } else {
+            writeln!(md)?;
         }
     }
     Ok(md)
 }
 
-fn ms(v: f64) -> String {
+/// A duration in milliseconds, for tables.
+pub fn ms(v: f64) -> String {
     if v >= 10_000.0 {
         format!("{:.0} s", v / 1000.0)
     } else if v >= 1000.0 {

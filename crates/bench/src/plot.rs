@@ -24,13 +24,15 @@ pub fn lag_panels(path: &Path, scenario: &Scenario, outcomes: &[Outcome]) -> any
         let mut chart = ChartBuilder::on(panel)
             .caption(outcome.policy.label(), ("sans-serif", 16))
             .margin(8)
-            .x_label_area_size(28)
-            .y_label_area_size(52)
+            .x_label_area_size(30)
+            .y_label_area_size(64)
             .build_cartesian_2d(0.0..seconds, 0.0..peak * 1.05)?;
         chart
             .configure_mesh()
             .x_desc("seconds")
             .y_desc("lag (messages)")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.0}"))
             .light_line_style(WHITE)
             .draw()?;
         let partitions = outcome.lags.iter().map(|(_, l)| l.len()).max().unwrap_or(0);

@@ -4,7 +4,7 @@
 //! rates, lag is observed every refresh interval and published after a collection delay. The
 //! policy under test decides each message's partition. "Ours" is the library's real code: the
 //! real [`Router`] (with a mock clock), the real calculator and the real
-//! [`TopicHealth`](ksp_core::TopicHealth) tables.
+//! [`ksp_core::TopicHealth`] tables.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -222,7 +222,7 @@ impl PeerCache {
     fn insert(&mut self, key: usize, partition: i32, now: u64) {
         if self.entries.len() >= Self::CAPACITY
             && !self.entries.contains_key(&key)
-            && let Some((&oldest, _)) = self.entries.iter().min_by_key(|(_, e)| e.2)
+            && let Some((&oldest, _)) = self.entries.iter().min_by_key(|(k, e)| (e.2, **k))
         {
             self.entries.remove(&oldest);
         }

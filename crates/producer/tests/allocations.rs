@@ -1,0 +1,97 @@
+//! Heap allocations per routing decision, counted by `allocation-counter`'s global allocator.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use ksp_core::{HealthSnapshot, PartitionHealth, PartitionLag, TopicHealth, health_channel};
+use ksp_producer::{Partitioner, Route, Router, RouterConfig};
+
+const TOPIC: &str = "orders";
+
+fn router(partitions: i32) -> (ksp_core::HealthPublisher, Router) {
+    let (mut publisher, feed) = health_channel();
+    let health = (0..partitions)
+        .map(|p| PartitionHealth::new(PartitionLag::from_lag(p, 0), 1.0, p != 1))
+        .collect();
+    publisher.publish(HealthSnapshot::new([Arc::new(TopicHealth::new(
+        TOPIC,
+        SystemTime::now(),
+        health,
+    ))]));
+    (
+        publisher,
+        Router::new(feed, &RouterConfig::default()).unwrap(),
+    )
+}
+
+fn key_with_home(home: Option<i32>, partitions: i32) -> Vec<u8> {
+    (0..)
+        .map(|i| format!("customer-{i}").into_bytes())
+        .find(|k| {
+            let h = Partitioner::ConsistentRandom.home(Some(k), partitions);
+            match home {
+                Some(home) => h == Some(home),
+                None => h != Some(1),
+            }
+        })
+        .unwrap()
+}
+
+#[test]
+fn keyless_routing_allocates_nothing() {
+    for partitions in [8, 64, 1024] {
+        let (_publisher, router) = router(partitions);
+        // Warm up: the first decision on a thread may initialise thread-locals.
+        router.route(TOPIC, None, None, 100);
+        let info = allocation_counter::measure(|| {
+            for _ in 0..10_000 {
+                let d = router.route(TOPIC, None, None, 100);
+                assert_eq!(d.route, Route::Sticky);
+            }
+        });
+        assert_eq!(info.count_total, 0, "{partitions} partitions: {info:?}");
+    }
+}
+
+#[test]
+fn keyed_routing_home_and_fallbacks_allocate_nothing() {
+    let (_publisher, router) = router(8);
+    let home = key_with_home(None, 8);
+    router.route(TOPIC, None, Some(&home), 100);
+    let info = allocation_counter::measure(|| {
+        for _ in 0..10_000 {
+            assert_eq!(
+                router.route(TOPIC, None, Some(&home), 100).route,
+                Route::Home
+            );
+            // Unwatched topic: a fallback, decided from the snapshot alone.
+            router.route("other", None, Some(&home), 100);
+            router.route(TOPIC, Some(3), Some(&home), 100);
+        }
+    });
+    assert_eq!(info.count_total, 0, "{info:?}");
+}
+
+#[test]
+fn moved_keys_allocate_only_when_first_moved() {
+    let (_publisher, router) = router(8);
+    let moved = key_with_home(Some(1), 8);
+    let first = allocation_counter::measure(|| {
+        assert_eq!(
+            router.route(TOPIC, None, Some(&moved), 100).route,
+            Route::Moved
+        );
+    });
+    // Inserting the detour into the cache allocates.
+    assert!(first.count_total > 0, "{first:?}");
+    let hits = allocation_counter::measure(|| {
+        for _ in 0..10_000 {
+            assert_eq!(
+                router.route(TOPIC, None, Some(&moved), 100).route,
+                Route::Moved
+            );
+        }
+    });
+    // Cache hits: at most an occasional allocation by the cache's own housekeeping.
+    assert!(hits.count_total <= 100, "{hits:?}");
+}
