@@ -36,10 +36,10 @@ enum Command {
     /// Smart producer vs plain FutureProducer on the embedded cluster.
     Throughput {
         /// Messages per round and producer.
-        #[arg(long, default_value_t = 200_000)]
+        #[arg(long, default_value_t = 150_000)]
         messages: usize,
         /// A/B rounds.
-        #[arg(long, default_value_t = 15)]
+        #[arg(long, default_value_t = 41)]
         rounds: usize,
         /// Sends in flight.
         #[arg(long, default_value_t = 10_000)]
@@ -121,8 +121,8 @@ async fn all(root: &Path) -> anyhow::Result<()> {
         .all(|l| l.split('|').nth(2).is_some_and(|c| c.trim() == "0"));
     eprintln!("measuring throughput…");
     let settings = throughput::Settings {
-        messages: 200_000,
-        rounds: 15,
+        messages: 150_000,
+        rounds: 41,
         window: 10_000,
     };
     let tput = throughput::measure(settings).await?;

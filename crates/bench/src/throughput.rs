@@ -44,10 +44,23 @@ pub struct Result {
     pub plain: f64,
     /// Every round's smart / plain ratio, in round order.
     pub ratios: Vec<f64>,
+    /// Median process CPU time per message, smart producer, in nanoseconds.
+    pub smart_cpu_ns: f64,
+    /// Median process CPU time per message, plain `FutureProducer`, in nanoseconds.
+    pub plain_cpu_ns: f64,
 }
 
-async fn run_smart(producer: &AsyncSmartProducer, case: Case, settings: Settings) -> f64 {
+/// One round's figures: messages per second, and process CPU time per message (producer,
+/// librdkafka and the in-process broker together) in nanoseconds.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    rate: f64,
+    cpu_ns: f64,
+}
+
+async fn run_smart(producer: &AsyncSmartProducer, case: Case, settings: Settings) -> Round {
     let payload = vec![b'x'; case.payload];
+    let cpu = cpu_time::ProcessTime::now();
     let started = Instant::now();
     futures::stream::iter(0..settings.messages)
         .for_each_concurrent(settings.window, |i| {
@@ -62,11 +75,20 @@ async fn run_smart(producer: &AsyncSmartProducer, case: Case, settings: Settings
             }
         })
         .await;
-    settings.messages as f64 / started.elapsed().as_secs_f64()
+    round(settings, started, cpu)
 }
 
-async fn run_plain(producer: &FutureProducer, case: Case, settings: Settings) -> f64 {
+fn round(settings: Settings, started: Instant, cpu: cpu_time::ProcessTime) -> Round {
+    let messages = settings.messages as f64;
+    Round {
+        rate: messages / started.elapsed().as_secs_f64(),
+        cpu_ns: cpu.elapsed().as_nanos() as f64 / messages,
+    }
+}
+
+async fn run_plain(producer: &FutureProducer, case: Case, settings: Settings) -> Round {
     let payload = vec![b'x'; case.payload];
+    let cpu = cpu_time::ProcessTime::now();
     let started = Instant::now();
     futures::stream::iter(0..settings.messages)
         .for_each_concurrent(settings.window, |i| {
@@ -84,7 +106,7 @@ async fn run_plain(producer: &FutureProducer, case: Case, settings: Settings) ->
             }
         })
         .await;
-    settings.messages as f64 / started.elapsed().as_secs_f64()
+    round(settings, started, cpu)
 }
 
 impl Result {
@@ -150,12 +172,14 @@ pub async fn measure(settings: Settings) -> anyhow::Result<Vec<Result>> {
                 a.push(run_smart(&smart, case, settings).await);
             }
         }
-        let ratios = a.iter().zip(&b).map(|(a, b)| a / b).collect();
+        let ratios = a.iter().zip(&b).map(|(a, b)| a.rate / b.rate).collect();
         results.push(Result {
             case,
-            smart: median(a),
-            plain: median(b),
+            smart: median(a.iter().map(|r| r.rate).collect()),
+            plain: median(b.iter().map(|r| r.rate).collect()),
             ratios,
+            smart_cpu_ns: median(a.iter().map(|r| r.cpu_ns).collect()),
+            plain_cpu_ns: median(b.iter().map(|r| r.cpu_ns).collect()),
         });
     }
     smart.close(Duration::from_secs(10)).await?;
@@ -167,14 +191,14 @@ pub fn table(results: &[Result], settings: Settings) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "| payload | keys | plain `FutureProducer`, msg/s (median) | smart producer, msg/s (median) | smart / plain, median of paired rounds | interquartile range |"
+        "| payload | keys | plain `FutureProducer`, msg/s (median) | smart producer, msg/s (median) | smart / plain, median of paired rounds | interquartile range | CPU per message, plain → smart |"
     );
-    let _ = writeln!(md, "|---:|---|---:|---:|---:|---|");
+    let _ = writeln!(md, "|---:|---|---:|---:|---:|---|---|");
     for r in results {
         let (p25, p50, p75) = r.ratio_quartiles();
         let _ = writeln!(
             md,
-            "| {} B | {} | {:.0} | {:.0} | **{:.3}** | {:.2} – {:.2} |",
+            "| {} B | {} | {:.0} | {:.0} | **{:.3}** | {:.2} – {:.2} | {:.2} → {:.2} µs ({:+.0} ns) |",
             r.case.payload,
             if r.case.keyed { "10 000 keys" } else { "none" },
             r.plain,
@@ -182,6 +206,9 @@ pub fn table(results: &[Result], settings: Settings) -> String {
             p50,
             p25,
             p75,
+            r.plain_cpu_ns / 1000.0,
+            r.smart_cpu_ns / 1000.0,
+            r.smart_cpu_ns - r.plain_cpu_ns,
         );
     }
     let _ = writeln!(
@@ -189,7 +216,9 @@ pub fn table(results: &[Result], settings: Settings) -> String {
         "\n{} rounds of {} messages per producer, alternating which goes first, {} sends in \
          flight, on the embedded 3-broker cluster (8 partitions, all consumers caught up). The \
          in-process mock broker shares the machine's two cores with the producers, so single \
-         rounds swing by ±25 %; the ratio of each round's pair is the robust figure.",
+         rounds swing by ±25 %; the ratio of each round's pair is the robust figure. CPU per \
+         message is the whole process's (producers, librdkafka, the broker), so only the \
+         difference between the two columns is the smart producer's own cost.",
         settings.rounds, settings.messages, settings.window
     );
     md

@@ -95,3 +95,27 @@ fn moved_keys_allocate_only_when_first_moved() {
     // Cache hits: at most an occasional allocation by the cache's own housekeeping.
     assert!(hits.count_total <= 100, "{hits:?}");
 }
+
+/// Every send in flight holds one `produce` future, and it is moved into whatever task or
+/// `FuturesUnordered` awaits it: it must not be larger than rdkafka's own send future.
+#[tokio::test]
+async fn the_produce_future_is_no_larger_than_rdkafkas_send_future() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let mut kafka = rdkafka::ClientConfig::new();
+    kafka.set("bootstrap.servers", "127.0.0.1:1");
+    let producer = ksp_producer::AsyncSmartProducer::builder(kafka.clone())
+        .smart_enabled(false)
+        .build()
+        .unwrap();
+    let plain: FutureProducer = kafka.create().unwrap();
+    let ours =
+        std::mem::size_of_val(&producer.produce(FutureRecord::<(), _>::to("t").payload("x")));
+    let theirs = std::mem::size_of_val(&plain.send(
+        FutureRecord::<(), _>::to("t").payload("x"),
+        std::time::Duration::ZERO,
+    ));
+    assert!(
+        ours <= theirs,
+        "produce future {ours} bytes, rdkafka's send future {theirs}"
+    );
+}
