@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
 # Every check CI runs, in CI's order: formatting, lints, tests, doctests, docs.
-# Needs only a Rust toolchain (cargo-nextest is used when installed); the tests bring their own
-# Kafka (librdkafka's embedded mock cluster).
+# Needs a Rust toolchain (cargo-nextest is used when installed). The tests bring their own Kafka
+# (librdkafka's embedded mock cluster); the Redis tests start their own redis-server on a free
+# loopback port, so the package is installed here when it is missing (Debian/Ubuntu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
+
+step "redis-server for the Redis tests"
+if ! command -v redis-server >/dev/null 2>&1; then
+  sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+fi
+redis-server --version
 
 step "format"
 cargo fmt --all -- --check

@@ -29,5 +29,13 @@ pub use ksp_producer::{
 };
 pub use rdkafka;
 
+/// The Redis L2 (cargo feature `redis`): one lag collector per fleet, shared health and
+/// shared key moves. See `docs/redis.md`.
+#[cfg(feature = "redis")]
+pub mod redis {
+    pub use ksp_producer::RedisStatus;
+    pub use ksp_redis::*;
+}
+
 /// The `async_trait` attribute, for implementing [`LagCollector`].
 pub use async_trait::async_trait;

@@ -2,6 +2,7 @@
 //! `docs/benchmarks.md`; `cargo run --release -p ksp-bench -- --help` lists the pieces.
 
 pub mod alloc;
+pub mod fleet;
 pub mod plot;
 pub mod refresh;
 pub mod report;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 use ksp_bench::report::{self, OURS, outcome, verdict};
 use ksp_bench::sim::Policy;
-use ksp_bench::{alloc, refresh, simulate, simulation_markdown, throughput, validate};
+use ksp_bench::{alloc, fleet, refresh, simulate, simulation_markdown, throughput, validate};
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmarks of kafka-smart-producer")]
@@ -59,6 +59,16 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         seconds: u64,
     },
+    /// The Redis L2: Kafka requests of 1 and 5 instances with and without a shared
+    /// collector, and first-move send latency with Redis up, killed and absent.
+    Fleet {
+        /// Seconds each fleet is measured.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Sequential sends per latency row.
+        #[arg(long, default_value_t = 2000)]
+        sends: usize,
+    },
     /// Everything, written to docs/benchmarks.md (run `cargo bench -p ksp-producer --bench
     /// routing` first for the routing-cost table).
     All {
@@ -100,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
             let summary = validate::run(seconds).await?;
             print!("{}", validate::table(&summary, seconds));
         }
+        Command::Fleet { seconds, sends } => print!("{}", fleet::table(seconds, sends).await?),
         Command::All { root } => all(&root).await?,
     }
     Ok(())

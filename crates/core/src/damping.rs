@@ -25,29 +25,14 @@ use crate::health::PartitionHealth;
 #[non_exhaustive]
 pub struct DampingConfig {
     /// The first hold. Default 60 s. Zero disables damping.
-    #[serde(with = "duration_secs")]
+    #[serde(with = "crate::serde_duration")]
     pub recovery_hold: Duration,
     /// The longest hold. Default 10 minutes.
-    #[serde(with = "duration_secs")]
+    #[serde(with = "crate::serde_duration")]
     pub max_hold: Duration,
     /// Half-life of the flip penalty. Default 5 minutes.
-    #[serde(with = "duration_secs")]
+    #[serde(with = "crate::serde_duration")]
     pub penalty_half_life: Duration,
-}
-
-mod duration_secs {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(d.as_secs_f64())
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let secs = f64::deserialize(d)?;
-        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
-    }
 }
 
 impl DampingConfig {

@@ -22,6 +22,7 @@ mod feed;
 mod health;
 mod lag;
 pub mod secret;
+pub mod serde_duration;
 #[cfg(feature = "test-util")]
 pub mod testing;
 

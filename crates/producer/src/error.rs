@@ -31,6 +31,10 @@ pub enum ProducerError {
     /// The health monitor failed.
     #[error(transparent)]
     Monitor(#[from] MonitorError),
+    /// The Redis L2 could not be set up.
+    #[cfg(feature = "redis")]
+    #[error("redis")]
+    Redis(#[source] ksp_redis::L2Error),
     /// The operation needs smart routing, which is disabled.
     #[error("smart routing is disabled on this producer")]
     SmartRoutingDisabled,

@@ -7,6 +7,8 @@
 
 mod config;
 mod error;
+#[cfg(feature = "redis")]
+mod l2;
 mod partitioner;
 mod producer;
 mod queue;
@@ -15,7 +17,11 @@ mod summary;
 
 pub use config::{KeyCacheConfig, RouterConfig};
 pub use error::{ProduceError, ProducerError, ProducerResult};
+#[cfg(feature = "redis")]
+pub use ksp_redis::RedisConfig;
+#[cfg(feature = "redis")]
+pub use l2::RedisStatus;
 pub use partitioner::Partitioner;
 pub use producer::{AsyncSmartProducer, AsyncSmartProducerBuilder, Delivery};
-pub use router::{Decision, Fallback, Route, Router};
+pub use router::{Decision, Fallback, NewDetour, Route, Router};
 pub use summary::{PartitionSummary, TopicSummary};

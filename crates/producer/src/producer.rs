@@ -79,6 +79,8 @@ struct Inner {
     router: Option<Arc<Router>>,
     monitor: Option<MonitorHandle>,
     _follower: Option<AbortOnDropHandle<()>>,
+    #[cfg(feature = "redis")]
+    l2: Option<crate::l2::L2>,
 }
 
 impl AsyncSmartProducer {
@@ -97,6 +99,8 @@ impl AsyncSmartProducer {
             calculator: Arc::new(RelativeCalculator::default()),
             calculator_error: None,
             collector: None,
+            #[cfg(feature = "redis")]
+            redis: None,
         }
     }
 
@@ -126,7 +130,18 @@ impl AsyncSmartProducer {
     {
         let mut record = record;
         let topic = record.topic;
-        let decision = self.decide(&record);
+        let (decision, new_detour) = self.decide_detailed(&record);
+        #[cfg(feature = "redis")]
+        let decision = match (&new_detour, &self.inner.l2, &self.inner.router) {
+            (Some(detour), Some(l2), Some(router)) => {
+                // Boxed: fred's command future is several kilobytes, and every send in flight
+                // would carry it otherwise. Only a key's first move gets here.
+                Box::pin(l2.agree(router, topic, detour, decision)).await
+            }
+            _ => decision,
+        };
+        #[cfg(not(feature = "redis"))]
+        let _ = new_detour;
         record.partition = decision.partition;
         let mut route = decision.route;
         trace!(topic, %route, partition = ?decision.partition, "routed");
@@ -188,24 +203,48 @@ impl AsyncSmartProducer {
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
     {
+        self.decide_detailed(record).0
+    }
+
+    #[inline]
+    fn decide_detailed<K, P>(
+        &self,
+        record: &FutureRecord<'_, K, P>,
+    ) -> (Decision, Option<crate::router::NewDetour>)
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
         match &self.inner.router {
             Some(router) => {
                 let key = record.key.map(ToBytes::to_bytes);
                 let size =
                     key.map_or(0, <[u8]>::len) + record.payload.map_or(0, |p| p.to_bytes().len());
-                router.route(record.topic, record.partition, key, size)
+                router.route_detailed(record.topic, record.partition, key, size)
             }
             None => match record.partition {
-                Some(partition) => Decision {
-                    partition: Some(partition),
-                    route: Route::Explicit,
-                },
-                None => Decision {
-                    partition: None,
-                    route: Route::Fallback(Fallback::Disabled),
-                },
+                Some(partition) => (
+                    Decision {
+                        partition: Some(partition),
+                        route: Route::Explicit,
+                    },
+                    None,
+                ),
+                None => (
+                    Decision {
+                        partition: None,
+                        route: Route::Fallback(Fallback::Disabled),
+                    },
+                    None,
+                ),
             },
         }
+    }
+
+    /// How the Redis L2 is doing; `None` without one.
+    #[cfg(feature = "redis")]
+    pub fn redis_status(&self) -> Option<crate::l2::RedisStatus> {
+        self.inner.l2.as_ref().map(crate::l2::L2::status)
     }
 
     /// The partitions of `topic` new messages may go to now; `None` when there is no fresh
@@ -314,6 +353,11 @@ impl AsyncSmartProducer {
     /// Stops the health monitor and flushes, at most `timeout` for the flush. Messages still
     /// in flight keep being delivered: every pending `produce` resolves.
     pub async fn close(&self, timeout: Duration) -> ProducerResult<()> {
+        #[cfg(feature = "redis")]
+        if let Some(l2) = &self.inner.l2 {
+            // Hands the fleet's collector lease over at once instead of letting it expire.
+            l2.shutdown().await;
+        }
         let stopped = match &self.inner.monitor {
             Some(monitor) => monitor.shutdown().await,
             None => Ok(()),
@@ -403,6 +447,8 @@ pub struct AsyncSmartProducerBuilder {
     calculator: Arc<dyn HotPartitionCalculator>,
     calculator_error: Option<ConfigError>,
     collector: Option<Arc<dyn LagCollector>>,
+    #[cfg(feature = "redis")]
+    redis: Option<ksp_redis::RedisConfig>,
 }
 
 impl AsyncSmartProducerBuilder {
@@ -431,6 +477,16 @@ impl AsyncSmartProducerBuilder {
     /// configuration.
     pub fn collector(mut self, collector: impl LagCollector) -> Self {
         self.collector = Some(Arc::new(collector));
+        self
+    }
+
+    /// Shares health and key moves with the other instances of a fleet through Redis (cargo
+    /// feature `redis`; see `docs/redis.md`): one instance collects lag for everyone, and a
+    /// moved key goes to the same partition from every instance. Redis is never required:
+    /// while it is down (or the circuit breaker open) the producer behaves as without it.
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, config: ksp_redis::RedisConfig) -> Self {
+        self.redis = Some(config);
         self
     }
 
@@ -537,6 +593,10 @@ impl AsyncSmartProducerBuilder {
         if self.smart_enabled {
             self.monitor.validate()?;
             router.validate()?;
+            #[cfg(feature = "redis")]
+            if let Some(redis) = &self.redis {
+                redis.validate()?;
+            }
         }
         self.kafka
             .create_native_config()
@@ -558,6 +618,8 @@ impl AsyncSmartProducerBuilder {
             monitor,
             calculator,
             collector,
+            #[cfg(feature = "redis")]
+            redis,
             ..
         } = self;
         let producer: FutureProducer =
@@ -577,6 +639,8 @@ impl AsyncSmartProducerBuilder {
                     router: None,
                     monitor: None,
                     _follower: None,
+                    #[cfg(feature = "redis")]
+                    l2: None,
                 }),
             });
         }
@@ -584,10 +648,24 @@ impl AsyncSmartProducerBuilder {
             Some(collector) => collector,
             None => Arc::new(KafkaLagCollector::builder(&kafka).build()?),
         };
+        #[cfg(feature = "redis")]
+        let (collector, mut l2) = match &redis {
+            Some(config) => {
+                let (mut l2, client) = crate::l2::L2::connect(config)?;
+                let collector =
+                    l2.collector(client, collector, &kafka, &monitor, calculator.clone())?;
+                (collector, Some(l2))
+            }
+            None => (collector, None),
+        };
         let handle = HealthMonitor::builder(collector)
             .config(monitor)
             .calculator(calculator)
             .spawn()?;
+        #[cfg(feature = "redis")]
+        if let Some(l2) = &mut l2 {
+            l2.follow_peers(&handle);
+        }
         let router = Arc::new(Router::new(handle.feed(), &router)?);
         let follower = AbortOnDropHandle::new(tokio::spawn(router.clone().follow_health()));
         Ok(AsyncSmartProducer {
@@ -597,6 +675,8 @@ impl AsyncSmartProducerBuilder {
                 router: Some(router),
                 monitor: Some(handle),
                 _follower: Some(follower),
+                #[cfg(feature = "redis")]
+                l2,
             }),
         })
     }
@@ -613,11 +693,24 @@ impl fmt::Debug for AsyncSmartProducerBuilder {
             .field("sticky_linger", &self.sticky_linger)
             .field("queue_timeout", &self.queue_timeout)
             .field("calculator", &self.calculator.name())
+            .field("redis", &self.redis_debug())
             .field(
                 "collector",
                 &self.collector.as_ref().map(|c| c.name().to_owned()),
             )
             .finish()
+    }
+}
+
+impl AsyncSmartProducerBuilder {
+    #[cfg(feature = "redis")]
+    fn redis_debug(&self) -> &dyn fmt::Debug {
+        &self.redis
+    }
+
+    #[cfg(not(feature = "redis"))]
+    fn redis_debug(&self) -> &dyn fmt::Debug {
+        &"disabled (cargo feature `redis`)"
     }
 }
 

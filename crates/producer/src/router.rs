@@ -161,23 +161,50 @@ impl Router {
         key: Option<&[u8]>,
         size: usize,
     ) -> Decision {
+        self.route_detailed(topic, partition, key, size).0
+    }
+
+    /// [`route`](Self::route), and when the decision moved a key this router had not moved
+    /// before, what a shared store needs to agree on the detour with other instances (see
+    /// [`remember_detour`](Self::remember_detour)).
+    #[inline]
+    pub fn route_detailed(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        size: usize,
+    ) -> (Decision, Option<NewDetour>) {
         if partition.is_some() {
-            return Decision {
+            let explicit = Decision {
                 partition,
                 route: Route::Explicit,
             };
+            return (explicit, None);
         }
         let snapshot = self.feed.load();
         let Some(health) = snapshot.topic(topic) else {
-            return Decision::fallback(Fallback::NoHealth);
+            return (Decision::fallback(Fallback::NoHealth), None);
         };
         if health.is_stale() {
-            return Decision::fallback(Fallback::Stale);
+            return (Decision::fallback(Fallback::Stale), None);
         }
         match (key, self.partitioner.home(key, health.partition_count())) {
             (Some(key), Some(home)) => self.keyed(health, key, home),
-            _ => self.sticky(health, size),
+            _ => (self.sticky(health, size), None),
         }
+    }
+
+    /// Makes the key of `detour` go to `partition` from now on (a detour agreed with other
+    /// instances).
+    pub fn remember_detour(&self, detour: &NewDetour, partition: i32) {
+        self.detours.insert(
+            detour.fingerprint,
+            Detour {
+                topic_hash: detour.topic_hash,
+                partition,
+            },
+        );
     }
 
     #[inline]
@@ -202,20 +229,21 @@ impl Router {
         }
     }
 
-    fn keyed(&self, health: &TopicHealth, key: &[u8], home: i32) -> Decision {
+    fn keyed(&self, health: &TopicHealth, key: &[u8], home: i32) -> (Decision, Option<NewDetour>) {
         if health.is_routable(home) {
-            return Decision {
+            let home = Decision {
                 partition: None,
                 route: Route::Home,
             };
+            return (home, None);
         }
         if health.routable_partitions().is_empty() {
-            return Decision::fallback(Fallback::NoRoutablePartition);
+            return (Decision::fallback(Fallback::NoRoutablePartition), None);
         }
         if !health.can_absorb_moved_keys() {
             // Moving every key of the unhealthy majority onto the few healthy partitions would
             // overload them: keys stay home.
-            return Decision::fallback(Fallback::TooFewRoutable);
+            return (Decision::fallback(Fallback::TooFewRoutable), None);
         }
         let key_hash = xxh3_64(key);
         let fingerprint = mix64(key_hash ^ health.topic_hash().rotate_left(29));
@@ -224,25 +252,27 @@ impl Router {
         if let Some(detour) = self.detours.get(&fingerprint)
             && health.is_routable(detour.partition)
         {
-            return Decision {
+            let moved = Decision {
                 partition: Some(detour.partition),
                 route: Route::Moved,
             };
+            return (moved, None);
         }
         let Some(partition) = rendezvous(health.routable_partitions(), key_hash) else {
-            return Decision::fallback(Fallback::NoRoutablePartition);
+            return (Decision::fallback(Fallback::NoRoutablePartition), None);
         };
-        self.detours.insert(
+        let detour = NewDetour {
+            key_hash,
             fingerprint,
-            Detour {
-                topic_hash: health.topic_hash(),
-                partition,
-            },
-        );
-        Decision {
+            topic_hash: health.topic_hash(),
+            routable: health.routable_partitions().into(),
+        };
+        self.remember_detour(&detour, partition);
+        let moved = Decision {
             partition: Some(partition),
             route: Route::Moved,
-        }
+        };
+        (moved, Some(detour))
     }
 
     /// The health feed this router reads.
@@ -312,6 +342,18 @@ impl fmt::Debug for Router {
             .field("feed", &self.feed)
             .finish()
     }
+}
+
+/// A key this router just moved for the first time (its moka cache had no detour for it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NewDetour {
+    /// `xxh3_64` of the key: the key's name in a shared store.
+    pub key_hash: u64,
+    /// The partitions that were routable when the detour was chosen.
+    pub routable: Arc<[i32]>,
+    fingerprint: u64,
+    topic_hash: u64,
 }
 
 /// Remembers which partitions were routable in the previous snapshot, to find those that just

@@ -5,6 +5,7 @@
 //! * [`LagScenario`]: puts a consumer group into a chosen per-partition lag.
 //! * [`DrainingConsumer`]: a real consumer that drains each partition at its own rate — one
 //!   slow consumer, on demand.
+//! * [`RedisServer`]: a real `redis-server` on a free loopback port, killable mid-test.
 //! * [`demo`]: the embedded demo behind `cargo run --example quickstart`.
 
 pub mod demo;
@@ -12,11 +13,13 @@ mod drain;
 pub mod faults;
 mod ledger;
 mod mock;
+mod redis;
 mod scenario;
 
 pub use drain::{DrainingConsumer, DrainingConsumerBuilder};
 pub use ledger::{Consumed, Entry, Ledger, Load, Outcome, Reconciliation, Tally, read_topic};
 pub use mock::{MockKafka, commit_offsets, produce_counts};
+pub use redis::RedisServer;
 pub use scenario::LagScenario;
 
 /// Errors of the fixtures.

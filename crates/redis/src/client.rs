@@ -1,0 +1,179 @@
+//! The Redis client: fred with bounded commands, reconnection forever, and the breaker.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use fred::prelude::*;
+use fred::types::config::{Options, ReconnectPolicy};
+
+use crate::breaker::{BreakerState, CircuitBreaker};
+use crate::config::RedisConfig;
+use crate::error::{L2Error, L2Result};
+
+/// A connected (or reconnecting) Redis client shared by everything of one producer.
+///
+/// Every command carries `command_timeout` and fails fast while the connection is down;
+/// every command first asks the circuit breaker. Built with [`RedisClient::connect`], which
+/// does not wait for the server: a producer starts even while Redis is down.
+#[derive(Clone)]
+pub struct RedisClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    config: RedisConfig,
+    /// Fails fast while disconnected.
+    options: Options,
+    /// Waits (up to the timeout) for the connection: used until the first success, so the
+    /// first commands of a new client are not lost to the connection handshake.
+    first_options: Options,
+    ever_connected: AtomicBool,
+    breaker: CircuitBreaker,
+    calls: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl RedisClient {
+    /// Starts connecting to `config.url` in the background.
+    pub fn connect(config: &RedisConfig) -> L2Result<Self> {
+        config.validate()?;
+        let client = builder(config)?.build().map_err(L2Error::Redis)?;
+        // Connect in the background: with a reconnect policy fred retries forever, and
+        // commands fail fast until the connection is up.
+        // The connection task runs until `quit`; its handle is not needed.
+        drop(client.connect());
+        let options = Options {
+            timeout: Some(config.command_timeout),
+            fail_fast: true,
+            max_attempts: Some(1),
+            ..Options::default()
+        };
+        let first_options = Options {
+            fail_fast: false,
+            ..options.clone()
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                first_options,
+                ever_connected: AtomicBool::new(false),
+                breaker: CircuitBreaker::new(config.breaker),
+                config: config.clone(),
+                options,
+                calls: AtomicU64::new(0),
+                failures: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// A subscriber connection to the same server, with the same policies.
+    pub(crate) fn subscriber(&self) -> L2Result<fred::clients::SubscriberClient> {
+        builder(&self.inner.config)?
+            .build_subscriber_client()
+            .map_err(L2Error::Redis)
+    }
+
+    /// Runs one command through the breaker with the command timeout.
+    pub(crate) async fn call<T, F, Fut>(&self, command: F) -> L2Result<T>
+    where
+        F: FnOnce(fred::clients::WithOptions<Client>) -> Fut,
+        Fut: Future<Output = Result<T, fred::error::Error>>,
+    {
+        let Some(permit) = self.inner.breaker.try_call() else {
+            return Err(L2Error::BreakerOpen);
+        };
+        self.inner.calls.fetch_add(1, Ordering::Relaxed);
+        let options = if self.inner.ever_connected.load(Ordering::Relaxed) {
+            &self.inner.options
+        } else {
+            &self.inner.first_options
+        };
+        let client = self.inner.client.with_options(options);
+        // fred enforces the timeout; this outer one also covers the time spent before fred
+        // sees the command.
+        let outcome = tokio::time::timeout(self.inner.config.command_timeout, command(client))
+            .await
+            .unwrap_or_else(|_| {
+                Err(fred::error::Error::new(
+                    fred::error::ErrorKind::Timeout,
+                    "command timeout",
+                ))
+            });
+        permit.record(outcome.is_ok());
+        if outcome.is_ok() {
+            self.inner.ever_connected.store(true, Ordering::Relaxed);
+        } else {
+            self.inner.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        outcome.map_err(L2Error::Redis)
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+
+    /// A key under the configured prefix.
+    pub(crate) fn key(&self, parts: &[&str]) -> String {
+        let mut key = self.inner.config.key_prefix.clone();
+        for part in parts {
+            key.push(':');
+            key.push_str(part);
+        }
+        key
+    }
+
+    /// Where the breaker stands.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.inner.breaker.state()
+    }
+
+    /// The breaker itself.
+    pub fn breaker(&self) -> &CircuitBreaker {
+        &self.inner.breaker
+    }
+
+    /// Commands sent and commands failed so far (refused by the breaker not included).
+    pub fn call_counts(&self) -> (u64, u64) {
+        (
+            self.inner.calls.load(Ordering::Relaxed),
+            self.inner.failures.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Closes the connection.
+    pub async fn quit(&self) {
+        let _ = self.inner.client.quit().await;
+    }
+}
+
+fn builder(config: &RedisConfig) -> L2Result<Builder> {
+    let mut builder = Builder::from_config(config.fred_config()?);
+    let max_delay = u32::try_from(config.reconnect_max_delay.as_millis()).unwrap_or(u32::MAX);
+    builder
+        // fred's default is never to reconnect.
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, max_delay, 2))
+        .with_performance_config(|p| {
+            // fred's default is no timeout at all.
+            p.default_command_timeout = config.command_timeout;
+        })
+        .with_connection_config(|c| {
+            c.connection_timeout = config.connect_timeout;
+            c.internal_command_timeout = config.command_timeout.max(config.connect_timeout);
+            c.max_command_attempts = 1;
+            c.reconnect_on_auth_error = true;
+        });
+    Ok(builder)
+}
+
+impl fmt::Debug for RedisClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisClient")
+            .field("url", &self.inner.config.redacted_url())
+            .field("breaker", &self.inner.breaker)
+            .finish_non_exhaustive()
+    }
+}
