@@ -5,7 +5,9 @@
 //! we want (seed 003) is small enough to own and test completely:
 //!
 //! * **closed**: calls go through; the outcomes of the last `window` are counted. When at least
-//!   `min_calls` were made and at least `failure_rate` of them failed, the breaker opens.
+//!   `min_calls` were made and at least `failure_rate` of them failed, the breaker opens; so
+//!   it does after `min_calls` failures in a row, so that a long run of successes in the window
+//!   does not keep a freshly dead server on the send path for many timeouts.
 //! * **open**: every call fails at once, without touching the network, for `cool_down`.
 //! * **half-open**: after the cool-down exactly one call (the probe) goes through; the others
 //!   still fail fast. The probe's success closes the breaker (with a fresh window), its failure
@@ -109,9 +111,16 @@ struct Bucket {
 
 #[derive(Debug)]
 enum State {
-    Closed { buckets: [Bucket; BUCKETS] },
-    Open { until: Instant },
-    HalfOpen { probing: bool },
+    Closed {
+        buckets: [Bucket; BUCKETS],
+        in_a_row: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    HalfOpen {
+        probing: bool,
+    },
 }
 
 /// The breaker. Cheap to consult: one uncontended mutex per Redis call (never per message).
@@ -157,6 +166,7 @@ impl CircuitBreaker {
             origin: Instant::now(),
             state: Mutex::new(State::Closed {
                 buckets: [Bucket::default(); BUCKETS],
+                in_a_row: 0,
             }),
             opened: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
@@ -197,9 +207,11 @@ impl CircuitBreaker {
         match &mut *state {
             State::HalfOpen { .. } if probe => {
                 if ok {
+                    metrics::gauge!("ksp_redis_breaker_open").set(0.0);
                     tracing::info!("redis is answering again: circuit breaker closed");
                     *state = State::Closed {
                         buckets: [Bucket::default(); BUCKETS],
+                        in_a_row: 0,
                     };
                 } else {
                     *state = State::Open {
@@ -207,7 +219,9 @@ impl CircuitBreaker {
                     };
                 }
             }
-            State::Closed { buckets } => {
+            State::Closed { buckets, in_a_row } => {
+                *in_a_row = if ok { 0 } else { *in_a_row + 1 };
+                let in_a_row = *in_a_row;
                 let epoch = self.epoch(now);
                 let bucket = &mut buckets[(epoch % BUCKETS as u64) as usize];
                 if bucket.epoch != epoch {
@@ -222,10 +236,9 @@ impl CircuitBreaker {
                     .iter()
                     .filter(|b| b.epoch + BUCKETS as u64 > epoch)
                     .fold((0u32, 0u32), |(c, f), b| (c + b.calls, f + b.failures));
-                if !ok
-                    && calls >= self.config.min_calls
-                    && f64::from(failures) >= self.config.failure_rate * f64::from(calls)
-                {
+                let rate_exceeded = calls >= self.config.min_calls
+                    && f64::from(failures) >= self.config.failure_rate * f64::from(calls);
+                if !ok && (rate_exceeded || in_a_row >= self.config.min_calls) {
                     tracing::warn!(
                         calls,
                         failures,
@@ -233,6 +246,8 @@ impl CircuitBreaker {
                         "redis keeps failing: circuit breaker open, carrying on without it"
                     );
                     self.opened.fetch_add(1, Ordering::Relaxed);
+                    metrics::gauge!("ksp_redis_breaker_open").set(1.0);
+                    metrics::counter!("ksp_redis_breaker_opened_total").increment(1);
                     *state = State::Open {
                         until: now + self.config.cool_down,
                     };
@@ -352,19 +367,33 @@ mod tests {
     }
 
     #[test]
+    fn opens_after_min_calls_failures_in_a_row_despite_earlier_successes() {
+        let b = CircuitBreaker::new(config());
+        let t = b.origin;
+        for _ in 0..1000 {
+            assert!(call(&b, t, true));
+        }
+        for _ in 0..3 {
+            assert!(call(&b, t, false));
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(call(&b, t, false));
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[test]
     fn old_failures_age_out_of_the_window() {
         let b = CircuitBreaker::new(config());
         let t = b.origin;
         for _ in 0..3 {
             assert!(call(&b, t, false));
         }
-        // Eleven seconds on, those three no longer count.
+        // Eleven seconds on, those three no longer count; if they did, 4 failures of 6 calls
+        // would open it now.
         let later = t + Duration::from_secs(11);
+        assert!(call(&b, later, true));
+        assert!(call(&b, later, true));
         assert!(call(&b, later, false));
-        assert_eq!(b.state(), BreakerState::Closed);
-        for _ in 0..3 {
-            assert!(call(&b, later, true));
-        }
         assert_eq!(b.state(), BreakerState::Closed);
     }
 
