@@ -23,9 +23,11 @@ pub use ksp_monitor::{
     RequestCounts, validate_topic,
 };
 pub use ksp_producer::{
-    AsyncSmartProducer, AsyncSmartProducerBuilder, Decision, Delivery, Fallback, KeyCacheConfig,
-    PartitionSummary, Partitioner, ProduceError, ProducerError, ProducerResult, Route, Router,
-    RouterConfig, TopicSummary,
+    AsyncSmartProducer, AsyncSmartProducerBuilder, CacheSection, CallbackContext, ConfigFileError,
+    Decision, Delivery, DeliveryOutcome, ENV_PREFIX, Fallback, Format, HealthMonitorSection,
+    KeyCacheConfig, NewDetour, PartitionSummary, Partitioner, ProduceError, ProducerError,
+    ProducerResult, ProducerSection, Route, Router, RouterConfig, SmartProducer,
+    SmartProducerConfig, TopicSummary,
 };
 pub use rdkafka;
 
@@ -39,3 +41,13 @@ pub mod redis {
 
 /// The `async_trait` attribute, for implementing [`LagCollector`].
 pub use async_trait::async_trait;
+
+/// `docs/redis.md`, compiled and tested.
+#[cfg(all(doctest, feature = "redis"))]
+#[doc = include_str!("../docs/redis.md")]
+pub struct RedisGuide;
+
+/// `docs/configuration.md`, compiled and tested.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/configuration.md")]
+pub struct ConfigurationGuide;

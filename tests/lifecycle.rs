@@ -72,7 +72,7 @@ async fn close_flushes_stops_the_monitor_and_resolves_every_send_in_flight() {
         .await
         .unwrap();
     assert_eq!(after.route, Route::Fallback(Fallback::NoHealth));
-    let consumed = read_topic(&kafka.client_config(), TOPIC, Duration::from_secs(10))
+    let consumed = read_topic(&kafka.client_config(), TOPIC, Duration::from_secs(30))
         .await
         .unwrap();
     assert_eq!(consumed.len(), 40 + 500 + 1);

@@ -147,6 +147,8 @@ async fn all(root: &Path) -> anyhow::Result<()> {
     eprintln!("validating on the embedded cluster…");
     let validation = validate::run(30).await?;
     let validate_md = validate::table(&validation, 30);
+    eprintln!("measuring the Redis L2…");
+    let fleet_md = fleet::table(10, 2000).await?;
     let (routing_md, routing_worst) = report::routing_table(&target);
 
     let scenario = |name: &str| runs.iter().find(|r| r.scenario.name == name);
@@ -268,7 +270,15 @@ async fn all(root: &Path) -> anyhow::Result<()> {
          throughput (section 2 measures ours).\n\n\
          Plots: lag of every partition over time, one panel per policy (each with its own \
          scale), the scenario's partition of interest in red.\n\n{sim_md}\n\
-         ## 5. Validation on the embedded cluster\n\n{validate_md}\n"
+         ## 5. Validation on the embedded cluster\n\n{validate_md}\n\
+         ## Redis L2\n\n\
+         `cargo run --release -p ksp-bench -- fleet` (needs `redis-server`): requests the \
+         fleet's lag collectors send the embedded 3-broker cluster per refresh interval \
+         (500 ms, one topic of 8 partitions, measured over 10 s after a 3 s warm-up, counted \
+         by librdkafka's statistics), then the latency of sequential sends whose key is moved \
+         for the first time — the only sends that touch Redis — without Redis, with Redis up \
+         and after `redis-server` was killed (command timeout 100 ms, breaker defaults).\n\n\
+         {fleet_md}\n"
     );
     report::write(&docs.join("benchmarks.md"), &doc)?;
     println!("{headline}");

@@ -554,6 +554,21 @@ impl Monitor {
 
     fn publish(&mut self) -> u64 {
         let snapshot = HealthSnapshot::new(self.health.values().map(|t| t.health.clone()));
+        for topic in snapshot.topics() {
+            let labels = [
+                ("group", self.group.clone()),
+                ("topic", topic.topic().to_owned()),
+            ];
+            let routable = if topic.is_stale() {
+                0
+            } else {
+                topic.routable_partitions().len()
+            };
+            metrics::gauge!("ksp_healthy_partitions", &labels).set(routable as f64);
+            metrics::gauge!("ksp_partitions", &labels).set(f64::from(topic.partition_count()));
+            metrics::gauge!("ksp_health_age_seconds", &labels).set(topic.age().as_secs_f64());
+            metrics::gauge!("ksp_health_stale", &labels).set(f64::from(u8::from(topic.is_stale())));
+        }
         self.publisher.publish(snapshot)
     }
 
@@ -599,6 +614,10 @@ impl Monitor {
                 "lag collection recovered",
             );
         }
+        metrics::counter!("ksp_refreshes_total", "group" => self.group.clone(), "outcome" => "ok")
+            .increment(1);
+        metrics::histogram!("ksp_refresh_duration_seconds", "group" => self.group.clone())
+            .record(elapsed.as_secs_f64());
         stats.rounds += 1;
         stats.consecutive_failures = 0;
         stats.last_success = Some(SystemTime::now());
@@ -610,6 +629,10 @@ impl Monitor {
     fn record_failure(&self, elapsed: Duration, error: &CollectError) {
         let rendered = render_error(error);
         let mut stats = self.lock_stats();
+        metrics::counter!("ksp_refreshes_total", "group" => self.group.clone(), "outcome" => "error")
+            .increment(1);
+        metrics::histogram!("ksp_refresh_duration_seconds", "group" => self.group.clone())
+            .record(elapsed.as_secs_f64());
         stats.rounds += 1;
         stats.failures += 1;
         stats.consecutive_failures += 1;

@@ -135,10 +135,12 @@ impl L2 {
         {
             Ok(partition) if partition == proposal => {
                 self.counters.shared.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("ksp_redis_key_moves_total", "result" => "shared").increment(1);
                 decision
             }
             Ok(partition) => {
                 self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("ksp_redis_key_moves_total", "result" => "hit").increment(1);
                 router.remember_detour(detour, partition);
                 Decision {
                     partition: Some(partition),
@@ -147,6 +149,7 @@ impl L2 {
             }
             Err(e) => {
                 self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("ksp_redis_key_moves_total", "result" => "error").increment(1);
                 debug!(topic, error = %e, "shared key move unavailable; using the local detour");
                 decision
             }

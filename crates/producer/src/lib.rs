@@ -5,18 +5,26 @@
 //! * [`Router`]: the routing decision itself, synchronous and allocation-free for keyless
 //!   messages; usable on its own (simulations, other producers).
 
+mod blocking;
 mod config;
 mod error;
+mod file;
 #[cfg(feature = "redis")]
 mod l2;
+mod metrics;
 mod partitioner;
 mod producer;
 mod queue;
 mod router;
 mod summary;
 
+pub use blocking::{CallbackContext, DeliveryOutcome, SmartProducer};
 pub use config::{KeyCacheConfig, RouterConfig};
 pub use error::{ProduceError, ProducerError, ProducerResult};
+pub use file::{
+    CacheSection, ConfigFileError, ENV_PREFIX, Format, HealthMonitorSection, ProducerSection,
+    SmartProducerConfig,
+};
 #[cfg(feature = "redis")]
 pub use ksp_redis::RedisConfig;
 #[cfg(feature = "redis")]

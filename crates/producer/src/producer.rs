@@ -81,6 +81,7 @@ struct Inner {
     _follower: Option<AbortOnDropHandle<()>>,
     #[cfg(feature = "redis")]
     l2: Option<crate::l2::L2>,
+    metrics: crate::metrics::SendMetrics,
 }
 
 impl AsyncSmartProducer {
@@ -131,6 +132,7 @@ impl AsyncSmartProducer {
         let mut record = record;
         let topic = record.topic;
         let (decision, new_detour) = self.decide_detailed(&record);
+        let first_move = new_detour.is_some();
         #[cfg(feature = "redis")]
         let decision = match (&new_detour, &self.inner.l2, &self.inner.router) {
             (Some(detour), Some(l2), Some(router)) => {
@@ -166,6 +168,7 @@ impl AsyncSmartProducer {
             }
             Err((error, record)) => return Err(enqueue_error(error, record, route)),
         };
+        self.inner.metrics.record(route, first_move);
         let mut in_flight = InFlight {
             delivery: None,
             reservation: Some(reservation),
@@ -402,8 +405,32 @@ impl Drop for OffloadedDrop {
     }
 }
 
-fn is_unknown_partition(error: &KafkaError) -> bool {
+pub(crate) fn is_unknown_partition(error: &KafkaError) -> bool {
     error.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownPartition)
+}
+
+/// An owned copy of a record librdkafka refused, to hand back in the error.
+pub(crate) fn owned_message<K, P>(
+    topic: &str,
+    key: Option<&K>,
+    payload: Option<&P>,
+    timestamp: Option<i64>,
+    partition: Option<i32>,
+    headers: Option<rdkafka::message::OwnedHeaders>,
+) -> OwnedMessage
+where
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    OwnedMessage::new(
+        payload.map(|p| p.to_bytes().to_vec()),
+        key.map(|k| k.to_bytes().to_vec()),
+        topic.to_owned(),
+        timestamp.map_or(Timestamp::NotAvailable, Timestamp::CreateTime),
+        partition.unwrap_or(-1),
+        -1,
+        headers,
+    )
 }
 
 fn enqueue_error<K, P>(
@@ -415,15 +442,12 @@ where
     K: ToBytes + ?Sized,
     P: ToBytes + ?Sized,
 {
-    let message = OwnedMessage::new(
-        record.payload.map(|p| p.to_bytes().to_vec()),
-        record.key.map(|k| k.to_bytes().to_vec()),
-        record.topic.to_owned(),
-        record
-            .timestamp
-            .map_or(Timestamp::NotAvailable, Timestamp::CreateTime),
-        record.partition.unwrap_or(-1),
-        -1,
+    let message = owned_message(
+        record.topic,
+        record.key,
+        record.payload,
+        record.timestamp,
+        record.partition,
         record.headers,
     );
     ProduceError {
@@ -432,6 +456,25 @@ where
         route,
         topic: record.topic.to_owned(),
     }
+}
+
+/// What a producer is built from.
+pub(crate) struct Parts {
+    /// The rdkafka configuration of the producer itself (queue headroom applied).
+    pub(crate) kafka: ClientConfig,
+    pub(crate) queue: LocalQueue,
+    pub(crate) routing: Option<Routing>,
+}
+
+/// Smart routing's running parts.
+pub(crate) struct Routing {
+    pub(crate) router: Arc<Router>,
+    pub(crate) monitor: MonitorHandle,
+    pub(crate) follower: AbortOnDropHandle<()>,
+    #[cfg(feature = "redis")]
+    pub(crate) l2: Option<crate::l2::L2>,
+    #[cfg(not(feature = "redis"))]
+    pub(crate) l2: Option<()>,
 }
 
 /// Configures an [`AsyncSmartProducer`].
@@ -611,6 +654,39 @@ impl AsyncSmartProducerBuilder {
     /// health monitor on the current Tokio runtime (its first collection starts right away;
     /// until it lands, messages go where librdkafka sends them).
     pub fn build(self) -> ProducerResult<AsyncSmartProducer> {
+        let parts = self.into_parts()?;
+        let producer: FutureProducer =
+            parts
+                .kafka
+                .create()
+                .map_err(|source| ProducerError::Kafka {
+                    context: "creating the rdkafka producer".into(),
+                    source,
+                })?;
+        let producer = OffloadedDrop(Some(producer));
+        let (router, monitor, follower, l2) = match parts.routing {
+            Some(r) => (Some(r.router), Some(r.monitor), Some(r.follower), r.l2),
+            None => (None, None, None, None),
+        };
+        #[cfg(not(feature = "redis"))]
+        let _: Option<()> = l2;
+        Ok(AsyncSmartProducer {
+            inner: Arc::new(Inner {
+                producer,
+                queue: parts.queue,
+                router,
+                monitor,
+                _follower: follower,
+                #[cfg(feature = "redis")]
+                l2,
+                metrics: crate::metrics::SendMetrics::register(),
+            }),
+        })
+    }
+
+    /// Validates, and with smart routing spawns the monitor (and the Redis L2) on the current
+    /// Tokio runtime: what every producer flavour shares.
+    pub(crate) fn into_parts(self) -> ProducerResult<Parts> {
         let (queue, router) = self.checked()?;
         let Self {
             kafka,
@@ -622,26 +698,12 @@ impl AsyncSmartProducerBuilder {
             redis,
             ..
         } = self;
-        let producer: FutureProducer =
-            queue
-                .client_config(&kafka)?
-                .create()
-                .map_err(|source| ProducerError::Kafka {
-                    context: "creating the rdkafka producer".into(),
-                    source,
-                })?;
-        let producer = OffloadedDrop(Some(producer));
+        let producer_config = queue.client_config(&kafka)?;
         if !smart_enabled {
-            return Ok(AsyncSmartProducer {
-                inner: Arc::new(Inner {
-                    producer,
-                    queue,
-                    router: None,
-                    monitor: None,
-                    _follower: None,
-                    #[cfg(feature = "redis")]
-                    l2: None,
-                }),
+            return Ok(Parts {
+                kafka: producer_config,
+                queue,
+                routing: None,
             });
         }
         let collector = match collector {
@@ -658,6 +720,8 @@ impl AsyncSmartProducerBuilder {
             }
             None => (collector, None),
         };
+        #[cfg(not(feature = "redis"))]
+        let l2 = None;
         let handle = HealthMonitor::builder(collector)
             .config(monitor)
             .calculator(calculator)
@@ -668,14 +732,13 @@ impl AsyncSmartProducerBuilder {
         }
         let router = Arc::new(Router::new(handle.feed(), &router)?);
         let follower = AbortOnDropHandle::new(tokio::spawn(router.clone().follow_health()));
-        Ok(AsyncSmartProducer {
-            inner: Arc::new(Inner {
-                producer,
-                queue,
-                router: Some(router),
-                monitor: Some(handle),
-                _follower: Some(follower),
-                #[cfg(feature = "redis")]
+        Ok(Parts {
+            kafka: producer_config,
+            queue,
+            routing: Some(Routing {
+                router,
+                monitor: handle,
+                follower,
                 l2,
             }),
         })

@@ -340,6 +340,7 @@ impl Shared {
                     last_renewed = Some(Instant::now());
                     self.leader.store(true, Ordering::Release);
                     self.stats.became_leader.fetch_add(1, Ordering::Relaxed);
+                    metrics::gauge!("ksp_fleet_leader").set(1.0);
                     info!(instance = %self.id, lease = %self.lease_key, "this instance now collects lag for the fleet");
                     self.updates.send_modify(|v| *v = v.wrapping_add(1));
                 }
@@ -361,6 +362,7 @@ impl Shared {
 
     fn step_down(&self, why: &str) {
         if self.leader.swap(false, Ordering::AcqRel) {
+            metrics::gauge!("ksp_fleet_leader").set(0.0);
             warn!(instance = %self.id, reason = why, "no longer collecting lag for the fleet");
         }
     }
@@ -446,6 +448,7 @@ impl Shared {
             .call(|c| async move { c.publish::<i64, _, _>(channel, message).await })
             .await?;
         self.stats.published.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("ksp_fleet_snapshots_total", "source" => "published").increment(1);
         Ok(())
     }
 
@@ -462,6 +465,7 @@ impl Shared {
             Ok(payload) => Ok(Some(payload)),
             Err(e) => {
                 self.stats.rejected_payloads.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("ksp_fleet_snapshots_total", "source" => "rejected").increment(1);
                 let fingerprint = xxh3_64(&bytes);
                 let mut last = self.last_rejected.lock().unwrap_or_else(|p| p.into_inner());
                 // One warning per distinct bad payload, not one per refresh.
@@ -525,6 +529,7 @@ impl LagCollector for FleetCollector {
             .cloned()
             .collect();
         s.stats.adopted.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("ksp_fleet_snapshots_total", "source" => "adopted").increment(1);
         if !missing.is_empty() {
             // Topics the leader does not watch: ours to collect.
             lags.extend(s.collect_locally(request, &missing).await?);

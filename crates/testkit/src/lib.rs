@@ -5,9 +5,13 @@
 //! * [`LagScenario`]: puts a consumer group into a chosen per-partition lag.
 //! * [`DrainingConsumer`]: a real consumer that drains each partition at its own rate — one
 //!   slow consumer, on demand.
+//! * [`TestKafka`] / [`TestRedis`]: the same test body on the embedded cluster, an external
+//!   cluster or a testcontainers container (feature `testcontainers`); on a spawned
+//!   redis-server, an external Redis or a container. Each prints the backend it used.
 //! * [`RedisServer`]: a real `redis-server` on a free loopback port, killable mid-test.
 //! * [`demo`]: the embedded demo behind `cargo run --example quickstart`.
 
+mod backend;
 pub mod demo;
 mod drain;
 pub mod faults;
@@ -16,6 +20,7 @@ mod mock;
 mod redis;
 mod scenario;
 
+pub use backend::{TestKafka, TestRedis};
 pub use drain::{DrainingConsumer, DrainingConsumerBuilder};
 pub use ledger::{Consumed, Entry, Ledger, Load, Outcome, Reconciliation, Tally, read_topic};
 pub use mock::{MockKafka, commit_offsets, produce_counts};

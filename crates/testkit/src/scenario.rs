@@ -58,6 +58,16 @@ impl LagScenario {
         self
     }
 
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Partitions of the topic.
+    pub fn partitions(&self) -> usize {
+        self.produced.len()
+    }
+
     /// Messages produced to each partition.
     pub fn produced(&self) -> &[u64] {
         &self.produced

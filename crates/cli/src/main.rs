@@ -1,0 +1,213 @@
+//! `ksp`: consumer-group lag and partition health from the terminal.
+//!
+//! * `ksp lag --bootstrap B --group G --topic T` prints, per partition, the committed offset,
+//!   the high watermark, the lag, the health score and the verdict — what the smart producer
+//!   would see.
+//! * `ksp watch …` redraws that table every `--interval`.
+//! * `ksp demo` runs the embedded demo (a slow consumer, the smart producer vs librdkafka's
+//!   partitioner) without any Kafka to install.
+#![allow(clippy::print_stdout)]
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use comfy_table::{Cell, Color, Table};
+use ksp_core::{CalculatorConfig, LagCollector, LagRequest, TopicHealth};
+use ksp_monitor::KafkaLagCollector;
+use rdkafka::ClientConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ksp",
+    version,
+    about = "Consumer-group lag and partition health, as kafka-smart-producer sees it"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print lag and health per partition once.
+    Lag(Target),
+    /// Redraw the lag table every --interval until interrupted.
+    Watch {
+        #[command(flatten)]
+        target: Target,
+        /// Time between redraws, e.g. 2s, 500ms.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Stop after this many redraws (default: until Ctrl-C).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Run the embedded demo: a slow consumer, the smart producer vs librdkafka's partitioner.
+    Demo {
+        /// Seconds each producer runs.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
+}
+
+#[derive(Debug, Args)]
+struct Target {
+    /// Kafka bootstrap servers.
+    #[arg(long, short)]
+    bootstrap: String,
+    /// The consumer group.
+    #[arg(long, short)]
+    group: String,
+    /// Topics (repeat, or comma-separate).
+    #[arg(long, short, required = true, value_delimiter = ',')]
+    topic: Vec<String>,
+    /// Calculator: `relative` (default) or `threshold`.
+    #[arg(long, default_value = "relative")]
+    calculator: CalculatorConfig,
+    /// Extra rdkafka settings, e.g. -X security.protocol=SASL_SSL.
+    #[arg(short = 'X', value_parser = key_value)]
+    set: Vec<(String, String)>,
+    /// How long one collection may take.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected key=value, got {text:?}"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Lag(target) => {
+            let reader = Reader::new(&target)?;
+            print!("{}", reader.table().await?);
+        }
+        Command::Watch {
+            target,
+            interval,
+            count,
+        } => {
+            let reader = Reader::new(&target)?;
+            let mut drawn = 0u64;
+            loop {
+                let table = reader.table().await;
+                // Clear the screen and home the cursor, then draw.
+                print!("\x1b[2J\x1b[H");
+                match table {
+                    Ok(table) => print!("{table}"),
+                    Err(e) => println!("error: {e:#}"),
+                }
+                println!(
+                    "refreshed every {} — Ctrl-C to stop",
+                    humantime::format_duration(interval)
+                );
+                drawn += 1;
+                if count.is_some_and(|c| drawn >= c) {
+                    break;
+                }
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => break,
+                    () = tokio::time::sleep(interval) => {}
+                }
+            }
+        }
+        Command::Demo { seconds } => {
+            let mut config = ksp_testkit::demo::DemoConfig::default();
+            config.duration = Duration::from_secs(seconds);
+            let mut print = |line: &str| println!("{line}");
+            let summary = ksp_testkit::demo::run_embedded(&config, &mut print).await?;
+            println!("{summary}");
+        }
+    }
+    Ok(())
+}
+
+struct Reader {
+    collector: KafkaLagCollector,
+    calculator: std::sync::Arc<dyn ksp_core::HotPartitionCalculator>,
+    group: String,
+    topics: Vec<String>,
+    timeout: Duration,
+}
+
+impl Reader {
+    fn new(target: &Target) -> anyhow::Result<Self> {
+        let mut kafka = ClientConfig::new();
+        kafka.set("bootstrap.servers", &target.bootstrap);
+        for (k, v) in &target.set {
+            kafka.set(k, v);
+        }
+        Ok(Self {
+            collector: KafkaLagCollector::builder(&kafka).build()?,
+            calculator: target.calculator.build()?,
+            group: target.group.clone(),
+            topics: target.topic.clone(),
+            timeout: target.timeout,
+        })
+    }
+
+    async fn table(&self) -> anyhow::Result<String> {
+        let request = LagRequest::new(&self.group, &self.topics, self.timeout);
+        let lags = self.collector.collect(&request).await?;
+        let mut out = String::new();
+        for lag in &lags {
+            let health =
+                TopicHealth::new(&lag.topic, lag.collected_at, self.calculator.calculate(lag));
+            out.push_str(&render(&self.group, &health));
+            out.push('\n');
+        }
+        for topic in &self.topics {
+            if !lags.iter().any(|l| &l.topic == topic) {
+                out.push_str(&format!("topic {topic}: no lag reported\n"));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One topic's table.
+fn render(group: &str, health: &TopicHealth) -> String {
+    let mut table = Table::new();
+    table.set_header(vec![
+        "partition",
+        "committed",
+        "high watermark",
+        "lag",
+        "score",
+        "health",
+    ]);
+    let show = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+    for p in health.partitions() {
+        let verdict = if !p.lag.leader_available {
+            Cell::new("no leader").fg(Color::Red)
+        } else if p.healthy {
+            Cell::new("healthy").fg(Color::Green)
+        } else {
+            Cell::new("HOT").fg(Color::Red)
+        };
+        table.add_row(vec![
+            Cell::new(p.partition),
+            Cell::new(show(p.lag.committed)),
+            Cell::new(show(p.lag.high_watermark)),
+            Cell::new(show(p.lag.lag)),
+            Cell::new(format!("{:.2}", p.score)),
+            verdict,
+        ]);
+    }
+    format!(
+        "topic {} · group {group} · {} of {} partitions routable\n{table}\n",
+        health.topic(),
+        health.routable_partitions().len(),
+        health.partition_count()
+    )
+}
