@@ -81,6 +81,25 @@ impl Default for DampingConfig {
     }
 }
 
+/// The flip penalty never grows past this: 2^63 × any hold is far beyond `max_hold` (at most a
+/// day), so a higher penalty could not lengthen the hold, only overflow the arithmetic.
+const MAX_PENALTY: f64 = 64.0;
+
+/// The hold after a flip with penalty `penalty`: `recovery_hold × 2^(penalty − 1)`, at most
+/// `max_hold`. Computed in seconds as a float and capped before it becomes a `Duration`,
+/// because `Duration::mul_f64` panics on overflow (a doubling hold overflows after about 60
+/// flips).
+fn hold_for(config: &DampingConfig, penalty: f64) -> Duration {
+    let cap = config.max_hold.max(config.recovery_hold);
+    let factor = 2f64.powf((penalty - 1.0).clamp(0.0, MAX_PENALTY));
+    let seconds = config.recovery_hold.as_secs_f64() * factor;
+    if seconds.is_finite() && seconds < cap.as_secs_f64() {
+        Duration::from_secs_f64(seconds)
+    } else {
+        cap
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct PartitionState {
     /// Whether it currently counts as healthy.
@@ -190,13 +209,10 @@ impl PartitionState {
                 // Decay the penalty to now, then count this flip.
                 let elapsed = now.saturating_sub(self.penalty_at).as_secs_f64();
                 let half_life = config.penalty_half_life.as_secs_f64();
-                self.penalty = self.penalty * 0.5f64.powf(elapsed / half_life) + 1.0;
+                self.penalty =
+                    (self.penalty * 0.5f64.powf(elapsed / half_life) + 1.0).min(MAX_PENALTY);
                 self.penalty_at = now;
-                let factor = 2f64.powf((self.penalty - 1.0).max(0.0));
-                self.hold = config
-                    .recovery_hold
-                    .mul_f64(factor)
-                    .min(config.max_hold.max(config.recovery_hold));
+                self.hold = hold_for(config, self.penalty);
                 self.healthy = false;
                 self.healthy_since = None;
             }
@@ -360,6 +376,88 @@ mod tests {
             step_all(&mut d, 3, &[true, false, true, true]),
             [true, false, true, true]
         );
+    }
+
+    /// Regression: `recovery_hold.mul_f64(2^(penalty - 1))` was computed before the cap, and
+    /// `Duration::mul_f64` panics once the penalty passes about 59, killing the monitor. Four
+    /// partitions, two always unhealthy and one flipping every 2 s refresh: the release rule
+    /// for "fewer than half healthy" lets the flipping one back in each time, so its penalty
+    /// grows by one every other refresh. A simulated day of it, at several accepted settings.
+    #[test]
+    fn damper_penalty_overflow_does_not_panic_in_a_day_of_flapping() {
+        let settings = [
+            DampingConfig::default(),
+            DampingConfig {
+                recovery_hold: secs(1),
+                max_hold: secs(2),
+                ..DampingConfig::default()
+            },
+            DampingConfig {
+                penalty_half_life: secs(24 * 3600),
+                ..DampingConfig::default()
+            },
+            DampingConfig {
+                recovery_hold: secs(24 * 3600),
+                max_hold: secs(24 * 3600),
+                penalty_half_life: secs(24 * 3600),
+            },
+        ];
+        for config in settings {
+            config.validate().unwrap();
+            let mut d = Damper::new(config);
+            let mut held_out = 0u64;
+            for round in 0..(24 * 3600 / 2) {
+                let flipping = round % 2 == 0;
+                let healthy = step_all(&mut d, round * 2, &[true, false, false, flipping]);
+                held_out += u64::from(flipping && !healthy[3]);
+                // The always-healthy partition is never held.
+                assert!(healthy[0], "{config:?} round {round}");
+            }
+            // With half of four healthy at best, holds are always released: the flipping
+            // partition is let in every time the calculator says healthy.
+            assert_eq!(held_out, 0, "{config:?}");
+        }
+    }
+
+    /// The same day of flapping with spare capacity (eight partitions, one flipping): the hold
+    /// grows to `max_hold` and stays there, whatever the settings.
+    #[test]
+    fn holds_saturate_at_max_hold_under_endless_flapping() {
+        for config in [
+            DampingConfig::default(),
+            DampingConfig {
+                recovery_hold: secs(1),
+                max_hold: secs(2),
+                ..DampingConfig::default()
+            },
+            DampingConfig {
+                penalty_half_life: secs(24 * 3600),
+                ..DampingConfig::default()
+            },
+        ] {
+            let mut d = Damper::new(config);
+            step(&mut d, 0, &[true]);
+            let mut at = 0;
+            let mut last_hold = Duration::ZERO;
+            // Flip out, then healthy until let back in, 500 times.
+            for _ in 0..500 {
+                at += 2;
+                step(&mut d, at, &[false]);
+                let out = at;
+                loop {
+                    at += 2;
+                    if step(&mut d, at, &[true]) == [true] {
+                        break;
+                    }
+                }
+                last_hold = secs(at - out - 2);
+            }
+            assert!(last_hold <= config.max_hold, "{config:?}: {last_hold:?}");
+            assert!(
+                last_hold + secs(2) >= config.max_hold.min(secs(100)),
+                "{config:?}: {last_hold:?}"
+            );
+        }
     }
 
     #[test]

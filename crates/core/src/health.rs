@@ -412,11 +412,18 @@ impl StickyCursor {
     pub fn advance(&self, bytes: usize, batch_bytes: u32, now: u64, max_age: u64) -> u32 {
         // Clamped so a single huge message cannot carry into the batch number.
         let bytes = bytes.min(1 << 30) as u64;
+        let limit = u64::from(batch_bytes.max(1));
         let started = self.started.load(Ordering::Relaxed);
         if now.saturating_sub(started) >= max_age {
             let current = self.state.load(Ordering::Relaxed);
             let next_batch = ((current >> 32) as u32).wrapping_add(1);
-            let next = (u64::from(next_batch) << 32) | bytes;
+            // The message that starts a batch may fill it on its own: then the batch after it
+            // starts with the next message, as when any other message crosses the limit.
+            let next = if bytes >= limit {
+                u64::from(next_batch.wrapping_add(1)) << 32
+            } else {
+                (u64::from(next_batch) << 32) | bytes
+            };
             if self
                 .state
                 .compare_exchange(current, next, Ordering::Relaxed, Ordering::Relaxed)
@@ -431,7 +438,6 @@ impl StickyCursor {
         let previous = self.state.fetch_add(bytes, Ordering::Relaxed);
         let batch = (previous >> 32) as u32;
         let used = previous & BYTES_MASK;
-        let limit = u64::from(batch_bytes.max(1));
         if used < limit && used + bytes >= limit {
             // Exactly one caller crosses the limit per batch: it starts the next one. Others
             // racing with it land in the full batch, which only makes it slightly larger.
@@ -750,10 +756,28 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        // 400 000 bytes in batches of about 1 000 bytes: about 400 batches. Racing callers can
-        // only make a batch larger, never skip a batch number.
+        // 400 000 bytes in batches of 1 000 bytes: 400 batches. Racing callers can only make a
+        // batch larger (by at most one message per other thread), never skip a batch number,
+        // so at least 400 000 / (1 000 + 3 × 10) batches end.
         let batch = c.advance(0, 1000, 0, FOREVER);
-        assert!((200..=400).contains(&batch), "batch number {batch}");
+        assert!((388..=400).contains(&batch), "batch number {batch}");
+    }
+
+    /// Regression: when a batch started because the previous one aged out, its first message's
+    /// bytes were counted without the crossing check, so a message of at least `batch_bytes`
+    /// never ended its batch by bytes; with `sticky_batch_bytes = 1` a burst stayed on one
+    /// partition until the linger ran out.
+    #[test]
+    fn sticky_batch_started_by_age_still_ends_at_batch_bytes() {
+        let c = StickyCursor::starting_at(0);
+        // Batch 0 is old at time 10: this message starts batch 1 and fills it on its own.
+        assert_eq!(c.advance(500, 100, 10, 10), 1);
+        assert_eq!(c.advance(500, 100, 11, 10), 2);
+        assert_eq!(c.advance(500, 100, 12, 10), 3);
+        // One-byte batches: every message is a batch of its own, aged out or not.
+        let c = StickyCursor::starting_at(0);
+        let batches: Vec<u32> = (0..5).map(|t| c.advance(1, 1, 100 + t, 50)).collect();
+        assert_eq!(batches, [1, 2, 3, 4, 5]);
     }
 
     #[test]
