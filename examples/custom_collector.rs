@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use kafka_smart_producer::monitor::MonitorConfig;
 use kafka_smart_producer::rdkafka::producer::FutureRecord;
 use kafka_smart_producer::{
     AsyncSmartProducer, CollectError, LagCollector, LagRequest, PartitionLag, TopicLag, async_trait,
@@ -92,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
         .consumer_group("processors")
         .topics(["orders"])
         .collector(PrometheusFileCollector { path: path.clone() })
-        .refresh_interval(Duration::from_secs(1))
+        .monitor(MonitorConfig::default().with_refresh_interval(Duration::from_secs(1)))
         .build()?;
     producer.refresh_health().await?;
     println!(

@@ -13,6 +13,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use kafka_smart_producer::AsyncSmartProducer;
+use kafka_smart_producer::monitor::MonitorConfig;
 use kafka_smart_producer::rdkafka::producer::FutureRecord;
 use ksp_testkit::{LagScenario, MockKafka};
 use metrics_exporter_prometheus::PrometheusBuilder;
@@ -34,7 +35,7 @@ async fn main() -> anyhow::Result<()> {
     let producer = AsyncSmartProducer::builder(kafka.client_config())
         .consumer_group("processors")
         .topics(["orders"])
-        .refresh_interval(Duration::from_millis(500))
+        .monitor(MonitorConfig::default().with_refresh_interval(Duration::from_millis(500)))
         .build()?;
     producer.refresh_health().await?;
     for i in 0..1000 {

@@ -6,9 +6,11 @@ use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use kafka_smart_producer::blocking::SmartProducer;
+use kafka_smart_producer::monitor::MonitorConfig;
 use kafka_smart_producer::rdkafka::Message;
 use kafka_smart_producer::rdkafka::producer::BaseRecord;
-use kafka_smart_producer::{Route, SmartProducer};
+use kafka_smart_producer::routing::Route;
 use ksp_testkit::{LagScenario, MockKafka};
 
 fn cluster_with_slow_partition() -> MockKafka {
@@ -31,7 +33,7 @@ fn sends_with_callbacks_and_routes_without_any_runtime() {
     let producer = SmartProducer::builder(kafka.client_config())
         .consumer_group("processors")
         .topics(["orders"])
-        .refresh_interval(Duration::from_secs(60))
+        .monitor(MonitorConfig::default().with_refresh_interval(Duration::from_secs(60)))
         .build_blocking()
         .unwrap();
     producer.refresh_health().unwrap();
@@ -83,11 +85,12 @@ fn a_refused_send_hands_the_record_back_and_never_runs_the_callback() {
     config.set("queue.buffering.max.messages", "1");
     let producer = SmartProducer::builder(config)
         .smart_enabled(false)
+        .queue_timeout(Duration::ZERO)
         .build_blocking()
         .unwrap();
     let (tx, rx) = mpsc::channel::<()>();
     let mut refused = None;
-    // librdkafka's queue holds one message plus this library's headroom of one batch.
+    // The queue holds one message: the bound is enforced here, as for the async producer.
     for i in 0..20_000 {
         let tx = tx.clone();
         let payload = format!("m{i}");

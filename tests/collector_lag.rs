@@ -4,9 +4,11 @@ mod common;
 
 use std::time::Duration;
 
+use kafka_smart_producer::health::UncommittedPolicy;
+use kafka_smart_producer::monitor::{KafkaLagCollector, MonitorConfig, TopicTracker};
 use kafka_smart_producer::rdkafka::mocking::MockCoordinator;
 use kafka_smart_producer::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use kafka_smart_producer::{KafkaLagCollector, LagCollector, LagRequest, UncommittedPolicy};
+use kafka_smart_producer::{LagCollector, LagRequest, ThresholdCalculator};
 use ksp_testkit::{LagScenario, MockKafka};
 
 const GROUP: &str = "lag-readers";
@@ -65,7 +67,7 @@ async fn lag_per_partition_is_exact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn uncommitted_partitions_count_their_retained_backlog() {
+async fn uncommitted_partitions_are_reported_with_their_watermarks_for_the_monitor_to_count() {
     common::init_tracing();
     let kafka = MockKafka::start(1).unwrap();
     LagScenario::new("events", 3)
@@ -84,19 +86,38 @@ async fn uncommitted_partitions_count_their_retained_backlog() {
     assert_eq!(p1.committed, None);
     assert_eq!(p1.low_watermark, Some(0));
     assert_eq!(p1.high_watermark, Some(80));
-    assert_eq!(p1.lag, Some(80));
-    assert_eq!(events.partitions[2].lag, Some(0));
+    // Left to the monitor's uncommitted policy.
+    assert_eq!(p1.lag, None);
+    assert_eq!(events.partitions[2].lag, None);
     // A committed partition does not need its low watermark.
     assert_eq!(events.partitions[0].low_watermark, None);
     assert_eq!(events.partitions[0].lag, Some(30));
 
-    let caught_up = KafkaLagCollector::builder(&kafka.client_config())
-        .uncommitted_policy(UncommittedPolicy::CaughtUp)
-        .build()
-        .unwrap();
-    let events = collect(&caught_up, &["events"]).await.remove(0);
-    assert_eq!(events.partitions[1].lag, Some(0));
-    assert_eq!(events.partitions[0].lag, Some(30));
+    // The monitor counts them by its policy.
+    let counted = |policy: UncommittedPolicy| {
+        let mut tracker = TopicTracker::new(&MonitorConfig::default().with_uncommitted(policy));
+        let health = tracker.update(
+            Duration::ZERO,
+            events.clone(),
+            &ThresholdCalculator::default(),
+        );
+        (0..3)
+            .map(|p| health.partition(p).unwrap().lag.lag)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        counted(UncommittedPolicy::RetainedBacklog),
+        [Some(30), Some(80), Some(0)]
+    );
+    assert_eq!(
+        counted(UncommittedPolicy::CaughtUp),
+        [Some(30), Some(0), Some(0)]
+    );
+    // The default counts only what arrives from now on.
+    assert_eq!(
+        counted(UncommittedPolicy::default()),
+        [Some(30), Some(0), Some(0)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,6 +206,201 @@ async fn one_list_offsets_per_leader_and_one_offset_fetch_per_refresh() {
         1.0,
         "{before:?} → {after:?}"
     );
+    assert_eq!(after.membership, 0, "{after:?}");
+}
+
+/// Regression: a topic-level metadata error other than "unknown topic" (here
+/// `TOPIC_AUTHORIZATION_FAILED`) failed the whole collection, every topic with it. Now only
+/// that topic is missing from the report. With few topics (one request each) and with many
+/// (one request for the cluster).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_topic_failing_its_metadata_does_not_fail_the_others() {
+    common::init_tracing();
+    let kafka = MockKafka::start(1).unwrap();
+    let names: Vec<String> = (0..6).map(|i| format!("topic-{i}")).collect();
+    for name in &names {
+        LagScenario::new(name.as_str(), 2)
+            .lag(1, 7)
+            .create(&kafka, GROUP)
+            .await
+            .unwrap();
+    }
+    kafka
+        .cluster()
+        .topic_error(
+            "topic-1",
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        )
+        .unwrap();
+    let collector = KafkaLagCollector::builder(&kafka.client_config())
+        .build()
+        .unwrap();
+    for watched in [&names[..2], &names[..]] {
+        let watched: Vec<&str> = watched.iter().map(String::as_str).collect();
+        let report = collect(&collector, &watched).await;
+        let reported: Vec<&str> = report.iter().map(|t| t.topic.as_str()).collect();
+        let expected: Vec<&str> = watched
+            .iter()
+            .copied()
+            .filter(|t| *t != "topic-1")
+            .collect();
+        assert_eq!(reported, expected);
+        assert!(report.iter().all(|t| t.partitions[1].lag == Some(7)));
+    }
+    // Every watched topic failing is a failed collection.
+    let only_failing = ["topic-1".to_owned()];
+    let err = collector
+        .collect(&LagRequest::new(GROUP, &only_failing, BUDGET))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("topic-1"), "{err}");
+}
+
+/// Regression: metadata was fetched one topic at a time within one budget, so with many topics
+/// on a cluster a few milliseconds away the collection could not finish (200 topics × 2 ms
+/// round trips > 400 ms). Now their metadata is one request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_topics_are_refreshed_within_budget_at_two_ms_rtt() {
+    common::init_tracing();
+    let kafka = MockKafka::start(3).unwrap();
+    let names: Vec<String> = (0..200).map(|i| format!("t{i:03}")).collect();
+    // Created by asking for their metadata (the mock cluster auto-creates them with its
+    // default partition count): its `create_topic` now and then waits for a 1 s poll timeout
+    // per topic, which adds up over 200 topics.
+    {
+        use kafka_smart_producer::rdkafka::producer::{BaseProducer, Producer};
+        let creator: BaseProducer = kafka
+            .client_config()
+            .set("allow.auto.create.topics", "true")
+            .create()
+            .unwrap();
+        let names = names.clone();
+        tokio::task::spawn_blocking(move || {
+            for name in &names {
+                creator
+                    .client()
+                    .fetch_metadata(Some(name), Duration::from_secs(5))
+                    .unwrap();
+            }
+        })
+        .await
+        .unwrap();
+    }
+    for broker in 1..=3 {
+        kafka
+            .cluster()
+            .broker_round_trip_time(broker, Duration::from_millis(2))
+            .unwrap();
+    }
+    let collector = KafkaLagCollector::builder(&kafka.client_config())
+        .build()
+        .unwrap();
+    let budget = Duration::from_millis(400);
+    // The first collection also finds the coordinator and connects; count from the second.
+    let _ = collector
+        .collect(&LagRequest::new(GROUP, &names, Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let report = collector
+        .collect(&LagRequest::new(GROUP, &names, budget))
+        .await
+        .expect("200 topics within a 400 ms budget");
+    assert_eq!(report.len(), 200);
+}
+
+/// The lag reader never joins the watched group: a real member stays assigned without a
+/// rebalance, the group's committed offsets are untouched, and the reader sends no
+/// membership or commit request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_reader_never_joins_commits_or_rebalances_the_group() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use kafka_smart_producer::rdkafka::consumer::{
+        BaseConsumer, Consumer, ConsumerContext, Rebalance,
+    };
+    use kafka_smart_producer::rdkafka::{ClientContext, TopicPartitionList};
+
+    struct Counting(Arc<AtomicUsize>);
+    impl ClientContext for Counting {}
+    impl ConsumerContext for Counting {
+        fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+            if matches!(rebalance, Rebalance::Assign(_)) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    common::init_tracing();
+    let kafka = MockKafka::start(1).unwrap();
+    LagScenario::new("orders", 4)
+        .lag(2, 30)
+        .create(&kafka, GROUP)
+        .await
+        .unwrap();
+    let assignments = Arc::new(AtomicUsize::new(0));
+    let member: BaseConsumer<Counting> = kafka
+        .client_config()
+        .set("group.id", GROUP)
+        .set("enable.auto.commit", "false")
+        .create_with_context(Counting(assignments.clone()))
+        .unwrap();
+    member.subscribe(&["orders"]).unwrap();
+    let member = Arc::new(member);
+    let poll = |member: Arc<BaseConsumer<Counting>>, for_: Duration| {
+        tokio::task::spawn_blocking(move || {
+            let until = std::time::Instant::now() + for_;
+            while std::time::Instant::now() < until {
+                let _ = member.poll(Duration::from_millis(50));
+            }
+        })
+    };
+    common::eventually(Duration::from_secs(15), || {
+        let member = member.clone();
+        let assigned = assignments.clone();
+        async move {
+            poll(member, Duration::from_millis(200)).await.unwrap();
+            (assigned.load(Ordering::SeqCst) > 0).then_some(())
+        }
+    })
+    .await
+    .expect("the member is assigned");
+    let committed = |member: &BaseConsumer<Counting>| {
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..4 {
+            tpl.add_partition("orders", p);
+        }
+        member
+            .committed_offsets(tpl, Duration::from_secs(5))
+            .unwrap()
+            .elements()
+            .iter()
+            .map(|e| e.offset())
+            .collect::<Vec<_>>()
+    };
+    let before = committed(&member);
+
+    let collector = KafkaLagCollector::builder(&kafka.client_config())
+        .set("statistics.interval.ms", "100")
+        .build()
+        .unwrap();
+    for _ in 0..5 {
+        let report = collect(&collector, &["orders"]).await;
+        assert_eq!(report[0].partitions[2].lag, Some(30));
+    }
+    poll(member.clone(), Duration::from_secs(2)).await.unwrap();
+
+    assert_eq!(assignments.load(Ordering::SeqCst), 1, "no rebalance");
+    assert_eq!(committed(&member), before);
+    let counts = common::eventually(Duration::from_secs(5), || async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        collector
+            .request_counts(GROUP)
+            .filter(|c| c.offset_fetch >= 5)
+    })
+    .await
+    .expect("statistics arrive");
+    assert_eq!(counts.membership, 0, "{counts:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,4 +483,62 @@ async fn retriable_errors_are_retried_within_the_refresh() {
     let orders = collect(&collector, &["orders"]).await.remove(0);
     assert_eq!(orders.partitions[2].lag, Some(42));
     assert!(orders.partitions.iter().all(|p| p.leader_available));
+}
+
+/// A transactional producer's open transaction: its messages count as waiting (the reader reads
+/// the high watermark, not the last stable offset), and with `read_committed` the collector also
+/// reports the last stable offset. librdkafka's mock cluster does not hold the LSO back for open
+/// transactions (it reports the end offset), so the blocked-consumer rule itself is tested on a
+/// hand-driven report in `ksp-monitor` (`a_partition_blocked_behind_a_hung_transaction_is_unhealthy`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_transactions_messages_count_as_waiting() {
+    use kafka_smart_producer::monitor::IsolationLevel;
+    use kafka_smart_producer::rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+    common::init_tracing();
+    let kafka = MockKafka::start(1).unwrap();
+    LagScenario::new("ledger", 2)
+        .create(&kafka, GROUP)
+        .await
+        .unwrap();
+    let producer: FutureProducer = kafka
+        .client_config()
+        .set("transactional.id", "ledger-writer")
+        .create()
+        .unwrap();
+    producer.init_transactions(Duration::from_secs(10)).unwrap();
+    producer.begin_transaction().unwrap();
+    for i in 0..5 {
+        let payload = format!("t{i}");
+        producer
+            .send(
+                FutureRecord::<(), _>::to("ledger")
+                    .partition(0)
+                    .payload(&payload),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+    }
+    let collector = KafkaLagCollector::builder(&kafka.client_config())
+        .isolation_level(IsolationLevel::ReadCommitted)
+        .build()
+        .unwrap();
+    let ledger = collect(&collector, &["ledger"]).await.remove(0);
+    let p0 = &ledger.partitions[0];
+    assert_eq!(p0.committed, Some(10));
+    assert_eq!(p0.high_watermark, Some(15), "{p0:?}");
+    assert_eq!(p0.lag, Some(5), "the open transaction's messages wait");
+    assert!(p0.last_stable_offset.is_some(), "{p0:?}");
+    assert_eq!(ledger.partitions[1].lag, Some(0));
+    producer
+        .commit_transaction(Duration::from_secs(10))
+        .unwrap();
+    let ledger = collect(&collector, &["ledger"]).await.remove(0);
+    // The commit marker takes an offset too.
+    assert!(
+        ledger.partitions[0].lag.unwrap() >= 5,
+        "{:?}",
+        ledger.partitions[0]
+    );
 }

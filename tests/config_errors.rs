@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
+use kafka_smart_producer::config::CalculatorConfig;
+use kafka_smart_producer::monitor::MonitorConfig;
 use kafka_smart_producer::rdkafka::ClientConfig;
-use kafka_smart_producer::{
-    AsyncSmartProducer, AsyncSmartProducerBuilder, CalculatorConfig, KeyCacheConfig, ProducerError,
-};
+use kafka_smart_producer::routing::{KeyCacheConfig, RouterConfig};
+use kafka_smart_producer::{AsyncSmartProducer, AsyncSmartProducerBuilder, BuildError};
 
 fn kafka(extra: &[(&str, &str)]) -> ClientConfig {
     let mut config = ClientConfig::new();
@@ -34,63 +35,36 @@ type Case = (
 fn every_bad_setting_is_named_with_its_value_and_what_is_allowed() {
     let cases: Vec<Case> = vec![
         (
-            "health_threshold",
-            Box::new(|| {
-                valid(kafka(&[])).calculator_config(CalculatorConfig::Threshold {
-                    health_threshold: 1.5,
-                    max_lag: 1000,
-                })
-            }),
-            "1.5",
-        ),
-        (
-            "max_lag",
-            Box::new(|| {
-                valid(kafka(&[])).calculator_config(CalculatorConfig::Threshold {
-                    health_threshold: 0.5,
-                    max_lag: 0,
-                })
-            }),
-            "0",
-        ),
-        (
-            "hot_factor",
-            Box::new(|| {
-                valid(kafka(&[])).calculator_config(CalculatorConfig::Relative {
-                    hot_factor: 0.5,
-                    min_lag: 10,
-                })
-            }),
-            "0.5",
-        ),
-        (
-            "min_lag",
-            Box::new(|| {
-                valid(kafka(&[])).calculator_config(CalculatorConfig::Relative {
-                    hot_factor: 2.0,
-                    min_lag: -1,
-                })
-            }),
-            "-1",
-        ),
-        (
             "refresh_interval",
-            Box::new(|| valid(kafka(&[])).refresh_interval(Duration::ZERO)),
+            Box::new(|| {
+                valid(kafka(&[]))
+                    .monitor(MonitorConfig::default().with_refresh_interval(Duration::ZERO))
+            }),
             "0ns",
         ),
         (
             "refresh_interval",
-            Box::new(|| valid(kafka(&[])).refresh_interval(Duration::from_secs(7200))),
+            Box::new(|| {
+                valid(kafka(&[])).monitor(
+                    MonitorConfig::default().with_refresh_interval(Duration::from_secs(7200)),
+                )
+            }),
             "7200s",
         ),
         (
             "max_staleness",
-            Box::new(|| valid(kafka(&[])).max_staleness(Duration::from_millis(1))),
+            Box::new(|| {
+                valid(kafka(&[]))
+                    .monitor(MonitorConfig::default().with_max_staleness(Duration::from_millis(1)))
+            }),
             "1ms",
         ),
         (
             "collect_timeout",
-            Box::new(|| valid(kafka(&[])).collect_timeout(Duration::ZERO)),
+            Box::new(|| {
+                valid(kafka(&[]))
+                    .monitor(MonitorConfig::default().with_collect_timeout(Duration::ZERO))
+            }),
             "0ns",
         ),
         (
@@ -110,24 +84,37 @@ fn every_bad_setting_is_named_with_its_value_and_what_is_allowed() {
         ),
         (
             "key_cache.capacity",
-            Box::new(|| valid(kafka(&[])).key_cache(KeyCacheConfig::default().with_capacity(0))),
+            Box::new(|| {
+                valid(kafka(&[])).router(
+                    RouterConfig::default()
+                        .with_key_cache(KeyCacheConfig::default().with_capacity(0)),
+                )
+            }),
             "0",
         ),
         (
             "key_cache.ttl",
             Box::new(|| {
-                valid(kafka(&[])).key_cache(KeyCacheConfig::default().with_ttl(Duration::ZERO))
+                valid(kafka(&[])).router(
+                    RouterConfig::default()
+                        .with_key_cache(KeyCacheConfig::default().with_ttl(Duration::ZERO)),
+                )
             }),
             "0ns",
         ),
         (
             "sticky_batch_bytes",
-            Box::new(|| valid(kafka(&[])).sticky_batch_bytes(0)),
+            Box::new(|| {
+                valid(kafka(&[])).router(RouterConfig::default().with_sticky_batch_bytes(0))
+            }),
             "0",
         ),
         (
             "sticky_linger",
-            Box::new(|| valid(kafka(&[])).sticky_linger(Duration::from_secs(3600))),
+            Box::new(|| {
+                valid(kafka(&[]))
+                    .router(RouterConfig::default().with_sticky_linger(Duration::from_secs(3600)))
+            }),
             "3600s",
         ),
         (
@@ -163,7 +150,7 @@ fn every_bad_setting_is_named_with_its_value_and_what_is_allowed() {
     ];
     for (setting, builder, value) in cases {
         let err = builder().validate().unwrap_err();
-        let ProducerError::Config(config) = &err else {
+        let BuildError::Config(config) = &err else {
             panic!("{setting}: not a config error: {err:?}");
         };
         assert_eq!(config.setting, setting, "{err}");
@@ -175,6 +162,56 @@ fn every_bad_setting_is_named_with_its_value_and_what_is_allowed() {
         );
         // build() refuses it the same way, before creating anything.
         assert_eq!(builder().build().unwrap_err().to_string(), message);
+    }
+}
+
+/// A calculator's settings are checked when it is built from its configuration (what a
+/// configuration file holds); the error is the same kind.
+#[test]
+fn every_bad_calculator_setting_is_named_with_its_value_and_what_is_allowed() {
+    let cases = [
+        (
+            "health_threshold",
+            CalculatorConfig::Threshold {
+                health_threshold: 1.5,
+                max_lag: 1000,
+            },
+            "1.5",
+        ),
+        (
+            "max_lag",
+            CalculatorConfig::Threshold {
+                health_threshold: 0.5,
+                max_lag: 0,
+            },
+            "0",
+        ),
+        (
+            "hot_factor",
+            CalculatorConfig::Relative {
+                hot_factor: 0.5,
+                min_lag: 10,
+            },
+            "0.5",
+        ),
+        (
+            "min_lag",
+            CalculatorConfig::Relative {
+                hot_factor: 2.0,
+                min_lag: -1,
+            },
+            "-1",
+        ),
+    ];
+    for (setting, config, value) in cases {
+        let err = config.build().err().unwrap();
+        assert_eq!(err.setting, setting, "{err}");
+        assert_eq!(err.value, value, "{err}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("invalid `{setting}` = {value}: expected ")),
+            "{err}"
+        );
     }
 }
 
@@ -196,7 +233,7 @@ fn librdkafka_settings_are_checked_by_librdkafka() {
         ("acks", "most"),
     ] {
         let err = valid(kafka(&[(key, value)])).validate().unwrap_err();
-        let ProducerError::Kafka { context, source } = &err else {
+        let BuildError::Kafka { context, source } = &err else {
             panic!("{key}: {err:?}");
         };
         assert_eq!(context, "invalid rdkafka client configuration");

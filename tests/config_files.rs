@@ -3,7 +3,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use kafka_smart_producer::{CalculatorConfig, ConfigFileError, SmartProducerConfig};
+use kafka_smart_producer::SmartProducerConfig;
+use kafka_smart_producer::config::{CalculatorConfig, ConfigFileError};
 
 fn load(name: &str) -> SmartProducerConfig {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

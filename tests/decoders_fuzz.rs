@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
+use kafka_smart_producer::config::CalculatorConfig;
+use kafka_smart_producer::monitor::{KafkaLagCollector, MonitorConfig, MonitorError};
 use kafka_smart_producer::rdkafka::ClientConfig;
-use kafka_smart_producer::{
-    AsyncSmartProducer, CalculatorConfig, KafkaLagCollector, KeyCacheConfig, MonitorError,
-    ProducerError,
-};
+use kafka_smart_producer::routing::{KeyCacheConfig, RouterConfig};
+use kafka_smart_producer::{AsyncSmartProducer, BuildError};
 use proptest::prelude::*;
 
 /// Settings this library reads itself, plus a few librdkafka ones and arbitrary keys.
@@ -73,9 +73,9 @@ fn duration() -> impl Strategy<Value = Duration> {
     ]
 }
 
-fn assert_explains(error: &ProducerError) {
+fn assert_explains(error: &BuildError) {
     match error {
-        ProducerError::Config(config) => {
+        BuildError::Config(config) => {
             let message = error.to_string();
             assert!(
                 message.starts_with(&format!("invalid `{}` = ", config.setting)),
@@ -83,7 +83,7 @@ fn assert_explains(error: &ProducerError) {
             );
             assert!(message.contains(": expected "), "{message}");
         }
-        ProducerError::Kafka { context, source } => {
+        BuildError::Kafka { context, source } => {
             assert!(!context.is_empty());
             assert!(!source.to_string().is_empty());
         }
@@ -109,17 +109,20 @@ proptest! {
         queue_timeout in duration(),
         smart in any::<bool>(),
     ) {
-        let mut builder = AsyncSmartProducer::builder(kafka)
+        let mut monitor = MonitorConfig::default().with_refresh_interval(refresh);
+        if let Some(s) = staleness { monitor = monitor.with_max_staleness(s); }
+        if let Some(t) = timeout { monitor = monitor.with_collect_timeout(t); }
+        let mut router = RouterConfig::default()
+            .with_key_cache(KeyCacheConfig::default().with_capacity(capacity).with_ttl(ttl));
+        if let Some(b) = sticky_bytes { router = router.with_sticky_batch_bytes(b); }
+        if let Some(l) = sticky_linger { router = router.with_sticky_linger(l); }
+        let builder = AsyncSmartProducer::builder(kafka)
             .consumer_group(group)
             .topics(topics)
-            .refresh_interval(refresh)
-            .key_cache(KeyCacheConfig::default().with_capacity(capacity).with_ttl(ttl))
+            .monitor(monitor)
+            .router(router)
             .queue_timeout(queue_timeout)
             .smart_enabled(smart);
-        if let Some(s) = staleness { builder = builder.max_staleness(s); }
-        if let Some(t) = timeout { builder = builder.collect_timeout(t); }
-        if let Some(b) = sticky_bytes { builder = builder.sticky_batch_bytes(b); }
-        if let Some(l) = sticky_linger { builder = builder.sticky_linger(l); }
         if let Err(error) = builder.validate() {
             assert_explains(&error);
         }
@@ -155,11 +158,16 @@ proptest! {
 
     #[test]
     fn topic_names_are_checked_like_kafka_does(name in prop_oneof![any::<String>(), "[a-zA-Z0-9._-]{0,260}"]) {
+        let builder = AsyncSmartProducer::builder(ClientConfig::new())
+            .consumer_group("g")
+            .topics([name.clone()]);
         let valid = !name.is_empty()
             && name.len() <= 249
             && name != "."
             && name != ".."
             && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-        prop_assert_eq!(kafka_smart_producer::validate_topic(&name).is_ok(), valid);
+        let error = builder.validate().err();
+        let topic_error = matches!(&error, Some(BuildError::Config(e)) if e.setting == "topics");
+        prop_assert_eq!(!topic_error, valid, "{:?}", error);
     }
 }

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use kafka_smart_producer::Route;
+use kafka_smart_producer::routing::Route;
 use ksp_testkit::Outcome;
 use ksp_testkit::faults::{Fault, FaultSpec, ON_BROKER_2};
 

@@ -5,7 +5,7 @@
 
 mod common;
 
-use kafka_smart_producer::{Fallback, Route};
+use kafka_smart_producer::routing::{Fallback, Route};
 use ksp_testkit::Outcome;
 use ksp_testkit::faults::{Fault, FaultRun, FaultSpec, GROUP, LAGGING, SETUP_MESSAGES};
 
@@ -98,7 +98,7 @@ async fn metadata_errors() {
     let logs = common::capture_logs();
     run(Fault::MetadataErrors).await;
     let logs = logs.text();
-    assert!(logs.contains("metadata of [\"orders\"]"), "{logs}");
+    assert!(logs.contains("metadata of `orders`"), "{logs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

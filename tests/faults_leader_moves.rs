@@ -8,7 +8,7 @@
 
 mod common;
 
-use kafka_smart_producer::Route;
+use kafka_smart_producer::routing::Route;
 use ksp_testkit::faults::{Fault, FaultSpec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,3 +75,62 @@ async fn zero_timeout_fails_at_once() {
         assert!(s.latency < Duration::from_millis(100), "{:?}", s.latency);
     }
 }
+
+/// Regression: librdkafka reports a partition's timed-out (or purged) messages in one event
+/// and frees them only after all of that event's callbacks ran; senders woken by those
+/// callbacks found librdkafka still full and got `QueueFull` at once, despite
+/// `queue_timeout`, whenever the event held more than the one batch of headroom. 20 000
+/// messages time out together here (batches of one message) while 5 000 more wait for room on
+/// four worker threads (enough for the woken senders to race librdkafka's callback loop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_timeout_of_more_than_one_batch_never_refuses_an_admitted_send() {
+    use futures::future::join_all;
+    use kafka_smart_producer::AsyncSmartProducer;
+    use kafka_smart_producer::rdkafka::error::RDKafkaErrorCode;
+    use kafka_smart_producer::rdkafka::producer::FutureRecord;
+    use ksp_testkit::MockKafka;
+
+    common::init_tracing();
+    let kafka = MockKafka::start(1).unwrap();
+    kafka.create_topic("stuck", 1).unwrap();
+    let mut config = kafka.client_config();
+    config
+        .set("queue.buffering.max.messages", "20000")
+        .set("batch.num.messages", "1")
+        .set("message.timeout.ms", "1000");
+    let producer = AsyncSmartProducer::builder(config)
+        .smart_enabled(false)
+        .queue_timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    kafka.cluster().broker_down(1).unwrap();
+    let sends = (0..25_000).map(|i| {
+        let producer = producer.clone();
+        async move {
+            let payload = format!("m{i}");
+            let result = producer
+                .produce(FutureRecord::<(), _>::to("stuck").payload(&payload))
+                .await;
+            (payload, result)
+        }
+    });
+    let results = join_all(sends).await;
+    let mut timed_out = 0;
+    for (payload, result) in results {
+        let error = result.expect_err("the broker is down for the whole test");
+        assert!(!error.is_queue_full(), "{payload}: {error}");
+        assert_eq!(
+            error.error().rdkafka_error_code(),
+            Some(RDKafkaErrorCode::MessageTimedOut),
+            "{payload}: {error}"
+        );
+        let message = error.into_message().expect("handed back");
+        assert_eq!(
+            kafka_smart_producer::rdkafka::Message::payload(&message),
+            Some(payload.as_bytes())
+        );
+        timed_out += 1;
+    }
+    assert_eq!(timed_out, 25_000);
+    assert_eq!(producer.queue_room(), Some(20_000));
+}

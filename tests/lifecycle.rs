@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use kafka_smart_producer::AsyncSmartProducer;
+use kafka_smart_producer::monitor::{KafkaLagCollector, MonitorConfig, MonitorStatus};
 use kafka_smart_producer::rdkafka::producer::{FutureRecord, Producer};
-use kafka_smart_producer::{AsyncSmartProducer, Fallback, KafkaLagCollector, MonitorStatus, Route};
+use kafka_smart_producer::routing::{Fallback, Route};
 use ksp_core::testing::ManualCollector;
 use ksp_testkit::{LagScenario, MockKafka, read_topic};
 
@@ -109,6 +111,46 @@ async fn dropping_the_handle_without_close_loses_nothing_and_does_not_block() {
     );
 }
 
+/// `produce` futures dropped right after their message was enqueued (the caller timed out, a
+/// `select!` took another branch): every message is still delivered exactly once, and the
+/// queue's room comes back in full, through the hand-off that keeps waiting for each report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_produce_futures_mid_flight_loses_nothing() {
+    common::init_tracing();
+    let kafka = cluster(Duration::from_millis(300)).await;
+    let mut config = kafka.client_config();
+    config.set("queue.buffering.max.messages", "1000");
+    let producer = AsyncSmartProducer::builder(config)
+        .smart_enabled(false)
+        .build()
+        .unwrap();
+    let payloads: Vec<String> = (0..300).map(|i| format!("dropped-{i}")).collect();
+    for payload in &payloads {
+        let send = producer.produce(FutureRecord::<(), _>::to(TOPIC).payload(payload));
+        tokio::pin!(send);
+        // One poll enqueues it (there is room); its delivery is 300 ms away.
+        assert!(futures::poll!(&mut send).is_pending());
+    }
+    // Every future is gone; the messages are in flight.
+    assert!(producer.queue_room().unwrap() <= 1000 - 300);
+    let back = common::eventually(Duration::from_secs(15), || {
+        let room = producer.queue_room();
+        async move { (room == Some(1000)).then_some(()) }
+    })
+    .await;
+    assert!(back.is_some(), "the room of every dropped send comes back");
+    let consumed = read_topic(&kafka.client_config(), TOPIC, Duration::from_secs(30))
+        .await
+        .unwrap();
+    for payload in &payloads {
+        let copies = consumed
+            .iter()
+            .filter(|m| m.payload == payload.as_bytes())
+            .count();
+        assert_eq!(copies, 1, "{payload}");
+    }
+}
+
 #[test]
 fn dropping_outside_any_runtime_does_not_panic() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -139,8 +181,11 @@ async fn a_collector_that_keeps_failing_leaves_routing_on_the_fallback_and_says_
         .consumer_group(GROUP)
         .topics([TOPIC])
         .collector(collector.clone())
-        .refresh_interval(Duration::from_millis(100))
-        .max_staleness(Duration::from_millis(400))
+        .monitor(
+            MonitorConfig::default()
+                .with_refresh_interval(Duration::from_millis(100))
+                .with_max_staleness(Duration::from_millis(400)),
+        )
         .build()
         .unwrap();
     producer.refresh_health().await.unwrap();

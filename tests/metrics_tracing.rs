@@ -5,6 +5,7 @@ mod common;
 use std::time::Duration;
 
 use kafka_smart_producer::AsyncSmartProducer;
+use kafka_smart_producer::monitor::MonitorConfig;
 use kafka_smart_producer::rdkafka::producer::FutureRecord;
 use ksp_testkit::{LagScenario, MockKafka};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
@@ -28,7 +29,7 @@ async fn routes_refreshes_and_health_are_counted() {
     let producer = AsyncSmartProducer::builder(kafka.client_config())
         .consumer_group("processors")
         .topics(["orders"])
-        .refresh_interval(Duration::from_secs(60))
+        .monitor(MonitorConfig::default().with_refresh_interval(Duration::from_secs(60)))
         .build()
         .unwrap();
     producer.refresh_health().await.unwrap();

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
+use kafka_smart_producer::AsyncSmartProducer;
+use kafka_smart_producer::monitor::{MonitorConfig, MonitorError};
 use kafka_smart_producer::rdkafka::ClientConfig;
 use kafka_smart_producer::rdkafka::producer::{FutureProducer, FutureRecord};
-use kafka_smart_producer::{AsyncSmartProducer, Fallback, Partitioner, ProducerError, Route};
+use kafka_smart_producer::routing::{Fallback, Partitioner, Route};
 use ksp_core::testing::ManualCollector;
 use ksp_testkit::{LagScenario, MockKafka};
 
@@ -31,7 +33,7 @@ async fn smart_producer(kafka: &ClientConfig) -> AsyncSmartProducer {
     let producer = AsyncSmartProducer::builder(kafka.clone())
         .consumer_group(GROUP)
         .topics([TOPIC])
-        .refresh_interval(Duration::from_secs(60))
+        .monitor(MonitorConfig::default().with_refresh_interval(Duration::from_secs(60)))
         .build()
         .unwrap();
     producer.refresh_health().await.unwrap();
@@ -53,6 +55,34 @@ async fn produce_keyless(producer: &AsyncSmartProducer, count: usize) -> BTreeMa
         tokio::time::sleep(Duration::from_millis(15)).await;
     }
     landed
+}
+
+/// Messages per partition of the topic, read back from the cluster.
+async fn on_topic(kafka: &ClientConfig) -> BTreeMap<i32, usize> {
+    let consumed = ksp_testkit::read_topic(kafka, TOPIC, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut counts = BTreeMap::new();
+    for m in consumed {
+        *counts.entry(m.partition).or_default() += 1;
+    }
+    counts
+}
+
+/// What the delivery reports said landed is what the topic holds beyond `before`.
+fn assert_topic_holds(
+    before: &BTreeMap<i32, usize>,
+    after: &BTreeMap<i32, usize>,
+    landed: &BTreeMap<i32, usize>,
+) {
+    for (p, &n) in after {
+        let added = n - before.get(p).copied().unwrap_or(0);
+        assert_eq!(
+            added,
+            landed.get(p).copied().unwrap_or(0),
+            "partition {p}: {after:?} vs {landed:?}"
+        );
+    }
 }
 
 async fn produce_key(producer: &AsyncSmartProducer, key: &str) -> (i32, Route) {
@@ -217,7 +247,7 @@ async fn smart_routing_disabled_is_a_plain_producer() {
     assert!(producer.health().is_empty());
     assert!(matches!(
         producer.refresh_health().await,
-        Err(ProducerError::SmartRoutingDisabled)
+        Err(MonitorError::Disabled)
     ));
     // A key whose home is the slow partition still goes there.
     let key = &keys_with_home(3, 1)[0];
@@ -248,8 +278,11 @@ async fn without_health_librdkafka_decides_and_every_message_is_delivered() {
         produce_key(&producer, key).await,
         (6, Route::Fallback(Fallback::NoHealth))
     );
+    let before = on_topic(&kafka.client_config()).await;
     let landed = produce_keyless(&producer, 2000).await;
     assert_eq!(landed.values().sum::<usize>(), 2000);
+    // Not by construction: the topic read back holds exactly these, where the reports said.
+    assert_topic_holds(&before, &on_topic(&kafka.client_config()).await, &landed);
     assert_eq!(
         producer.monitor_stats().unwrap().last_error.as_deref(),
         Some("manual collector: lag source down")
@@ -267,8 +300,11 @@ async fn stale_health_is_ignored() {
         .consumer_group(GROUP)
         .topics([TOPIC])
         .collector(collector.clone())
-        .refresh_interval(Duration::from_millis(100))
-        .max_staleness(Duration::from_millis(300))
+        .monitor(
+            MonitorConfig::default()
+                .with_refresh_interval(Duration::from_millis(100))
+                .with_max_staleness(Duration::from_millis(300)),
+        )
         .build()
         .unwrap();
     producer.refresh_health().await.unwrap();
@@ -331,8 +367,10 @@ async fn every_produce_resolves_even_when_it_fails() {
     let mut config = kafka.client_config();
     config.set("message.timeout.ms", "2000");
     let producer = smart_producer(&config).await;
+    let before = on_topic(&config).await;
     let landed = produce_keyless(&producer, 5000).await;
     assert_eq!(landed.values().sum::<usize>(), 5000);
+    assert_topic_holds(&before, &on_topic(&config).await, &landed);
 
     // A partition that does not exist: the error hands the message back at once.
     let err = producer

@@ -1,7 +1,8 @@
-//! A fleet of producers sharing health and key moves through a real redis-server.
+//! A fleet of producers sharing health and key moves through a real Redis.
 //!
-//! Each test starts its own `redis-server` on a free loopback port (the README's test command
-//! installs the package) and its own embedded Kafka cluster.
+//! Each test starts its own Redis on free loopback ports (the README's test command installs
+//! the package) and its own embedded Kafka cluster. The tests marked `on_each_redis!` run twice:
+//! on one `redis-server`, and on a 3-master Redis Cluster (`redis-cli --cluster create`).
 
 mod common;
 
@@ -9,13 +10,15 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kafka_smart_producer::AsyncSmartProducer;
+use kafka_smart_producer::monitor::{KafkaLagCollector, MonitorConfig};
 use kafka_smart_producer::rdkafka::ClientConfig;
 use kafka_smart_producer::rdkafka::producer::FutureRecord;
 use kafka_smart_producer::redis::{
-    BreakerConfig, BreakerState, RedisClient, RedisConfig, SharedMoves, wire,
+    BreakerConfig, BreakerState, FleetCollector, RedisClient, RedisConfig, SharedMoves, wire,
 };
-use kafka_smart_producer::{AsyncSmartProducer, KafkaLagCollector, Partitioner, Route};
-use ksp_testkit::{LagScenario, MockKafka, RedisServer};
+use kafka_smart_producer::routing::{Partitioner, Route};
+use ksp_testkit::{LagScenario, MockKafka, RedisCluster, RedisServer};
 
 const GROUP: &str = "processors";
 const TOPIC: &str = "orders";
@@ -33,8 +36,55 @@ async fn cluster() -> MockKafka {
     kafka
 }
 
-fn redis_config(redis: &RedisServer) -> RedisConfig {
-    let mut config = RedisConfig::new(redis.url());
+/// The Redis a test runs against.
+enum Redis {
+    Single(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Redis {
+    fn single() -> Self {
+        Self::Single(RedisServer::start().unwrap())
+    }
+
+    fn cluster() -> Self {
+        Self::Cluster(RedisCluster::start(3).unwrap())
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Self::Single(server) => server.url(),
+            Self::Cluster(cluster) => cluster.url(),
+        }
+    }
+}
+
+/// Runs the test body once on a single server and once on a Redis Cluster.
+macro_rules! on_each_redis {
+    ($(#[$meta:meta])* async fn $name:ident($redis:ident: Redis) $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            use super::*;
+
+            async fn body($redis: Redis) $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn single_server() {
+                common::init_tracing();
+                body(Redis::single()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis_cluster() {
+                common::init_tracing();
+                body(Redis::cluster()).await;
+            }
+        }
+    };
+}
+
+fn redis_config(url: impl Into<String>) -> RedisConfig {
+    let mut config = RedisConfig::new(url);
     config.key_prefix = "test".into();
     config.cluster = "mock".into();
     config.lease_ttl = LEASE_TTL;
@@ -65,7 +115,7 @@ impl Instance {
         let producer = AsyncSmartProducer::builder(kafka.clone())
             .consumer_group(GROUP)
             .topics([TOPIC])
-            .refresh_interval(Duration::from_millis(300))
+            .monitor(MonitorConfig::default().with_refresh_interval(Duration::from_millis(300)))
             .collector(collector.clone())
             .redis(redis)
             .build()
@@ -74,6 +124,10 @@ impl Instance {
             producer,
             collector,
         }
+    }
+
+    fn fleet(&self) -> kafka_smart_producer::redis::FleetStats {
+        self.status().fleet.unwrap()
     }
 
     fn is_leader(&self) -> bool {
@@ -116,13 +170,11 @@ async fn until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
     .is_some()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_instance_collects_for_the_fleet_and_the_other_routes_from_its_snapshot() {
-    common::init_tracing();
-    let redis = RedisServer::start().unwrap();
+on_each_redis! {
+async fn one_instance_collects_for_the_fleet_and_the_other_routes_from_its_snapshot(redis: Redis) {
     let kafka = cluster().await;
-    let a = Instance::start(&kafka.client_config(), redis_config(&redis));
-    let b = Instance::start(&kafka.client_config(), redis_config(&redis));
+    let a = Instance::start(&kafka.client_config(), redis_config(redis.url()));
+    let b = Instance::start(&kafka.client_config(), redis_config(redis.url()));
     assert!(
         until(Duration::from_secs(10), || {
             a.is_leader() != b.is_leader() && a.slow_is_unhealthy() && b.slow_is_unhealthy()
@@ -158,14 +210,13 @@ async fn one_instance_collects_for_the_fleet_and_the_other_routes_from_its_snaps
         assert_ne!(d.partition, SLOW);
     }
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_takes_over_within_one_lease_ttl_when_the_leader_dies_or_leaves() {
-    common::init_tracing();
-    let redis = RedisServer::start().unwrap();
+on_each_redis! {
+async fn a_follower_takes_over_within_one_lease_ttl_when_the_leader_dies_or_leaves(redis: Redis) {
     let kafka = cluster().await;
-    let a = Instance::start(&kafka.client_config(), redis_config(&redis));
-    let b = Instance::start(&kafka.client_config(), redis_config(&redis));
+    let a = Instance::start(&kafka.client_config(), redis_config(redis.url()));
+    let b = Instance::start(&kafka.client_config(), redis_config(redis.url()));
     assert!(until(Duration::from_secs(10), || a.is_leader() != b.is_leader()).await);
     let (leader, follower) = if a.is_leader() { (a, b) } else { (b, a) };
 
@@ -186,7 +237,7 @@ async fn a_follower_takes_over_within_one_lease_ttl_when_the_leader_dies_or_leav
     );
 
     // Leaves: close() hands the lease over at once.
-    let c = Instance::start(&kafka.client_config(), redis_config(&redis));
+    let c = Instance::start(&kafka.client_config(), redis_config(redis.url()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!c.is_leader());
     follower
@@ -199,17 +250,27 @@ async fn a_follower_takes_over_within_one_lease_ttl_when_the_leader_dies_or_leav
     assert!(left.elapsed() <= LEASE_TTL, "took {:?}", left.elapsed());
     assert!(until(Duration::from_secs(5), || c.slow_is_unhealthy()).await);
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn instances_moving_the_same_key_at_once_agree_on_its_partition() {
-    common::init_tracing();
-    let redis = RedisServer::start().unwrap();
-    let config = redis_config(&redis);
-    let a = SharedMoves::new(RedisClient::connect(&config).unwrap());
-    let b = SharedMoves::new(RedisClient::connect(&config).unwrap());
+/// Shared moves of `group` through a client of their own, as instance `instance`.
+async fn moves(redis: &Redis, cluster: &str, group: &str, instance: &str) -> SharedMoves {
+    let client = RedisClient::connect(&redis_config(redis.url())).unwrap();
+    let moves = SharedMoves::new(client, cluster, group, instance);
+    // Connected once a first command goes through.
+    let ready = common::eventually(Duration::from_secs(10), || {
+        let moves = moves.clone();
+        async move { moves.get("probe", 0).await.ok() }
+    })
+    .await;
+    assert!(ready.is_some(), "redis answers");
+    moves
+}
+
+on_each_redis! {
+async fn instances_moving_the_same_key_at_once_agree_on_its_partition(redis: Redis) {
+    let a = moves(&redis, "mock", GROUP, "a").await;
+    let b = moves(&redis, "mock", GROUP, "b").await;
     let routable = [0, 2, 5, 7];
-    assert!(until(Duration::from_secs(5), || redis.ping()).await);
-    tokio::time::sleep(Duration::from_millis(200)).await;
     for key in 0..100u64 {
         // Each proposes a different detour, at the same moment.
         let (x, y) = tokio::join!(
@@ -226,13 +287,12 @@ async fn instances_moving_the_same_key_at_once_agree_on_its_partition() {
     assert_eq!(b.claim(TOPIC, 1000, 5, &routable).await.unwrap(), 5);
     assert_eq!(a.claim(TOPIC, 1000, 2, &routable).await.unwrap(), 5);
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_instance_picks_up_shared_health_and_key_moves() {
-    common::init_tracing();
-    let redis = RedisServer::start().unwrap();
+on_each_redis! {
+async fn a_restarted_instance_picks_up_shared_health_and_key_moves(redis: Redis) {
     let kafka = cluster().await;
-    let first = Instance::start(&kafka.client_config(), redis_config(&redis));
+    let first = Instance::start(&kafka.client_config(), redis_config(redis.url()));
     assert!(
         until(Duration::from_secs(10), || first.is_leader()
             && first.slow_is_unhealthy())
@@ -247,9 +307,7 @@ async fn a_restarted_instance_picks_up_shared_health_and_key_moves() {
         .unwrap();
     // …and a different detour another instance shared earlier.
     let shared = (0..8).find(|p| *p != own && *p != SLOW).unwrap();
-    let moves = SharedMoves::new(RedisClient::connect(&redis_config(&redis)).unwrap());
-    assert!(until(Duration::from_secs(5), || redis.ping()).await);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let moves = moves(&redis, "mock", GROUP, "earlier").await;
     moves
         .put(TOPIC, xxhash_rust::xxh3::xxh3_64(key.as_bytes()), shared)
         .await
@@ -258,7 +316,7 @@ async fn a_restarted_instance_picks_up_shared_health_and_key_moves() {
     // The instance dies and a new one starts: its lease is still held, so the new one
     // follows, and gets its health from the published snapshot without asking Kafka.
     drop(first);
-    let second = Instance::start(&kafka.client_config(), redis_config(&redis));
+    let second = Instance::start(&kafka.client_config(), redis_config(redis.url()));
     assert!(until(Duration::from_secs(5), || second.slow_is_unhealthy()).await);
     assert!(
         until(Duration::from_secs(5), || second
@@ -282,13 +340,14 @@ async fn a_restarted_instance_picks_up_shared_health_and_key_moves() {
     // One L2 read promoted into L1; the next sends did not ask Redis.
     assert_eq!(second.status().key_move_hits, 1);
 }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_carry_on_while_redis_is_down_and_sharing_resumes_when_it_is_back() {
     common::init_tracing();
     let mut redis = RedisServer::start().unwrap();
     let kafka = cluster().await;
-    let a = Instance::start(&kafka.client_config(), redis_config(&redis));
+    let a = Instance::start(&kafka.client_config(), redis_config(redis.url()));
     assert!(
         until(Duration::from_secs(10), || a.is_leader()
             && a.slow_is_unhealthy())
@@ -363,50 +422,29 @@ async fn corrupt_truncated_or_foreign_snapshots_are_ignored_with_a_warning() {
     let redis = RedisServer::start().unwrap();
     let kafka = cluster().await;
     // Another instance holds the lease for a long time: this one only follows.
-    let lease = "test:v1:fleet:mock:processors:lease";
-    let snapshot = "test:v1:fleet:mock:processors:snapshot";
+    let lease = "test:v2:fleet:{mock:processors}:lease";
+    let snapshot = "test:v2:fleet:{mock:processors}:snapshot";
     redis
         .command(&["SET", lease, "someone-else", "PX", "600000"])
         .unwrap();
-    let a = Instance::start(&kafka.client_config(), redis_config(&redis));
+    let a = Instance::start(&kafka.client_config(), redis_config(redis.url()));
 
-    // A snapshot claiming partition 0 is the slow one, in several broken forms.
-    let lie = |version: u32, group: &str| {
-        let mut payload = wire::SnapshotPayload::new(
-            group,
-            "someone-else",
-            &[kafka_smart_producer::TopicLag::new(
-                TOPIC,
-                (0..8)
-                    .map(|p| {
-                        kafka_smart_producer::PartitionLag::from_lag(
-                            p,
-                            if p == 0 { 9000 } else { 0 },
-                        )
-                    })
-                    .collect(),
-                std::time::SystemTime::now(),
-            )],
-            &|_| None,
-        );
-        payload.version = version;
-        payload.encode()
-    };
-    let good = lie(1, GROUP);
     let broken = [
         "not json at all".to_owned(),
-        good[..good.len() / 2].to_owned(),
-        lie(2, GROUP),
-        lie(1, "another-group"),
-        good.replace("\"partition\":1,", "\"partition\":-1,"),
+        {
+            let good = lie(&[0], wire::VERSION, GROUP, 1);
+            good[..good.len() / 2].to_owned()
+        },
+        lie(&[0], 1, GROUP, 1),
+        lie(&[0], wire::VERSION, "another-group", 1),
+        lie(&[0], wire::VERSION, GROUP, 1).replace("\"partition\":1,", "\"partition\":-1,"),
     ];
     for (i, payload) in broken.iter().enumerate() {
-        redis.set(snapshot, payload).unwrap();
-        let rejected = a.status().fleet.unwrap().rejected_payloads;
+        plant(&redis, snapshot, payload);
+        let rejected = a.fleet().rejected_payloads;
         assert!(
-            until(Duration::from_secs(5), || {
-                a.status().fleet.unwrap().rejected_payloads > rejected
-            })
+            until(Duration::from_secs(5), || a.fleet().rejected_payloads
+                > rejected)
             .await,
             "payload {i}"
         );
@@ -420,7 +458,7 @@ async fn corrupt_truncated_or_foreign_snapshots_are_ignored_with_a_warning() {
     );
     // A valid one is applied (partition 3 stays out a while longer: flap damping holds a
     // partition that was unhealthy).
-    redis.set(snapshot, &lie(1, GROUP)).unwrap();
+    plant(&redis, snapshot, &lie(&[0], wire::VERSION, GROUP, 1));
     assert!(
         until(Duration::from_secs(5), || {
             a.producer
@@ -432,5 +470,400 @@ async fn corrupt_truncated_or_foreign_snapshots_are_ignored_with_a_warning() {
         a.status(),
         a.producer.topic_summary(TOPIC)
     );
-    assert!(a.status().fleet.unwrap().adopted >= 1);
+    assert!(a.fleet().adopted >= 1);
+}
+
+/// A snapshot payload saying the `hot` partitions lag 9000 and the others 0, as `term` 1.
+fn lie(hot: &[i32], version: u32, group: &str, term: u64) -> String {
+    let lag = kafka_smart_producer::TopicLag::new(
+        TOPIC,
+        (0..8)
+            .map(|p| {
+                kafka_smart_producer::PartitionLag::from_lag(
+                    p,
+                    if hot.contains(&p) { 9000 } else { 0 },
+                )
+            })
+            .collect(),
+        std::time::SystemTime::now(),
+    );
+    let publication = wire::Publication {
+        group,
+        publisher: "someone-else",
+        term,
+        sequence: 1,
+        now: std::time::SystemTime::now(),
+    };
+    let mut payload = wire::SnapshotPayload::new(publication, &[lag], &|_| None);
+    payload.version = version;
+    payload.encode()
+}
+
+/// Writes a snapshot as a leader would (published now, by this machine's clock, which is the
+/// server's too).
+fn plant(redis: &RedisServer, key: &str, payload: &str) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    let reply = redis
+        .command(&["HSET", key, "payload", payload, "at", &now_ms])
+        .unwrap();
+    assert!(reply.starts_with(':'), "{reply}");
+}
+
+/// Regression: a follower judged the shared snapshot's freshness by comparing the leader's
+/// collection time with its own clock; with the leader's clock a few seconds ahead (or
+/// behind) every snapshot looked too old (or from the future), so the follower collected
+/// from Kafka every round and "five instances send the cluster what one sends" quietly failed.
+/// Here the leader's clock (its collector's and its fleet's) is 5 s ahead, then 5 s behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_adopts_the_fleet_snapshot_whatever_the_clock_skew() {
+    use kafka_smart_producer::monitor::HealthMonitor;
+    use kafka_smart_producer::{CollectError, LagCollector, LagRequest, TopicLag, async_trait};
+
+    /// The leader's machine: every time it reads is `skew` off.
+    struct Skewed {
+        inner: KafkaLagCollector,
+        skew: Duration,
+        ahead: bool,
+    }
+
+    impl Skewed {
+        fn now(&self) -> std::time::SystemTime {
+            shift(std::time::SystemTime::now(), self.skew, self.ahead)
+        }
+    }
+
+    fn shift(t: std::time::SystemTime, skew: Duration, ahead: bool) -> std::time::SystemTime {
+        if ahead { t + skew } else { t - skew }
+    }
+
+    #[async_trait]
+    impl LagCollector for Skewed {
+        async fn collect(&self, request: &LagRequest<'_>) -> Result<Vec<TopicLag>, CollectError> {
+            let mut lags = self.inner.collect(request).await?;
+            for lag in &mut lags {
+                lag.collected_at = shift(lag.collected_at, self.skew, self.ahead);
+            }
+            Ok(lags)
+        }
+    }
+
+    common::init_tracing();
+    for ahead in [true, false] {
+        let redis = RedisServer::start().unwrap();
+        let kafka = cluster().await;
+        let config = redis_config(redis.url());
+        let skew = Duration::from_secs(5);
+        let leader_collector = Arc::new(Skewed {
+            inner: KafkaLagCollector::builder(&kafka.client_config())
+                .build()
+                .unwrap(),
+            skew,
+            ahead,
+        });
+        let clock = leader_collector.clone();
+        let fleet = Arc::new(
+            FleetCollector::builder(
+                RedisClient::connect(&config).unwrap(),
+                leader_collector,
+                GROUP,
+            )
+            .cluster("mock")
+            .follower_max_age(Duration::from_millis(600))
+            .clock(move || clock.now())
+            .spawn()
+            .unwrap(),
+        );
+        let monitor = HealthMonitor::builder(fleet.clone())
+            .group(GROUP)
+            .topics([TOPIC])
+            .config(MonitorConfig::default().with_refresh_interval(Duration::from_millis(300)))
+            .spawn()
+            .unwrap();
+        assert!(until(Duration::from_secs(10), || fleet.is_leader()).await);
+        let follower = Instance::start(&kafka.client_config(), config);
+        assert!(
+            until(Duration::from_secs(10), || follower.slow_is_unhealthy()).await,
+            "{:?}",
+            follower.status()
+        );
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let (requests, local, adopted) = (
+            follower.kafka_requests(),
+            follower.fleet().collected_locally,
+            follower.fleet().adopted,
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let skewed = if ahead { "ahead" } else { "behind" };
+        assert_eq!(
+            follower.kafka_requests(),
+            requests,
+            "leader 5 s {skewed}: the follower sends Kafka nothing"
+        );
+        let fleet_stats = follower.fleet();
+        assert_eq!(
+            fleet_stats.collected_locally, local,
+            "{skewed}: {fleet_stats:?}"
+        );
+        assert!(
+            fleet_stats.adopted >= adopted + 4,
+            "{skewed}: {fleet_stats:?}"
+        );
+        // And the health it routes by is fresh, by its own clock.
+        let summary = follower.producer.topic_summary(TOPIC).unwrap();
+        assert!(!summary.stale, "{skewed}: {summary:?}");
+        assert!(
+            summary.age < Duration::from_secs(1),
+            "{skewed}: {summary:?}"
+        );
+        monitor.shutdown().await.unwrap();
+        fleet.shutdown().await;
+    }
+}
+
+/// Regression: a leader noticed a lost lease only every third of its TTL and published with
+/// an unconditional SET, so a leader paused past its lease (a long GC, a frozen VM) overwrote
+/// its successor's newer snapshot when it woke up. Now publishing checks the lease in the
+/// same script: the deposed leader's snapshot is refused and it steps down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_cannot_overwrite_its_successors_snapshot() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use kafka_smart_producer::monitor::HealthMonitor;
+    use kafka_smart_producer::{CollectError, LagCollector, LagRequest, TopicLag, async_trait};
+
+    /// Blocks its whole runtime thread once, after reading the lags: a stop-the-world pause
+    /// between collecting and publishing.
+    struct Pausing {
+        inner: KafkaLagCollector,
+        pause: Arc<AtomicBool>,
+    }
+
+    #[async_trait]
+    impl LagCollector for Pausing {
+        async fn collect(&self, request: &LagRequest<'_>) -> Result<Vec<TopicLag>, CollectError> {
+            let lags = self.inner.collect(request).await?;
+            if self.pause.swap(false, Ordering::SeqCst) {
+                std::thread::sleep(LEASE_TTL * 5 / 2);
+            }
+            Ok(lags)
+        }
+    }
+
+    common::init_tracing();
+    let redis = RedisServer::start().unwrap();
+    let kafka = cluster().await;
+    let config = redis_config(redis.url());
+    let pause = Arc::new(AtomicBool::new(false));
+    let (fleet_tx, fleet_rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // Instance A on a runtime of its own, so that pausing it pauses nothing else.
+    let a = {
+        let (kafka, config, pause) = (kafka.client_config(), config.clone(), pause.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let collector = Pausing {
+                    inner: KafkaLagCollector::builder(&kafka).build().unwrap(),
+                    pause,
+                };
+                let fleet = Arc::new(
+                    FleetCollector::builder(
+                        RedisClient::connect(&config).unwrap(),
+                        Arc::new(collector),
+                        GROUP,
+                    )
+                    .cluster("mock")
+                    .spawn()
+                    .unwrap(),
+                );
+                let monitor = HealthMonitor::builder(fleet.clone())
+                    .group(GROUP)
+                    .topics([TOPIC])
+                    .config(
+                        MonitorConfig::default().with_refresh_interval(Duration::from_millis(300)),
+                    )
+                    .spawn()
+                    .unwrap();
+                fleet_tx.send(fleet.clone()).unwrap();
+                let _ = stopped.await;
+                monitor.shutdown().await.unwrap();
+                fleet.shutdown().await;
+            });
+        })
+    };
+    let leader_a = fleet_rx.recv().unwrap();
+    assert!(until(Duration::from_secs(10), || leader_a.is_leader()).await);
+    let b = Instance::start(&kafka.client_config(), config);
+    assert!(until(Duration::from_secs(10), || b.slow_is_unhealthy()).await);
+    assert!(!b.is_leader());
+    let b_id = b.fleet().instance;
+
+    pause.store(true, Ordering::SeqCst);
+    // A stops mid-round; its lease runs out and B takes over.
+    assert!(
+        until(Duration::from_secs(10), || b.is_leader()).await,
+        "{:?}",
+        b.status()
+    );
+    // A wakes up and tries to publish what it read before the pause.
+    assert!(
+        until(Duration::from_secs(10), || leader_a.stats().fenced >= 1).await,
+        "{:?}",
+        leader_a.stats()
+    );
+    assert!(!leader_a.is_leader());
+    let stored = redis
+        .command(&[
+            "HGET",
+            "test:v2:fleet:{mock:processors}:snapshot",
+            "payload",
+        ])
+        .unwrap();
+    assert!(
+        stored.contains(&format!("\"publisher\":\"{b_id}\"")),
+        "B's snapshot stands: {stored}"
+    );
+    assert!(b.is_leader());
+    stop.send(()).unwrap();
+    a.join().unwrap();
+}
+
+/// Followers never go back to an older snapshot (by term, then sequence) than one they used:
+/// a late write from a former leader would otherwise roll their health back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_snapshot_is_never_applied_after_a_newer_one() {
+    common::init_tracing();
+    let redis = RedisServer::start().unwrap();
+    let kafka = cluster().await;
+    let lease = "test:v2:fleet:{mock:processors}:lease";
+    let snapshot = "test:v2:fleet:{mock:processors}:snapshot";
+    redis
+        .command(&["SET", lease, "someone-else", "PX", "600000"])
+        .unwrap();
+    let a = Instance::start(&kafka.client_config(), redis_config(redis.url()));
+    // Term 5 says partition 0 is hot: applied.
+    plant(&redis, snapshot, &lie(&[0], wire::VERSION, GROUP, 5));
+    assert!(
+        until(Duration::from_secs(5), || a
+            .producer
+            .healthy_partitions(TOPIC)
+            .is_some_and(|p| !p.contains(&0)))
+        .await
+    );
+    // Term 4 (an older leader's) says everything is fine: ignored.
+    plant(&redis, snapshot, &lie(&[], wire::VERSION, GROUP, 4));
+    assert!(until(Duration::from_secs(5), || a.fleet().older_ignored >= 1).await);
+    for _ in 0..5 {
+        a.producer.refresh_health().await.unwrap();
+        assert_ne!(
+            a.producer.healthy_partitions(TOPIC).map(|p| p.len()),
+            Some(8),
+            "rolled back to the older snapshot"
+        );
+    }
+}
+
+on_each_redis! {
+/// Regression: the router put a key's local detour into its cache before the Redis claim came
+/// back, so the key's next sends took that detour at once and were enqueued before the first
+/// one, which then went wherever the fleet had agreed: one key, two partitions, out of order.
+/// Now the key's sends wait in line behind its first move and all take the agreed detour.
+async fn same_key_sends_keep_their_order_through_a_first_move(redis: Redis) {
+    let kafka = cluster().await;
+    let a = Instance::start(&kafka.client_config(), redis_config(redis.url()));
+    assert!(until(Duration::from_secs(10), || a.slow_is_unhealthy()).await);
+    let key = keys_homed_on_slow(1, "ordered").remove(0);
+    let own = a
+        .producer
+        .decide(&FutureRecord::to(TOPIC).key(&key).payload("v"))
+        .partition
+        .unwrap();
+    // Another instance already moved the key elsewhere.
+    let shared = (0..8).find(|p| *p != own && *p != SLOW).unwrap();
+    moves(&redis, "mock", GROUP, "other")
+        .await
+        .put(TOPIC, xxhash_rust::xxh3::xxh3_64(key.as_bytes()), shared)
+        .await
+        .unwrap();
+    let payloads: Vec<String> = (0..50).map(|i| format!("seq-{i:02}")).collect();
+    let sends = payloads
+        .iter()
+        .map(|p| a.producer.produce(FutureRecord::to(TOPIC).key(&key).payload(p)));
+    let deliveries: Vec<_> = futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    for d in &deliveries {
+        assert_eq!((d.partition, d.route), (shared, Route::Moved), "{deliveries:?}");
+    }
+    for pair in deliveries.windows(2) {
+        assert!(pair[0].offset < pair[1].offset, "out of order: {deliveries:?}");
+    }
+}
+}
+
+on_each_redis! {
+/// Regression: key-move entries carried no cluster or group, so two fleets (routing by two
+/// groups, or for two Kafka clusters) sharing one Redis overwrote each other's detours.
+async fn key_moves_are_scoped_by_kafka_cluster_and_group(redis: Redis) {
+    let routable = [0, 1, 2, 4, 5, 6, 7];
+    let here = moves(&redis, "mock", GROUP, "a").await;
+    let other_group = moves(&redis, "mock", "analytics", "b").await;
+    let other_cluster = moves(&redis, "elsewhere", GROUP, "c").await;
+    for key in 0..20u64 {
+        assert_eq!(here.claim(TOPIC, key, 1, &routable).await.unwrap(), 1);
+        assert_eq!(other_group.claim(TOPIC, key, 5, &routable).await.unwrap(), 5);
+        assert_eq!(other_cluster.claim(TOPIC, key, 6, &routable).await.unwrap(), 6);
+        assert_eq!(here.get(TOPIC, key).await.unwrap(), Some(1));
+    }
+}
+}
+
+on_each_redis! {
+/// Regression: an instance's remembered detour was never reconciled with Redis after the key's
+/// first move, so when another instance replaced the shared detour (the old one had become
+/// unroutable for it), this one kept sending the key to the old one for the whole cache TTL.
+/// Now the replacement is announced and every instance forgets its copy.
+async fn a_replaced_detour_is_forgotten_by_the_other_instances(redis: Redis) {
+    let kafka = cluster().await;
+    let a = Instance::start(&kafka.client_config(), redis_config(redis.url()));
+    assert!(until(Duration::from_secs(10), || a.slow_is_unhealthy()).await);
+    let key = keys_homed_on_slow(1, "replaced").remove(0);
+    let first = a
+        .producer
+        .produce(FutureRecord::to(TOPIC).key(&key).payload("1"))
+        .await
+        .unwrap();
+    assert_eq!(first.route, Route::Moved);
+    // Another instance, for which the first detour is no longer routable, replaces it.
+    let replacement = (0..8)
+        .find(|p| *p != first.partition && *p != SLOW)
+        .unwrap();
+    let routable: Vec<i32> = (0..8).filter(|p| *p != first.partition && *p != SLOW).collect();
+    let other = moves(&redis, "mock", GROUP, "other").await;
+    let hash = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
+    assert_eq!(
+        other.claim(TOPIC, hash, replacement, &routable).await.unwrap(),
+        replacement
+    );
+    // This instance follows within moments, not after its 10-minute cache TTL.
+    let moved = common::eventually(Duration::from_secs(5), || async {
+        let d = a
+            .producer
+            .produce(FutureRecord::to(TOPIC).key(&key).payload("n"))
+            .await
+            .unwrap();
+        (d.partition == replacement).then_some(d)
+    })
+    .await;
+    assert!(moved.is_some(), "{:?}", a.status());
+}
 }

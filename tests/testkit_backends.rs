@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use kafka_smart_producer::{KafkaLagCollector, LagCollector, LagRequest};
+use kafka_smart_producer::monitor::KafkaLagCollector;
+use kafka_smart_producer::{LagCollector, LagRequest};
 use ksp_testkit::{LagScenario, TestKafka, TestRedis};
 
 async fn lag_is_read_exactly(kafka: &TestKafka) {

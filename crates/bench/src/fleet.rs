@@ -7,8 +7,9 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ksp_monitor::KafkaLagCollector;
-use ksp_producer::{AsyncSmartProducer, Partitioner, RedisConfig, Route};
+use ksp_monitor::{KafkaLagCollector, MonitorConfig};
+use ksp_producer::{AsyncSmartProducer, Partitioner, Route};
+use ksp_redis::RedisConfig;
 use ksp_testkit::{LagScenario, MockKafka, RedisServer};
 use rdkafka::ClientConfig;
 use rdkafka::producer::FutureRecord;
@@ -38,7 +39,7 @@ fn instance(
     let mut builder = AsyncSmartProducer::builder(kafka.clone())
         .consumer_group(GROUP)
         .topics([TOPIC])
-        .refresh_interval(REFRESH)
+        .monitor(MonitorConfig::default().with_refresh_interval(REFRESH))
         .collector(collector.clone());
     if let Some(redis) = redis {
         builder = builder.redis(redis);

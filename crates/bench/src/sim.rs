@@ -12,9 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ksp_core::{
-    Damper, DampingConfig, HealthPublisher, HealthSnapshot, HotPartitionCalculator, PartitionLag,
-    RelativeCalculator, ThresholdCalculator, TopicHealth, TopicLag, health_channel,
+    HealthPublisher, HealthSnapshot, HotPartitionCalculator, PartitionLag, RelativeCalculator,
+    ThresholdCalculator, TopicLag, health_channel,
 };
+use ksp_monitor::{DampingConfig, MonitorConfig, TopicTracker};
 use ksp_producer::{Partitioner, Router, RouterConfig};
 
 const TOPIC: &str = "sim";
@@ -231,6 +232,7 @@ impl PeerCache {
 }
 
 /// The state one policy routes with.
+#[expect(clippy::large_enum_variant, reason = "one per simulated run")]
 enum Decider {
     Librdkafka {
         sticky: i32,
@@ -247,7 +249,7 @@ enum Decider {
         publisher: HealthPublisher,
         mock: Arc<quanta::Mock>,
         calculator: Arc<dyn HotPartitionCalculator>,
-        damper: Damper,
+        tracker: TopicTracker,
         /// librdkafka's own sticky state, for messages the router leaves to it.
         sticky: i32,
         since_ms: u64,
@@ -294,15 +296,15 @@ pub fn run(scenario: &Scenario, policy: Policy, ours: &Ours, seed: u64) -> Outco
             };
             let (publisher, feed) = health_channel();
             let (clock, mock) = quanta::Clock::mock();
-            let mut config = RouterConfig::default();
-            config.sticky_batch_bytes = 1_000_000;
-            config.sticky_linger = Duration::from_millis(10);
+            let config = RouterConfig::default()
+                .with_sticky_batch_bytes(1_000_000)
+                .with_sticky_linger(Duration::from_millis(10));
             Decider::Ours {
                 router: Router::with_clock(feed, &config, clock).expect("valid router config"),
                 publisher,
                 mock,
                 calculator,
-                damper: Damper::new(ours.damping),
+                tracker: TopicTracker::new(&MonitorConfig::default().with_damping(ours.damping)),
                 sticky: 0,
                 since_ms: 0,
             }
@@ -354,12 +356,11 @@ pub fn run(scenario: &Scenario, policy: Policy, ours: &Ours, seed: u64) -> Outco
                 Decider::Ours {
                     publisher,
                     calculator,
-                    damper,
+                    tracker,
                     ..
                 } => {
-                    let mut verdicts = calculator.calculate(&report);
-                    damper.apply(Duration::from_millis(now), &mut verdicts);
-                    let health = TopicHealth::new(TOPIC, report.collected_at, verdicts)
+                    let health = tracker
+                        .update(Duration::from_millis(now), report, &**calculator)
                         .with_sticky_start(rng.u32(..));
                     let routable = (0..health.partition_count())
                         .map(|p| health.is_routable(p))

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use ksp_monitor::MonitorConfig;
 use ksp_producer::AsyncSmartProducer;
 use ksp_testkit::{LagScenario, MockKafka};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -131,7 +132,7 @@ pub async fn measure(settings: Settings) -> anyhow::Result<Vec<Result>> {
     let smart = AsyncSmartProducer::builder(kafka.client_config())
         .consumer_group(GROUP)
         .topics([TOPIC])
-        .refresh_interval(Duration::from_secs(1))
+        .monitor(MonitorConfig::default().with_refresh_interval(Duration::from_secs(1)))
         .build()?;
     smart.refresh_health().await?;
     let plain: FutureProducer = kafka.client_config().create()?;

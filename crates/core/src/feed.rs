@@ -10,7 +10,7 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, Guard};
 use tokio::sync::watch;
 
-use crate::health::HealthSnapshot;
+use crate::snapshot::HealthSnapshot;
 
 /// Creates a publisher and a feed connected to it, starting with an empty snapshot (version 0).
 pub fn health_channel() -> (HealthPublisher, HealthFeed) {
@@ -130,7 +130,7 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::health::TopicHealth;
+    use crate::topic::TopicHealth;
 
     fn snapshot_with(topic: &str) -> HealthSnapshot {
         HealthSnapshot::new([Arc::new(TopicHealth::new(topic, SystemTime::now(), vec![]))])

@@ -7,19 +7,35 @@ use serde::{Deserialize, Serialize};
 /// How to count the lag of a partition on which the group has never committed an offset.
 ///
 /// Kafka has no committed offset for a partition the group has never consumed (or whose commit
-/// expired under `offsets.retention.minutes`). Reading that as "no lag" hides a consumer that
-/// never started; reading it as "the whole high watermark" (what the Python library does) counts
-/// messages that retention already deleted. The default counts what is actually waiting.
+/// expired under `offsets.retention.minutes`). What is waiting there depends on where the
+/// group's consumers will start, which the broker does not say: from the earliest retained
+/// offset (`auto.offset.reset=earliest`), from the end (`latest`), or nowhere (no consumer).
+///
+/// The monitor applies the policy round by round (collectors report the offsets and leave the
+/// lag of such partitions unknown).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum UncommittedPolicy {
-    /// Lag = high watermark − low watermark: the retained backlog a consumer starting from the
-    /// earliest offset (`auto.offset.reset=earliest`) would have to read.
+    /// Lag = the messages that arrived since the partition was last seen receiving nothing
+    /// while it was unhealthy (counted from the high watermark when first seen).
+    ///
+    /// It cannot lock itself in: an uncommitted partition starts healthy, so it receives
+    /// messages; a live consumer reads them and commits, and its real lag takes over; a
+    /// missing consumer lets them pile up, so it turns hot and stops receiving. Then, once a
+    /// round passes with nothing new, it counts as caught up again and (after the damping
+    /// hold, which grows with each relapse) gets another chance. Retained messages produced
+    /// before the monitor started watching are not counted: a group starting from `latest`
+    /// never reads them.
     #[default]
+    RecentArrivals,
+    /// Lag = high watermark − low watermark: the retained backlog a consumer starting from the
+    /// earliest offset would have to read. Right for `earliest` groups whose consumers are
+    /// known to run; a partition no consumer reads stays hot, and without a commit it never
+    /// recovers, so keys homed there stay moved.
     RetainedBacklog,
-    /// Lag = 0: right for groups that start from the end (`auto.offset.reset=latest`), which
-    /// never read what was produced before they joined.
+    /// Lag = 0: right for groups that start from the end (`auto.offset.reset=latest`) and
+    /// always have a consumer.
     CaughtUp,
 }
 
@@ -40,6 +56,11 @@ pub struct PartitionLag {
     pub low_watermark: Option<i64>,
     /// Offset of the next message to be produced, when it was read.
     pub high_watermark: Option<i64>,
+    /// The last stable offset (the first offset of the oldest transaction still open), when it
+    /// was read: only for groups whose consumers read with `isolation.level=read_committed`,
+    /// which cannot read past it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_stable_offset: Option<i64>,
     /// Messages waiting for the group, or `None` if unknown.
     pub lag: Option<i64>,
     /// Whether the partition's leader was available when the lag was read. The router never
@@ -49,37 +70,27 @@ pub struct PartitionLag {
 }
 
 impl PartitionLag {
-    /// Lag computed from offsets.
-    ///
-    /// * With a committed offset: `high − max(committed, low)`, so messages deleted by retention
-    ///   are not counted.
-    /// * Without one: as `policy` says; [`UncommittedPolicy::RetainedBacklog`] needs the low
-    ///   watermark and gives an unknown lag without it.
-    ///
-    /// The result is never negative: a committed offset read after the high watermark can be
-    /// ahead of it.
+    /// Lag computed from offsets: with a committed offset, `high − max(committed, low)`
+    /// (messages deleted by retention are not counted when the low watermark was read), never
+    /// negative (a committed offset read after the high watermark can be ahead of it).
+    /// Without one, the lag is left unknown: the monitor counts it by its
+    /// [`UncommittedPolicy`].
     pub fn from_offsets(
         partition: i32,
         committed: Option<i64>,
         low_watermark: Option<i64>,
         high_watermark: i64,
-        policy: UncommittedPolicy,
     ) -> Self {
-        let lag = match (committed, policy) {
-            (Some(committed), _) => {
-                let start = low_watermark.map_or(committed, |low| committed.max(low));
-                Some(high_watermark.saturating_sub(start).max(0))
-            }
-            (None, UncommittedPolicy::RetainedBacklog) => {
-                low_watermark.map(|low| high_watermark.saturating_sub(low).max(0))
-            }
-            (None, UncommittedPolicy::CaughtUp) => Some(0),
-        };
+        let lag = committed.map(|committed| {
+            let start = low_watermark.map_or(committed, |low| committed.max(low));
+            high_watermark.saturating_sub(start).max(0)
+        });
         Self {
             partition,
             committed,
             low_watermark,
             high_watermark: Some(high_watermark),
+            last_stable_offset: None,
             lag,
             leader_available: true,
         }
@@ -92,6 +103,7 @@ impl PartitionLag {
             committed: None,
             low_watermark: None,
             high_watermark: None,
+            last_stable_offset: None,
             lag: Some(lag),
             leader_available: true,
         }
@@ -105,6 +117,7 @@ impl PartitionLag {
             committed: None,
             low_watermark: None,
             high_watermark: None,
+            last_stable_offset: None,
             lag: None,
             leader_available: false,
         }
@@ -155,43 +168,29 @@ mod tests {
 
     #[test]
     fn committed_lag_is_high_minus_committed() {
-        let p = PartitionLag::from_offsets(0, Some(40), None, 100, UncommittedPolicy::default());
+        let p = PartitionLag::from_offsets(0, Some(40), None, 100);
         assert_eq!(p.lag, Some(60));
         assert!(p.leader_available);
     }
 
     #[test]
     fn committed_below_low_watermark_counts_only_retained_messages() {
-        let p =
-            PartitionLag::from_offsets(0, Some(10), Some(50), 100, UncommittedPolicy::default());
+        let p = PartitionLag::from_offsets(0, Some(10), Some(50), 100);
         assert_eq!(p.lag, Some(50));
     }
 
     #[test]
     fn committed_ahead_of_high_watermark_is_zero_not_negative() {
-        let p = PartitionLag::from_offsets(0, Some(120), None, 100, UncommittedPolicy::default());
+        let p = PartitionLag::from_offsets(0, Some(120), None, 100);
         assert_eq!(p.lag, Some(0));
     }
 
     #[test]
-    fn uncommitted_partition_counts_retained_backlog_by_default() {
-        // The Python library reports the high watermark (100) here, counting 30 messages that
-        // retention already deleted.
-        let p = PartitionLag::from_offsets(3, None, Some(30), 100, UncommittedPolicy::default());
-        assert_eq!(p.lag, Some(70));
-        assert_eq!(p.committed, None);
-    }
-
-    #[test]
-    fn uncommitted_partition_without_low_watermark_is_unknown() {
-        let p = PartitionLag::from_offsets(3, None, None, 100, UncommittedPolicy::RetainedBacklog);
+    fn uncommitted_lag_is_left_to_the_monitor() {
+        let p = PartitionLag::from_offsets(3, None, Some(30), 100);
         assert_eq!(p.lag, None);
-    }
-
-    #[test]
-    fn uncommitted_partition_is_caught_up_under_that_policy() {
-        let p = PartitionLag::from_offsets(3, None, Some(30), 100, UncommittedPolicy::CaughtUp);
-        assert_eq!(p.lag, Some(0));
+        assert_eq!(p.committed, None);
+        assert_eq!((p.low_watermark, p.high_watermark), (Some(30), Some(100)));
     }
 
     #[test]

@@ -16,22 +16,28 @@
 
 mod calculator;
 mod collector;
-mod damping;
 mod error;
 mod feed;
 mod health;
 mod lag;
 pub mod secret;
 pub mod serde_duration;
+pub mod serde_text;
+mod shares;
+mod snapshot;
+mod sticky;
 #[cfg(feature = "test-util")]
 pub mod testing;
+mod topic;
 
 pub use calculator::{
     CalculatorConfig, HotPartitionCalculator, RelativeCalculator, ThresholdCalculator,
 };
 pub use collector::{LagCollector, LagRequest};
-pub use damping::{Damper, DampingConfig};
 pub use error::{BoxError, CollectError, ConfigError};
 pub use feed::{HealthFeed, HealthPublisher, health_channel};
-pub use health::{HealthSnapshot, MAX_SHARE_OF_FAIR, PartitionHealth, StickyCursor, TopicHealth};
+pub use health::PartitionHealth;
 pub use lag::{PartitionLag, TopicLag, UncommittedPolicy};
+pub use snapshot::HealthSnapshot;
+pub use sticky::StickyCursor;
+pub use topic::TopicHealth;

@@ -2,25 +2,25 @@
 
 use std::time::Duration;
 
-use ksp_core::{ConfigError, DampingConfig};
+use ksp_core::{ConfigError, UncommittedPolicy};
 
-/// What the monitor watches and how often.
+use crate::damping::DampingConfig;
+
+/// How the monitor watches: timings, flap damping, and how partitions without a committed
+/// offset count. What it watches (the group and its topics) is given to the builder.
+///
+/// Every setting has a default; change the ones you need:
 ///
 /// ```
 /// # use std::time::Duration;
 /// # use ksp_monitor::MonitorConfig;
-/// let config = MonitorConfig::new("order-processors", ["orders"])
-///     .with_refresh_interval(Duration::from_secs(2));
+/// let config = MonitorConfig::default().with_refresh_interval(Duration::from_secs(2));
 /// assert_eq!(config.effective_max_staleness(), Duration::from_secs(6));
 /// config.validate().unwrap();
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MonitorConfig {
-    /// The consumer group whose lag decides where messages go.
-    pub group: String,
-    /// Topics to watch.
-    pub topics: Vec<String>,
     /// Time between two lag collections. Default 5 s.
     pub refresh_interval: Duration,
     /// Health older than this is ignored (routing falls back to librdkafka's partitioner).
@@ -31,6 +31,9 @@ pub struct MonitorConfig {
     pub collect_timeout: Option<Duration>,
     /// How long a partition that turned unhealthy is kept out (see [`DampingConfig`]).
     pub damping: DampingConfig,
+    /// How a partition on which the group never committed an offset counts (see
+    /// [`UncommittedPolicy`]). Default [`UncommittedPolicy::RecentArrivals`].
+    pub uncommitted: UncommittedPolicy,
 }
 
 impl MonitorConfig {
@@ -42,21 +45,6 @@ impl MonitorConfig {
     pub const MAX_REFRESH_INTERVAL: Duration = Duration::from_secs(3600);
     /// Largest accepted `max_staleness`.
     pub const MAX_STALENESS: Duration = Duration::from_secs(24 * 3600);
-
-    /// Watches `topics` for `group`, with default timings.
-    pub fn new<T: Into<String>>(
-        group: impl Into<String>,
-        topics: impl IntoIterator<Item = T>,
-    ) -> Self {
-        Self {
-            group: group.into(),
-            topics: topics.into_iter().map(Into::into).collect(),
-            refresh_interval: Self::DEFAULT_REFRESH_INTERVAL,
-            max_staleness: None,
-            collect_timeout: None,
-            damping: DampingConfig::default(),
-        }
-    }
 
     /// Sets `refresh_interval`.
     #[must_use]
@@ -72,6 +60,13 @@ impl MonitorConfig {
         self
     }
 
+    /// Sets `collect_timeout`.
+    #[must_use]
+    pub fn with_collect_timeout(mut self, timeout: Duration) -> Self {
+        self.collect_timeout = Some(timeout);
+        self
+    }
+
     /// Sets `damping`.
     #[must_use]
     pub fn with_damping(mut self, damping: DampingConfig) -> Self {
@@ -79,10 +74,10 @@ impl MonitorConfig {
         self
     }
 
-    /// Sets `collect_timeout`.
+    /// Sets `uncommitted`.
     #[must_use]
-    pub fn with_collect_timeout(mut self, timeout: Duration) -> Self {
-        self.collect_timeout = Some(timeout);
+    pub fn with_uncommitted(mut self, policy: UncommittedPolicy) -> Self {
+        self.uncommitted = policy;
         self
     }
 
@@ -100,23 +95,6 @@ impl MonitorConfig {
 
     /// Checks every setting; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.group.trim().is_empty() {
-            return Err(ConfigError::new(
-                "consumer_group",
-                format_args!("{:?}", self.group),
-                "a non-empty consumer group id",
-            ));
-        }
-        if self.topics.is_empty() {
-            return Err(ConfigError::new(
-                "topics",
-                "[]",
-                "at least one topic to watch",
-            ));
-        }
-        for topic in &self.topics {
-            validate_topic(topic)?;
-        }
         let interval = self.refresh_interval;
         if !(Self::MIN_REFRESH_INTERVAL..=Self::MAX_REFRESH_INTERVAL).contains(&interval) {
             return Err(ConfigError::duration(
@@ -153,9 +131,42 @@ impl MonitorConfig {
     }
 }
 
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self {
+            refresh_interval: Self::DEFAULT_REFRESH_INTERVAL,
+            max_staleness: None,
+            collect_timeout: None,
+            damping: DampingConfig::default(),
+            uncommitted: UncommittedPolicy::default(),
+        }
+    }
+}
+
+/// Checks what a monitor would watch: a consumer group and at least one valid topic name
+/// (for the producer's builder, which validates before it spawns anything).
+#[doc(hidden)]
+pub fn validate_watch(group: &str, topics: &[String]) -> Result<(), ConfigError> {
+    if group.trim().is_empty() {
+        return Err(ConfigError::new(
+            "consumer_group",
+            format_args!("{group:?}"),
+            "a non-empty consumer group id",
+        ));
+    }
+    if topics.is_empty() {
+        return Err(ConfigError::new(
+            "topics",
+            "[]",
+            "at least one topic to watch",
+        ));
+    }
+    topics.iter().try_for_each(|t| validate_topic(t))
+}
+
 /// Checks a topic name the way Kafka does: 1 to 249 characters from `[a-zA-Z0-9._-]`, and not
 /// `.` or `..`.
-pub fn validate_topic(topic: &str) -> Result<(), ConfigError> {
+pub(crate) fn validate_topic(topic: &str) -> Result<(), ConfigError> {
     let valid = !topic.is_empty()
         && topic.len() <= 249
         && topic != "."
@@ -179,7 +190,7 @@ mod tests {
     use super::*;
 
     fn config() -> MonitorConfig {
-        MonitorConfig::new("g", ["t"])
+        MonitorConfig::default()
     }
 
     #[test]
@@ -197,24 +208,19 @@ mod tests {
 
     #[test]
     fn each_bad_setting_is_named_with_its_value() {
+        let watch_cases: Vec<(&str, Vec<String>, &str, &str)> = vec![
+            ("", vec!["t".into()], "consumer_group", "\"\""),
+            ("g", vec![], "topics", "[]"),
+            ("g", vec!["bad topic".into()], "topics", "\"bad topic\""),
+            ("g", vec!["..".into()], "topics", "\"..\""),
+            ("g", vec!["x".repeat(250)], "topics", "\"xxx"),
+        ];
+        for (group, topics, setting, value) in watch_cases {
+            let err = validate_watch(group, &topics).unwrap_err();
+            assert_eq!(err.setting, setting, "{err}");
+            assert!(err.value.starts_with(value), "{err}");
+        }
         let cases: Vec<(MonitorConfig, &str, &str)> = vec![
-            (MonitorConfig::new("", ["t"]), "consumer_group", "\"\""),
-            (
-                MonitorConfig::new("g", Vec::<String>::new()),
-                "topics",
-                "[]",
-            ),
-            (
-                MonitorConfig::new("g", ["bad topic"]),
-                "topics",
-                "\"bad topic\"",
-            ),
-            (MonitorConfig::new("g", [".."]), "topics", "\"..\""),
-            (
-                MonitorConfig::new("g", ["x".repeat(250)]),
-                "topics",
-                "\"xxx",
-            ),
             (
                 config().with_refresh_interval(Duration::ZERO),
                 "refresh_interval",

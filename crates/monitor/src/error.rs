@@ -20,10 +20,14 @@ pub enum MonitorError {
         "the health monitor needs a Tokio runtime: spawn it from within one, or use `spawn_on`"
     )]
     NoRuntime,
-    /// The monitor task is no longer running (it was shut down, or it panicked).
+    /// The monitor task is no longer running (it was shut down or cancelled).
     #[error("the health monitor has stopped")]
     Stopped,
-    /// The monitor task panicked.
+    /// There is no monitor: smart routing is disabled on this producer.
+    #[error("smart routing is disabled: there is no health monitor")]
+    Disabled,
+    /// The monitor task panicked. Its supervisor restarts it; a request in progress at the
+    /// time gets this error.
     #[error("the health monitor task panicked: {0}")]
     Panicked(String),
     /// A lag collection failed; the previous snapshot was kept.
@@ -38,4 +42,25 @@ pub enum MonitorError {
         #[source]
         source: KafkaError,
     },
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
+}
+
+/// An error with its chain of causes, `a: b: c`.
+pub(crate) fn render_error(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut rendered = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        rendered.push_str(": ");
+        rendered.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    rendered
 }

@@ -4,17 +4,25 @@
 //!   [`LagCollector`](ksp_core::LagCollector) for consumer-group lag, turns it into health with a
 //!   [`HotPartitionCalculator`](ksp_core::HotPartitionCalculator), and publishes an immutable
 //!   [`HealthSnapshot`](ksp_core::HealthSnapshot) through a
-//!   [`HealthFeed`](ksp_core::HealthFeed) that routers read lock-free.
+//!   [`HealthFeed`](ksp_core::HealthFeed) that routers read lock-free. Controlled through its
+//!   [`MonitorHandle`], configured with a [`MonitorConfig`].
+//! * [`TopicTracker`]: what the monitor remembers of a topic between rounds, usable on its own
+//!   (simulations).
 //! * [`KafkaLagCollector`]: lag read from Kafka itself, with batched requests.
 
+mod builder;
 mod config;
+mod damping;
 mod error;
+mod handle;
 mod kafka;
-mod monitor;
+mod task;
+mod tracker;
 
-pub use config::{MonitorConfig, validate_topic};
+pub use builder::{HealthMonitor, HealthMonitorBuilder};
+pub use config::{MonitorConfig, validate_watch};
+pub use damping::DampingConfig;
 pub use error::{MonitorError, MonitorResult};
-pub use kafka::{KafkaLagCollector, KafkaLagCollectorBuilder, RequestCounts};
-pub use monitor::{
-    HealthMonitor, HealthMonitorBuilder, MonitorHandle, MonitorStats, MonitorStatus,
-};
+pub use handle::{MonitorHandle, MonitorStats, MonitorStatus};
+pub use kafka::{IsolationLevel, KafkaLagCollector, KafkaLagCollectorBuilder, RequestCounts};
+pub use tracker::TopicTracker;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ksp_core::testing::ManualCollector;
 use ksp_core::{HealthFeed, HotPartitionCalculator, PartitionHealth, TopicLag};
-use ksp_monitor::{HealthMonitor, MonitorError, MonitorHandle};
+use ksp_monitor::{HealthMonitor, MonitorConfig, MonitorError, MonitorHandle};
 use tokio::time::{Instant, timeout};
 
 const INTERVAL: Duration = Duration::from_secs(1);
@@ -14,9 +14,12 @@ fn spawn(collector: &Arc<ManualCollector>) -> MonitorHandle {
     HealthMonitor::builder(collector.clone())
         .group("g")
         .topics(["t"])
-        .refresh_interval(INTERVAL)
-        .max_staleness(Duration::from_secs(3))
-        .collect_timeout(Duration::from_millis(500))
+        .config(
+            MonitorConfig::default()
+                .with_refresh_interval(INTERVAL)
+                .with_max_staleness(Duration::from_secs(3))
+                .with_collect_timeout(Duration::from_millis(500)),
+        )
         .spawn()
         .unwrap()
 }
@@ -130,7 +133,7 @@ async fn refresh_now_collects_immediately() {
     let monitor = HealthMonitor::builder(collector.clone())
         .group("g")
         .topics(["t"])
-        .refresh_interval(Duration::from_secs(60))
+        .config(MonitorConfig::default().with_refresh_interval(Duration::from_secs(60)))
         .spawn()
         .unwrap();
     let v1 = monitor.refresh_now().await.unwrap();
@@ -152,9 +155,12 @@ async fn slow_collections_never_overlap() {
     let monitor = HealthMonitor::builder(collector.clone())
         .group("g")
         .topics(["t"])
-        .refresh_interval(Duration::from_millis(100))
-        .collect_timeout(Duration::from_millis(500))
-        .max_staleness(Duration::from_secs(5))
+        .config(
+            MonitorConfig::default()
+                .with_refresh_interval(Duration::from_millis(100))
+                .with_collect_timeout(Duration::from_millis(500))
+                .with_max_staleness(Duration::from_secs(5)),
+        )
         .spawn()
         .unwrap();
     let forced = (0..5).map(|_| monitor.refresh_now());
@@ -225,9 +231,12 @@ async fn shutdown_abandons_a_collection_in_progress() {
     let monitor = HealthMonitor::builder(collector.clone())
         .group("g")
         .topics(["t"])
-        .refresh_interval(Duration::from_secs(3600))
-        .collect_timeout(Duration::from_secs(3600))
-        .max_staleness(Duration::from_secs(3600))
+        .config(
+            MonitorConfig::default()
+                .with_refresh_interval(Duration::from_secs(3600))
+                .with_collect_timeout(Duration::from_secs(3600))
+                .with_max_staleness(Duration::from_secs(3600)),
+        )
         .spawn()
         .unwrap();
     tokio::task::yield_now().await;
@@ -388,7 +397,7 @@ async fn invalid_settings_are_rejected_before_spawning() {
     let err = HealthMonitor::builder(Arc::new(ManualCollector::new()))
         .group("g")
         .topics(["t"])
-        .refresh_interval(Duration::ZERO)
+        .config(MonitorConfig::default().with_refresh_interval(Duration::ZERO))
         .spawn()
         .unwrap_err();
     assert_eq!(

@@ -1,41 +1,68 @@
 //! [`SmartProducer`]: the blocking flavour, over rdkafka's `ThreadedProducer`.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ksp_monitor::MonitorHandle;
-use rdkafka::error::KafkaError;
+use ksp_core::HealthSnapshot;
+use ksp_monitor::{MonitorResult, MonitorStats, MonitorStatus};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Message, ToBytes};
 use rdkafka::producer::{
     BaseRecord, DeliveryResult, NoCustomPartitioner, Producer, ProducerContext, ThreadedProducer,
 };
 use rdkafka::{ClientConfig, ClientContext};
-use tokio_util::task::AbortOnDropHandle;
+use tokio::runtime::Handle;
 
-use crate::error::{ProduceError, ProducerError, ProducerResult};
-use crate::producer::{AsyncSmartProducerBuilder, Delivery, is_unknown_partition, owned_message};
+use crate::async_producer::{Delivery, is_unknown_partition};
+use crate::backpressure::{LocalQueue, OwnedReservation};
+use crate::builder::AsyncSmartProducerBuilder;
+use crate::error::{BuildError, ProduceError, RecordParts};
+use crate::metrics::SendMetrics;
 use crate::router::{Decision, Fallback, Route, Router};
+use crate::routing::{Inspect, Pending, Routed, Routing};
+use crate::summary::TopicSummary;
 
 /// What a [`SmartProducer::send`] callback receives.
 pub type DeliveryOutcome = Result<Delivery, ProduceError>;
 
 type Callback = Box<dyn FnOnce(DeliveryOutcome) + Send + 'static>;
 
-/// What travels with a message through librdkafka: its route and its callback (in a mutex
-/// only because librdkafka's opaque must be `Sync`; it is taken exactly once).
-type Opaque = Box<(Route, std::sync::Mutex<Option<Callback>>)>;
+/// What travels with a message through librdkafka: how it was routed, its callback, and its
+/// room in the local queue, given back when the report has been handled. (The callback is
+/// in a mutex only because librdkafka's opaque must be `Sync`; it is taken exactly once.)
+pub struct Opaque {
+    route: Route,
+    callback: Mutex<Option<Callback>>,
+    _room: Option<OwnedReservation>,
+}
+
+impl fmt::Debug for Opaque {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Opaque")
+            .field("route", &self.route)
+            .finish_non_exhaustive()
+    }
+}
 
 /// A Kafka producer for code without an async runtime: [`AsyncSmartProducer`]'s routing over
 /// rdkafka's `ThreadedProducer`, whose own thread serves delivery reports.
 ///
 /// Built from the same [`AsyncSmartProducerBuilder`] (`SmartProducer::builder` is
-/// `AsyncSmartProducer::builder`, finished with [`build_blocking`]). The health monitor needs a
-/// Tokio runtime: inside one, it runs there; otherwise the producer starts a one-thread runtime
-/// of its own (thread `ksp-monitor`), stopped by [`close`](Self::close) or on drop.
+/// `AsyncSmartProducer::builder`, finished with [`build_blocking`]). It makes the same
+/// decisions as the async producer, records the same metrics, agrees key moves with a fleet
+/// through Redis the same way, and enforces the same queue bound, waiting for room up to
+/// `queue_timeout`.
+///
+/// The health monitor needs a Tokio runtime: inside one, it runs there; otherwise the producer
+/// starts a one-thread runtime of its own (thread `ksp-monitor`), stopped by
+/// [`close`](Self::close) or on drop. `send` blocks the calling thread only to wait for queue
+/// room or for a key's first move to be agreed with the fleet; called from a thread of a Tokio
+/// runtime (where blocking is not allowed) it never waits: a full queue fails at once and a
+/// first move uses the local detour.
 ///
 /// ```no_run
-/// use ksp_producer::SmartProducer;
+/// use ksp_producer::blocking::SmartProducer;
 /// use rdkafka::ClientConfig;
 /// use rdkafka::producer::BaseRecord;
 ///
@@ -60,12 +87,12 @@ type Opaque = Box<(Route, std::sync::Mutex<Option<Callback>>)>;
 /// [`build_blocking`]: AsyncSmartProducerBuilder::build_blocking
 pub struct SmartProducer {
     producer: ThreadedProducer<CallbackContext>,
-    router: Option<Arc<Router>>,
-    monitor: Option<MonitorHandle>,
-    // Dropped before the runtime that runs them.
-    _follower: Option<AbortOnDropHandle<()>>,
-    #[cfg(feature = "redis")]
-    _l2: Option<crate::l2::L2>,
+    queue: LocalQueue,
+    routing: Option<Routing>,
+    metrics: SendMetrics,
+    /// The runtime the monitor runs on: ours, or the one the producer was built in.
+    handle: Handle,
+    // Dropped last: the routing's tasks run on it.
     runtime: Option<RuntimeThread>,
 }
 
@@ -73,18 +100,22 @@ impl SmartProducer {
     /// Starts configuring: the same builder as the async producer's; finish it with
     /// [`build_blocking`](AsyncSmartProducerBuilder::build_blocking).
     pub fn builder(kafka: ClientConfig) -> AsyncSmartProducerBuilder {
-        crate::AsyncSmartProducer::builder(kafka)
+        AsyncSmartProducerBuilder::new(kafka)
     }
 
     /// Hands `record` to librdkafka; `on_delivery` runs (on librdkafka's polling thread) with
     /// where it landed or why it failed. Returns how it was routed.
     ///
+    /// Waits up to `queue_timeout` for room when the local queue is full (not when called from
+    /// a Tokio runtime's thread: see the type's documentation).
+    ///
+    /// # Errors
+    ///
     /// Fails at once, handing the record back inside the error (and dropping `on_delivery`
-    /// unrun), when librdkafka refuses it, e.g. because its local queue is full: there is no
-    /// hidden wait.
+    /// unrun), when librdkafka refuses it or the queue stayed full.
     // The error hands the message back, as rdkafka's own `send` does; boxing it would cost an
     // allocation on every refused send for no gain.
-    #[allow(clippy::result_large_err)]
+    #[expect(clippy::result_large_err, reason = "the error hands the record back")]
     pub fn send<K, P, F>(
         &self,
         record: BaseRecord<'_, K, P>,
@@ -95,36 +126,103 @@ impl SmartProducer {
         P: ToBytes + ?Sized,
         F: FnOnce(DeliveryOutcome) + Send + 'static,
     {
-        let decision = self.decide(&record);
-        let route = decision.route;
-        let topic = record.topic;
-        let callback: Callback = Box::new(move |outcome: DeliveryOutcome| {
-            on_delivery(outcome.map(|d| Delivery { route, ..d }));
+        let payload = record.payload.map_or(0, |p| p.to_bytes().len());
+        let Some(room) = self.reserve(payload) else {
+            let route = self.decide(&record).route;
+            let full = KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
+            return Err(ProduceError::refused(full, parts(&record), route));
+        };
+        let routed = self.route(&record, payload);
+        let mut route = routed.decision.route;
+        let opaque = Box::new(Opaque {
+            route,
+            callback: Mutex::new(Some(Box::new(on_delivery))),
+            _room: Some(room),
         });
-        let mut routed = BaseRecord::with_opaque_to(
-            topic,
-            Box::new((route, std::sync::Mutex::new(Some(callback)))) as Opaque,
-        );
-        routed.partition = decision.partition;
-        routed.key = record.key;
-        routed.payload = record.payload;
-        routed.timestamp = record.timestamp;
-        routed.headers = record.headers;
-        match self.producer.send(routed) {
-            Ok(()) => Ok(route),
+        let mut routed_record = BaseRecord::with_opaque_to(record.topic, opaque);
+        routed_record.partition = routed.decision.partition;
+        routed_record.key = record.key;
+        routed_record.payload = record.payload;
+        routed_record.timestamp = record.timestamp;
+        routed_record.headers = record.headers;
+        let sent = match self.producer.send(routed_record) {
+            Ok(()) => Ok(()),
             Err((error, mut record))
                 if route != Route::Explicit && is_unknown_partition(&error) =>
             {
                 // The cluster has partitions this producer's metadata does not know yet.
-                let fallback = Route::Fallback(Fallback::PartitionUnknownToProducer);
+                route = Route::Fallback(Fallback::PartitionUnknownToProducer);
                 record.partition = None;
-                record.delivery_opaque.0 = fallback;
-                self.producer
-                    .send(record)
-                    .map(|()| fallback)
-                    .map_err(|(error, record)| refused(error, record))
+                record.delivery_opaque.route = route;
+                self.producer.send(record)
             }
-            Err((error, record)) => Err(refused(error, record)),
+            Err(refused) => Err(refused),
+        };
+        let first_move = routed.first_move;
+        // Enqueued (or refused): the key's next sends may follow.
+        drop(routed);
+        match sent {
+            Ok(()) => {
+                self.metrics.record(route, first_move);
+                Ok(route)
+            }
+            Err((error, record)) => {
+                let route = record.delivery_opaque.route;
+                let parts = RecordParts {
+                    topic: record.topic,
+                    key: record.key,
+                    payload: record.payload,
+                    timestamp: record.timestamp,
+                    partition: record.partition,
+                    headers: record.headers,
+                };
+                Err(ProduceError::refused(error, parts, route))
+            }
+        }
+    }
+
+    /// Room in the local queue: at once, or waiting up to `queue_timeout` where blocking is
+    /// allowed.
+    fn reserve(&self, payload: usize) -> Option<OwnedReservation> {
+        if let Some(room) = self.queue.try_reserve(payload) {
+            return Some(room);
+        }
+        if self.queue.timeout().is_zero() || on_runtime_thread() {
+            return None;
+        }
+        self.handle
+            .block_on(self.queue.reserve(payload))
+            .map(crate::backpressure::Reservation::into_owned)
+    }
+
+    fn route<K, P>(&self, record: &BaseRecord<'_, K, P>, payload: usize) -> Routed
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        let Some(routing) = &self.routing else {
+            return Routed::disabled(record.partition);
+        };
+        let key = record.key.map(ToBytes::to_bytes);
+        let size = key.map_or(0, <[u8]>::len) + payload;
+        match routing.route(record.topic, record.partition, key, size) {
+            Pending::Ready(routed) => routed,
+            #[cfg(feature = "redis")]
+            Pending::FirstMove(decision, detour) if !on_runtime_thread() => self
+                .handle
+                .block_on(routing.first_move(record.topic, decision, detour)),
+            Pending::FirstMove(decision, detour) => {
+                // No waiting here: the local detour stands.
+                if let Some(partition) = decision.partition {
+                    routing.router.remember_detour(&detour, partition);
+                }
+                Routed {
+                    decision,
+                    first_move: true,
+                    #[cfg(feature = "redis")]
+                    turn: None,
+                }
+            }
         }
     }
 
@@ -135,69 +233,106 @@ impl SmartProducer {
         P: ToBytes + ?Sized,
         D: rdkafka::util::IntoOpaque,
     {
-        match &self.router {
-            Some(router) => {
+        match &self.routing {
+            Some(routing) => {
                 let key = record.key.map(ToBytes::to_bytes);
                 let size =
                     key.map_or(0, <[u8]>::len) + record.payload.map_or(0, |p| p.to_bytes().len());
-                router.route(record.topic, record.partition, key, size)
+                routing.peek(record.topic, record.partition, key, size)
             }
-            None if record.partition.is_some() => Decision {
-                partition: record.partition,
-                route: Route::Explicit,
-            },
-            None => Decision {
-                partition: None,
-                route: Route::Fallback(Fallback::Disabled),
-            },
+            None => Routed::disabled(record.partition).decision,
         }
+    }
+
+    fn inspect(&self) -> Inspect<'_> {
+        Inspect(self.routing.as_ref())
     }
 
     /// The partitions of `topic` new messages may go to now; `None` without fresh health.
     pub fn healthy_partitions(&self, topic: &str) -> Option<Vec<i32>> {
-        let router = self.router.as_ref()?;
-        let snapshot = router.feed().load_full();
-        snapshot
-            .topic(topic)
-            .filter(|t| !t.is_stale())
-            .map(|t| t.routable_partitions().to_vec())
+        self.inspect().healthy_partitions(topic)
     }
 
     /// The health of `topic`.
-    pub fn topic_summary(&self, topic: &str) -> Option<crate::TopicSummary> {
-        let snapshot = self.router.as_ref()?.feed().load_full();
-        snapshot
-            .topic(topic)
-            .map(|t| crate::TopicSummary::new(snapshot.version(), t))
+    pub fn topic_summary(&self, topic: &str) -> Option<TopicSummary> {
+        self.inspect().topic_summary(topic)
+    }
+
+    /// The health of every watched topic, by topic name.
+    pub fn health_summary(&self) -> Vec<TopicSummary> {
+        self.inspect().health_summary()
+    }
+
+    /// The current health snapshot (empty when smart routing is disabled).
+    pub fn health(&self) -> Arc<HealthSnapshot> {
+        self.inspect().health()
+    }
+
+    /// The monitor's counters and last outcome; `None` when smart routing is disabled.
+    pub fn monitor_stats(&self) -> Option<MonitorStats> {
+        self.inspect().monitor_stats()
+    }
+
+    /// Whether the health monitor runs; `None` when smart routing is disabled.
+    pub fn monitor_status(&self) -> Option<MonitorStatus> {
+        self.inspect().monitor_status()
+    }
+
+    /// How the Redis L2 is doing; `None` without one.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn redis_status(&self) -> Option<crate::redis::RedisStatus> {
+        self.inspect().redis_status()
+    }
+
+    /// The router, for inspection.
+    pub fn router(&self) -> Option<&Router> {
+        self.routing.as_ref().map(|r| &*r.router)
     }
 
     /// Collects lag now (blocks until the new snapshot is published).
-    pub fn refresh_health(&self) -> ProducerResult<u64> {
-        let monitor = self
-            .monitor
-            .as_ref()
-            .ok_or(ProducerError::SmartRoutingDisabled)?;
-        Ok(self.block_on(monitor.refresh_now())?)
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncSmartProducer::refresh_health`](crate::AsyncSmartProducer::refresh_health).
+    pub fn refresh_health(&self) -> MonitorResult<u64> {
+        let monitor = self.inspect().monitor()?.clone();
+        self.block_on(async move { monitor.refresh_now().await })
+    }
+
+    /// Messages that can still be handed to librdkafka without waiting for room (`None`: no
+    /// count limit).
+    pub fn queue_room(&self) -> Option<usize> {
+        self.queue.available_messages()
     }
 
     /// Waits until every message sent so far is delivered or failed, at most `timeout`.
-    pub fn flush(&self, timeout: Duration) -> ProducerResult<()> {
-        self.producer
-            .flush(timeout)
-            .map_err(|source| ProducerError::Kafka {
-                context: format!("flush did not complete within {timeout:?}"),
-                source,
-            })
+    ///
+    /// # Errors
+    ///
+    /// librdkafka's `OperationTimedOut` when messages are still in flight after `timeout`.
+    pub fn flush(&self, timeout: Duration) -> KafkaResult<()> {
+        self.producer.flush(timeout)
     }
 
-    /// Stops the health monitor and flushes, at most `timeout` for the flush.
-    pub fn close(&self, timeout: Duration) -> ProducerResult<()> {
-        let stopped = match &self.monitor {
-            Some(monitor) => self.block_on(monitor.shutdown()),
-            None => Ok(()),
-        };
-        self.flush(timeout)?;
-        Ok(stopped?)
+    /// Stops the health monitor (handing a fleet's lease over) and flushes, at most `timeout`
+    /// for the flush.
+    ///
+    /// # Errors
+    ///
+    /// As [`flush`](Self::flush).
+    pub fn close(&self, timeout: Duration) -> KafkaResult<()> {
+        if let Some(routing) = &self.routing {
+            let monitor = routing.monitor.clone();
+            #[cfg(feature = "redis")]
+            if let Some(l2) = &routing.l2 {
+                self.block_on(l2.shutdown());
+            }
+            if let Err(error) = self.block_on(async move { monitor.shutdown().await }) {
+                tracing::warn!(%error, "the health monitor had failed");
+            }
+        }
+        self.flush(timeout)
     }
 
     /// The underlying rdkafka producer.
@@ -205,45 +340,43 @@ impl SmartProducer {
         &self.producer
     }
 
-    fn block_on<F: Future>(&self, future: F) -> F::Output {
-        match &self.runtime {
-            Some(runtime) => runtime.handle.block_on(future),
-            // Built inside a runtime: the caller is expected to be on a thread that may block
-            // (not an async worker), as for any blocking API.
-            None => block_on_here(future),
+    fn block_on<F>(&self, future: F) -> F::Output
+    where
+        F: Future + Send,
+        F::Output: Send,
+    {
+        if on_runtime_thread() {
+            // A runtime's own thread may not block on another future: wait on a thread of
+            // our own (the future's I/O runs on the monitor's runtime).
+            std::thread::scope(|s| {
+                s.spawn(|| self.handle.block_on(future))
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+        } else {
+            self.handle.block_on(future)
         }
     }
 }
 
-/// Drives a future to completion on this thread (the future's I/O runs on the runtime the
-/// monitor lives on; here we only wait for answers from it).
-fn block_on_here<F: Future>(future: F) -> F::Output {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("a current-thread runtime can always be built");
-    runtime.block_on(future)
+/// Whether this thread belongs to a Tokio runtime (where blocking waits are not allowed).
+fn on_runtime_thread() -> bool {
+    Handle::try_current().is_ok()
 }
 
-#[allow(clippy::result_large_err)]
-fn refused<K, P>(error: KafkaError, record: BaseRecord<'_, K, P, Opaque>) -> ProduceError
+fn parts<'a, K, P, D>(record: &BaseRecord<'a, K, P, D>) -> RecordParts<'a, K, P>
 where
     K: ToBytes + ?Sized,
     P: ToBytes + ?Sized,
+    D: rdkafka::util::IntoOpaque,
 {
-    let message = owned_message(
-        record.topic,
-        record.key,
-        record.payload,
-        record.timestamp,
-        record.partition,
-        record.headers,
-    );
-    ProduceError {
-        error,
-        message: Some(message),
-        route: record.delivery_opaque.0,
-        topic: record.topic.to_owned(),
+    RecordParts {
+        topic: record.topic,
+        key: record.key,
+        payload: record.payload,
+        timestamp: record.timestamp,
+        partition: record.partition,
+        headers: record.headers.clone(),
     }
 }
 
@@ -254,11 +387,16 @@ pub struct CallbackContext;
 impl ClientContext for CallbackContext {}
 
 impl ProducerContext for CallbackContext {
-    type DeliveryOpaque = Opaque;
+    type DeliveryOpaque = Box<Opaque>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: Self::DeliveryOpaque) {
-        let (route, callback) = *opaque;
-        let Some(callback) = callback.into_inner().unwrap_or_else(|p| p.into_inner()) else {
+        let route = opaque.route;
+        let callback = opaque
+            .callback
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(callback) = callback else {
             return;
         };
         let outcome = match result {
@@ -268,29 +406,31 @@ impl ProducerContext for CallbackContext {
                 timestamp: m.timestamp(),
                 route,
             }),
-            Err((error, m)) => Err(ProduceError {
-                error: error.clone(),
-                message: Some(m.detach()),
+            Err((error, m)) => Err(ProduceError::new(
+                error.clone(),
+                Some(m.detach()),
                 route,
-                topic: m.topic().to_owned(),
-            }),
+                m.topic(),
+            )),
         };
+        // The room is given back when the opaque is dropped, after the callback.
         // A panicking callback must not take librdkafka's polling thread down with it.
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(outcome))).is_err() {
             tracing::error!("a delivery callback panicked");
         }
+        drop(opaque);
     }
 }
 
 /// A one-thread Tokio runtime on its own thread, for producers built outside any runtime.
 struct RuntimeThread {
-    handle: tokio::runtime::Handle,
+    handle: Handle,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RuntimeThread {
-    fn start() -> ProducerResult<Self> {
+    fn start() -> Result<Self, BuildError> {
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -312,23 +452,16 @@ impl RuntimeThread {
                 });
                 runtime.shutdown_background();
             })
-            .map_err(runtime_error)?;
+            .map_err(BuildError::Runtime)?;
         let handle = handle_rx
             .recv()
-            .map_err(|_| runtime_error(std::io::Error::other("runtime thread exited")))?
-            .map_err(runtime_error)?;
+            .map_err(|_| BuildError::Runtime(std::io::Error::other("runtime thread exited")))?
+            .map_err(BuildError::Runtime)?;
         Ok(Self {
             handle,
             stop: Some(stop),
             thread: Some(thread),
         })
-    }
-}
-
-fn runtime_error(e: std::io::Error) -> ProducerError {
-    ProducerError::Kafka {
-        context: format!("starting the monitor's runtime thread: {e}"),
-        source: KafkaError::Canceled,
     }
 }
 
@@ -347,35 +480,36 @@ impl Drop for RuntimeThread {
 
 impl AsyncSmartProducerBuilder {
     /// Builds the blocking [`SmartProducer`] instead of the async one.
-    pub fn build_blocking(self) -> ProducerResult<SmartProducer> {
-        let runtime = match tokio::runtime::Handle::try_current() {
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build); [`BuildError::Runtime`] if the monitor's own runtime thread
+    /// cannot start.
+    pub fn build_blocking(self) -> Result<SmartProducer, BuildError> {
+        let runtime = match Handle::try_current() {
             Ok(_) => None,
             Err(_) => Some(RuntimeThread::start()?),
         };
+        let handle = runtime
+            .as_ref()
+            .map_or_else(Handle::current, |r| r.handle.clone());
         let parts = {
-            let _entered = runtime.as_ref().map(|r| r.handle.enter());
+            let _entered = handle.enter();
             self.into_parts()?
         };
         let producer: ThreadedProducer<CallbackContext, NoCustomPartitioner> = parts
             .kafka
             .create_with_context(CallbackContext)
-            .map_err(|source| ProducerError::Kafka {
+            .map_err(|source| BuildError::Kafka {
                 context: "creating the rdkafka producer".into(),
                 source,
             })?;
-        let (router, monitor, follower, l2) = match parts.routing {
-            Some(r) => (Some(r.router), Some(r.monitor), Some(r.follower), r.l2),
-            None => (None, None, None, None),
-        };
-        #[cfg(not(feature = "redis"))]
-        let _: Option<()> = l2;
         Ok(SmartProducer {
             producer,
-            router,
-            monitor,
-            _follower: follower,
-            #[cfg(feature = "redis")]
-            _l2: l2,
+            queue: parts.queue,
+            routing: parts.routing,
+            metrics: SendMetrics::register(),
+            handle,
             runtime,
         })
     }
@@ -384,8 +518,8 @@ impl AsyncSmartProducerBuilder {
 impl fmt::Debug for SmartProducer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SmartProducer")
-            .field("smart_enabled", &self.router.is_some())
-            .field("router", &self.router)
+            .field("smart_enabled", &self.routing.is_some())
+            .field("router", &self.router())
             .field("own_runtime", &self.runtime.is_some())
             .finish_non_exhaustive()
     }

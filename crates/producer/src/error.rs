@@ -5,17 +5,14 @@ use std::fmt;
 use ksp_core::ConfigError;
 use ksp_monitor::MonitorError;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::OwnedMessage;
+use rdkafka::message::{OwnedHeaders, OwnedMessage, Timestamp, ToBytes};
 
 use crate::router::Route;
 
-/// Result of producer operations other than `produce`.
-pub type ProducerResult<T> = Result<T, ProducerError>;
-
-/// Why building or operating the producer failed.
+/// Why a producer could not be built (or failed [`validate`](crate::AsyncSmartProducerBuilder::validate)).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ProducerError {
+pub enum BuildError {
     /// A setting was rejected.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -28,16 +25,17 @@ pub enum ProducerError {
         #[source]
         source: KafkaError,
     },
-    /// The health monitor failed.
+    /// The health monitor could not be started.
     #[error(transparent)]
     Monitor(#[from] MonitorError),
+    /// The blocking producer's own runtime thread (for its monitor) could not start.
+    #[error("starting the health monitor's runtime thread")]
+    Runtime(#[source] std::io::Error),
     /// The Redis L2 could not be set up.
     #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     #[error("redis")]
     Redis(#[source] ksp_redis::L2Error),
-    /// The operation needs smart routing, which is disabled.
-    #[error("smart routing is disabled on this producer")]
-    SmartRoutingDisabled,
 }
 
 /// A message that could not be produced, handed back with the reason.
@@ -52,6 +50,45 @@ pub struct ProduceError {
 }
 
 impl ProduceError {
+    /// A message refused before or after it reached librdkafka, handed back.
+    pub(crate) fn new(
+        error: KafkaError,
+        message: Option<OwnedMessage>,
+        route: Route,
+        topic: &str,
+    ) -> Self {
+        Self {
+            error,
+            message,
+            route,
+            topic: topic.to_owned(),
+        }
+    }
+
+    /// A record refused before librdkafka took it: an owned copy goes back to the caller.
+    pub(crate) fn refused<K, P>(
+        error: KafkaError,
+        record: RecordParts<'_, K, P>,
+        route: Route,
+    ) -> Self
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        let message = OwnedMessage::new(
+            record.payload.map(|p| p.to_bytes().to_vec()),
+            record.key.map(|k| k.to_bytes().to_vec()),
+            record.topic.to_owned(),
+            record
+                .timestamp
+                .map_or(Timestamp::NotAvailable, Timestamp::CreateTime),
+            record.partition.unwrap_or(-1),
+            -1,
+            record.headers,
+        );
+        Self::new(error, Some(message), route, record.topic)
+    }
+
     /// librdkafka's reason.
     pub fn error(&self) -> &KafkaError {
         &self.error
@@ -118,4 +155,14 @@ impl std::error::Error for ProduceError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&self.error)
     }
+}
+
+/// The parts of a record (future or base) that an error hands back.
+pub(crate) struct RecordParts<'a, K: ?Sized, P: ?Sized> {
+    pub(crate) topic: &'a str,
+    pub(crate) key: Option<&'a K>,
+    pub(crate) payload: Option<&'a P>,
+    pub(crate) timestamp: Option<i64>,
+    pub(crate) partition: Option<i32>,
+    pub(crate) headers: Option<OwnedHeaders>,
 }

@@ -1,35 +1,38 @@
-//! The lag-aware producer of kafka-smart-producer.
+//! The lag-aware producers of kafka-smart-producer.
 //!
 //! * [`AsyncSmartProducer`]: rdkafka's `FutureProducer` whose messages are routed away from
-//!   partitions whose consumers fall behind.
+//!   partitions whose consumers fall behind; [`blocking::SmartProducer`] is the same over a
+//!   `ThreadedProducer`, for code without an async runtime.
 //! * [`Router`]: the routing decision itself, synchronous and allocation-free for keyless
 //!   messages; usable on its own (simulations, other producers).
+//! * [`SmartProducerConfig`]: the settings from a TOML, YAML or JSON file.
 
-mod blocking;
-mod config;
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod async_producer;
+mod backpressure;
+pub mod blocking;
+mod builder;
+mod config_file;
 mod error;
-mod file;
-#[cfg(feature = "redis")]
-mod l2;
 mod metrics;
-mod partitioner;
-mod producer;
-mod queue;
+#[cfg(feature = "redis")]
+mod redis;
 mod router;
+mod routing;
 mod summary;
 
-pub use blocking::{CallbackContext, DeliveryOutcome, SmartProducer};
-pub use config::{KeyCacheConfig, RouterConfig};
-pub use error::{ProduceError, ProducerError, ProducerResult};
-pub use file::{
-    CacheSection, ConfigFileError, ENV_PREFIX, Format, HealthMonitorSection, ProducerSection,
+pub use async_producer::{AsyncSmartProducer, Delivery};
+pub use builder::AsyncSmartProducerBuilder;
+pub use config_file::{
+    CacheSection, ConfigFileError, Format, HealthMonitorSection, ProducerSection,
     SmartProducerConfig,
 };
+pub use error::{BuildError, ProduceError};
 #[cfg(feature = "redis")]
-pub use ksp_redis::RedisConfig;
-#[cfg(feature = "redis")]
-pub use l2::RedisStatus;
-pub use partitioner::Partitioner;
-pub use producer::{AsyncSmartProducer, AsyncSmartProducerBuilder, Delivery};
-pub use router::{Decision, Fallback, NewDetour, Route, Router};
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis::RedisStatus;
+pub use router::{
+    Decision, Fallback, KeyCacheConfig, NewDetour, Partitioner, Route, Router, RouterConfig,
+};
 pub use summary::{PartitionSummary, TopicSummary};

@@ -133,7 +133,8 @@ pub struct CircuitBreaker {
 }
 
 /// Permission for one call; report how it went with [`Permit::record`]. A permit dropped
-/// without a report counts as a failure (the call was abandoned).
+/// without a report (the caller's future was cancelled) says nothing about Redis: it counts
+/// neither way, and an abandoned probe lets the next call probe instead.
 #[must_use = "report the outcome with `record`"]
 #[derive(Debug)]
 pub struct Permit<'a> {
@@ -152,8 +153,8 @@ impl Permit<'_> {
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        if !self.done {
-            self.breaker.on_outcome(self.probe, false, Instant::now());
+        if !self.done && self.probe {
+            self.breaker.abandon_probe();
         }
     }
 }
@@ -200,6 +201,13 @@ impl CircuitBreaker {
             probe,
             done: false,
         })
+    }
+
+    /// A probe whose caller went away: the next call may probe.
+    fn abandon_probe(&self) {
+        if let State::HalfOpen { probing } = &mut *self.lock() {
+            *probing = false;
+        }
     }
 
     fn on_outcome(&self, probe: bool, ok: bool, now: Instant) {
@@ -359,11 +367,30 @@ mod tests {
             b.try_call_at(later).is_none(),
             "a second call while probing"
         );
-        drop(probe); // abandoned = failed: open again
-        assert!(b.try_call_at(later).is_none());
+        // An abandoned probe says nothing about Redis: the next call probes instead.
+        drop(probe);
+        let probe = b.try_call_at(later).expect("a new probe");
+        probe.record(false);
+        assert!(
+            b.try_call_at(later).is_none(),
+            "a failed probe opens it again"
+        );
         let much_later = later + Duration::from_secs(5);
         assert!(call(&b, much_later, true));
         assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    /// Regression: a permit dropped without a report counted as a failure, so five `produce`
+    /// futures cancelled while their key's first move was being agreed opened the breaker
+    /// although Redis answered fine.
+    #[test]
+    fn cancelled_calls_do_not_open_the_breaker() {
+        let b = CircuitBreaker::new(config());
+        for _ in 0..50 {
+            drop(b.try_call().expect("closed"));
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!(b.times_opened(), 0);
     }
 
     #[test]

@@ -21,8 +21,10 @@ pub struct RedisConfig {
     /// Where Redis is, as fred reads it: `redis://[user:password@]host:port[/db]`, `rediss://`
     /// for TLS (cargo feature `redis-tls`), `redis-cluster://host:port?node=host:port`,
     /// `redis-sentinel://host:port/db?sentinelServiceName=name&node=host:port`.
+    #[serde(deserialize_with = "ksp_core::serde_text::deserialize")]
     pub url: String,
     /// Prefix of every key and channel this library writes.
+    #[serde(deserialize_with = "ksp_core::serde_text::deserialize")]
     pub key_prefix: String,
     /// How long one Redis command may take before it counts as failed. A send that looks up a
     /// shared key move waits at most this long.
@@ -51,6 +53,7 @@ pub struct RedisConfig {
     /// Whether moved keys are shared.
     pub share_key_moves: bool,
     /// Names the Kafka cluster in the fleet's keys. Empty: derived from `bootstrap.servers`.
+    #[serde(deserialize_with = "ksp_core::serde_text::deserialize")]
     pub cluster: String,
     /// The circuit breaker in front of every Redis call.
     pub breaker: BreakerConfig,

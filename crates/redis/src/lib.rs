@@ -16,6 +16,7 @@ mod client;
 mod config;
 mod error;
 mod fleet;
+mod listener;
 mod moves;
 pub mod wire;
 
@@ -23,5 +24,7 @@ pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker, Permit};
 pub use client::RedisClient;
 pub use config::{RedisConfig, redact_url};
 pub use error::{L2Error, L2Result};
-pub use fleet::{FleetCollector, FleetCollectorBuilder, FleetStats, cluster_name};
-pub use moves::SharedMoves;
+pub use fleet::{
+    FleetCollector, FleetCollectorBuilder, FleetStats, WallClock, cluster_name, instance_id,
+};
+pub use moves::{Replaced, SharedMoves};

@@ -1,8 +1,12 @@
 //! The shared health snapshot as it is stored in Redis: versioned, language-neutral JSON.
 //!
-//! The schema is documented in `docs/redis.md`. A reader accepts only `version` 1 and ignores
+//! The schema is documented in `docs/redis.md`. A reader accepts only `version` 2 and ignores
 //! fields it does not know (a later minor addition must stay readable); everything else about a
 //! payload is checked before it is used, and a payload that fails a check is never applied.
+//!
+//! Nothing in it needs two machines' clocks to agree: each topic says how old its offsets were
+//! when published, measured on the publisher's own clock, and Redis stamps the publication with
+//! its own clock (see `docs/redis.md`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,11 +16,9 @@ use serde::{Deserialize, Serialize};
 /// The schema name carried by every payload.
 pub const SCHEMA: &str = "kafka-smart-producer/health";
 /// The schema version this crate writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Payloads larger than this are refused before parsing.
 pub const MAX_PAYLOAD_BYTES: usize = 32 << 20;
-/// How far in the future a collection time may lie (clock skew between instances).
-const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 /// One published snapshot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,7 +31,12 @@ pub struct SnapshotPayload {
     pub group: String,
     /// The instance that collected it.
     pub publisher: String,
-    /// When it was published, milliseconds since the Unix epoch.
+    /// The publisher's leadership term (each new leader's is higher than the last one's).
+    pub term: u64,
+    /// Its publications within the term, from 1: with `term`, orders snapshots.
+    pub sequence: u64,
+    /// When it was published, milliseconds since the Unix epoch, on the publisher's clock
+    /// (informational: freshness never compares it with another clock).
     pub published_at_ms: u64,
     /// One entry per topic.
     pub topics: Vec<TopicPayload>,
@@ -40,7 +47,11 @@ pub struct SnapshotPayload {
 pub struct TopicPayload {
     /// Topic name.
     pub topic: String,
-    /// When its offsets were read, milliseconds since the Unix epoch.
+    /// How old its offsets were when the snapshot was published, in milliseconds, on the
+    /// publisher's own clock.
+    pub age_ms: u64,
+    /// When its offsets were read, milliseconds since the Unix epoch, on the publisher's clock
+    /// (informational).
     pub collected_at_ms: u64,
     /// One entry per partition.
     pub partitions: Vec<PartitionPayload>,
@@ -57,6 +68,9 @@ pub struct PartitionPayload {
     pub low_watermark: Option<i64>,
     /// Next offset to be produced, or null when not read.
     pub high_watermark: Option<i64>,
+    /// The last stable offset, for `read_committed` groups; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_stable_offset: Option<i64>,
     /// Messages waiting, or null when unknown.
     pub lag: Option<i64>,
     /// Whether the partition had a leader.
@@ -101,20 +115,42 @@ pub enum DecodeError {
     Invalid(String),
 }
 
+/// Who published a payload, and in which order: what a reader needs to never go back to an
+/// older snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Publication<'a> {
+    /// The consumer group.
+    pub group: &'a str,
+    /// The publishing instance.
+    pub publisher: &'a str,
+    /// Its leadership term.
+    pub term: u64,
+    /// Its publication within the term.
+    pub sequence: u64,
+    /// The publisher's clock now.
+    pub now: SystemTime,
+}
+
 impl SnapshotPayload {
     /// A payload of `lags`, with the publisher's scores when it has them.
     pub fn new(
-        group: &str,
-        publisher: &str,
+        publication: Publication<'_>,
         lags: &[TopicLag],
         health: &dyn Fn(&TopicLag) -> Option<TopicHealth>,
     ) -> Self {
+        let now = publication.now;
         let topics = lags
             .iter()
             .map(|lag| {
                 let scored = health(lag);
                 TopicPayload {
                     topic: lag.topic.clone(),
+                    age_ms: u64::try_from(
+                        now.duration_since(lag.collected_at)
+                            .unwrap_or_default()
+                            .as_millis(),
+                    )
+                    .unwrap_or(u64::MAX),
                     collected_at_ms: millis(lag.collected_at),
                     partitions: lag
                         .partitions
@@ -126,6 +162,7 @@ impl SnapshotPayload {
                                 committed: p.committed,
                                 low_watermark: p.low_watermark,
                                 high_watermark: p.high_watermark,
+                                last_stable_offset: p.last_stable_offset,
                                 lag: p.lag,
                                 leader_available: p.leader_available,
                                 score: h.map(|h| h.score),
@@ -139,9 +176,11 @@ impl SnapshotPayload {
         Self {
             schema: SCHEMA.into(),
             version: VERSION,
-            group: group.into(),
-            publisher: publisher.into(),
-            published_at_ms: millis(SystemTime::now()),
+            group: publication.group.into(),
+            publisher: publication.publisher.into(),
+            term: publication.term,
+            sequence: publication.sequence,
+            published_at_ms: millis(now),
             topics,
         }
     }
@@ -182,16 +221,9 @@ impl SnapshotPayload {
     }
 
     fn check(&self) -> Result<(), DecodeError> {
-        let latest = millis(SystemTime::now() + MAX_CLOCK_SKEW);
         for topic in &self.topics {
             if topic.topic.is_empty() {
                 return Err(DecodeError::Invalid("a topic without a name".into()));
-            }
-            if topic.collected_at_ms > latest {
-                return Err(DecodeError::Invalid(format!(
-                    "topic {:?} was collected in the future ({} ms since the epoch)",
-                    topic.topic, topic.collected_at_ms
-                )));
             }
             if topic.partitions.len() > TopicHealth::MAX_PARTITIONS as usize {
                 return Err(DecodeError::Invalid(format!(
@@ -214,10 +246,16 @@ impl SnapshotPayload {
                         ))
                     })?;
                 *slot = true;
-                let negative = [p.committed, p.low_watermark, p.high_watermark, p.lag]
-                    .into_iter()
-                    .flatten()
-                    .any(|v| v < 0);
+                let negative = [
+                    p.committed,
+                    p.low_watermark,
+                    p.high_watermark,
+                    p.last_stable_offset,
+                    p.lag,
+                ]
+                .into_iter()
+                .flatten()
+                .any(|v| v < 0);
                 if negative {
                     return Err(DecodeError::Invalid(format!(
                         "topic {:?} partition {}: a negative offset or lag",
@@ -235,8 +273,15 @@ impl SnapshotPayload {
         Ok(())
     }
 
-    /// The lag reports of the requested `topics` (those the payload has).
-    pub fn lags(&self, topics: &[String]) -> Vec<TopicLag> {
+    /// The lag reports of the requested `topics` (those the payload has), stamped on the
+    /// reader's clock: the payload was published `since_published` ago (as Redis measured it),
+    /// and each topic's offsets were already `age_ms` old then (as the publisher measured it).
+    pub fn lags(
+        &self,
+        topics: &[String],
+        since_published: Duration,
+        now: SystemTime,
+    ) -> Vec<TopicLag> {
         self.topics
             .iter()
             .filter(|t| topics.contains(&t.topic))
@@ -249,26 +294,34 @@ impl SnapshotPayload {
                         lag.committed = p.committed;
                         lag.low_watermark = p.low_watermark;
                         lag.high_watermark = p.high_watermark;
+                        lag.last_stable_offset = p.last_stable_offset;
                         lag.lag = p.lag;
                         lag.leader_available = p.leader_available;
                         lag
                     })
                     .collect();
+                let age = since_published.saturating_add(Duration::from_millis(t.age_ms));
                 TopicLag::new(
                     t.topic.clone(),
                     partitions,
-                    UNIX_EPOCH + Duration::from_millis(t.collected_at_ms),
+                    now.checked_sub(age).unwrap_or(UNIX_EPOCH),
                 )
             })
             .collect()
     }
 
-    /// The oldest collection time of the payload's topics.
-    pub fn oldest_collection(&self) -> Option<SystemTime> {
+    /// Age of the oldest topic's offsets, the payload having been published `since_published`
+    /// ago.
+    pub fn oldest(&self, since_published: Duration) -> Option<Duration> {
         self.topics
             .iter()
-            .map(|t| UNIX_EPOCH + Duration::from_millis(t.collected_at_ms))
-            .min()
+            .map(|t| since_published.saturating_add(Duration::from_millis(t.age_ms)))
+            .max()
+    }
+
+    /// Where it stands among the fleet's publications: higher is newer.
+    pub fn order(&self) -> (u64, u64) {
+        (self.term, self.sequence)
     }
 }
 
@@ -286,12 +339,19 @@ mod tests {
         let lag = TopicLag::new(
             "orders",
             vec![
-                PartitionLag::from_offsets(0, Some(5), Some(0), 10, Default::default()),
+                PartitionLag::from_offsets(0, Some(5), Some(0), 10),
                 PartitionLag::unavailable(1),
             ],
             SystemTime::now(),
         );
-        SnapshotPayload::new("g", "me", &[lag], &|_| None)
+        let publication = Publication {
+            group: "g",
+            publisher: "me",
+            term: 3,
+            sequence: 7,
+            now: SystemTime::now(),
+        };
+        SnapshotPayload::new(publication, &[lag], &|_| None)
     }
 
     #[test]
@@ -299,20 +359,68 @@ mod tests {
         let payload = sample();
         let back = SnapshotPayload::decode(payload.encode().as_bytes(), "g").unwrap();
         assert_eq!(back, payload);
-        let lags = back.lags(&["orders".to_owned()]);
+        let now = SystemTime::now();
+        let lags = back.lags(&["orders".to_owned()], Duration::ZERO, now);
         assert_eq!(lags[0].partitions[0].lag, Some(5));
         assert_eq!(lags[0].partitions[0].committed, Some(5));
         assert!(!lags[0].partitions[1].leader_available);
-        assert!(back.lags(&["other".to_owned()]).is_empty());
+        assert!(
+            back.lags(&["other".to_owned()], Duration::ZERO, now)
+                .is_empty()
+        );
+        assert_eq!(back.order(), (3, 7));
+    }
+
+    /// The reader's own clock stamps the report: however far apart two machines' clocks
+    /// are, a snapshot published 300 ms ago whose offsets were 200 ms old then is 500 ms old.
+    #[test]
+    fn age_never_compares_two_clocks() {
+        let collected = SystemTime::now();
+        for publisher_offset in [-5i64, 0, 5] {
+            let skewed = |t: SystemTime| {
+                if publisher_offset >= 0 {
+                    t + Duration::from_secs(publisher_offset as u64)
+                } else {
+                    t - Duration::from_secs(publisher_offset.unsigned_abs())
+                }
+            };
+            let lag = TopicLag::new(
+                "orders",
+                vec![PartitionLag::from_lag(0, 1)],
+                skewed(collected),
+            );
+            let publication = Publication {
+                group: "g",
+                publisher: "p",
+                term: 1,
+                sequence: 1,
+                now: skewed(collected + Duration::from_millis(200)),
+            };
+            let payload = SnapshotPayload::new(publication, &[lag], &|_| None);
+            let reader_now = SystemTime::now();
+            let lags = payload.lags(
+                &["orders".to_owned()],
+                Duration::from_millis(300),
+                reader_now,
+            );
+            assert_eq!(
+                reader_now.duration_since(lags[0].collected_at).unwrap(),
+                Duration::from_millis(500)
+            );
+            assert_eq!(
+                payload.oldest(Duration::from_millis(300)),
+                Some(Duration::from_millis(500))
+            );
+        }
     }
 
     #[test]
     fn refuses_other_versions_groups_and_impossible_content() {
-        let mut v2 = sample();
-        v2.version = 2;
+        let mut v1 = sample();
+        v1.version = 1;
         assert!(matches!(
-            SnapshotPayload::decode(v2.encode().as_bytes(), "g"),
-            Err(DecodeError::Version { version: 2, .. })
+            SnapshotPayload::decode(v1.encode().as_bytes(), "g"),
+            Err(DecodeError::Version { version: 1, .. })
         ));
         assert!(matches!(
             SnapshotPayload::decode(sample().encode().as_bytes(), "other"),
@@ -325,7 +433,7 @@ mod tests {
             |p: &mut SnapshotPayload| p.topics[0].partitions[0].lag = Some(-3),
             |p: &mut SnapshotPayload| p.topics[0].partitions[0].score = Some(1.5),
             |p: &mut SnapshotPayload| p.topics[0].topic.clear(),
-            |p: &mut SnapshotPayload| p.topics[0].collected_at_ms = u64::MAX,
+            |p: &mut SnapshotPayload| p.topics[0].partitions[0].last_stable_offset = Some(-1),
         ] {
             let mut p = sample();
             mutate(&mut p);
@@ -366,7 +474,7 @@ mod tests {
             for candidate in [&bytes[..], &bytes[..n]] {
                 if let Ok(p) = SnapshotPayload::decode(candidate, "g") {
                     prop_assert!(p.check().is_ok());
-                    let _ = p.lags(&["orders".to_owned()]);
+                    let _ = p.lags(&["orders".to_owned()], Duration::from_secs(u64::MAX / 4), SystemTime::now());
                 }
             }
         }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ksp_core::{HealthFeed, LagCollector, LagRequest, RelativeCalculator, TopicLag};
-use ksp_monitor::{HealthMonitor, KafkaLagCollector, MonitorHandle};
+use ksp_monitor::{HealthMonitor, KafkaLagCollector, MonitorConfig, MonitorHandle};
 use ksp_producer::AsyncSmartProducer;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -172,7 +172,7 @@ async fn embedded_phase(
             AsyncSmartProducer::builder(client.clone())
                 .consumer_group(group)
                 .topics([topic.clone()])
-                .refresh_interval(config.refresh_interval)
+                .monitor(MonitorConfig::default().with_refresh_interval(config.refresh_interval))
                 .build()
                 .map_err(|e| TestkitError::Demo(e.to_string()))?,
         )
@@ -201,7 +201,7 @@ pub async fn run_against(
     let producer = AsyncSmartProducer::builder(kafka.clone())
         .consumer_group(group)
         .topics([topic])
-        .refresh_interval(config.refresh_interval)
+        .monitor(MonitorConfig::default().with_refresh_interval(config.refresh_interval))
         .build()
         .map_err(|e| TestkitError::Demo(e.to_string()))?;
     producer
@@ -382,8 +382,8 @@ fn observer(
     HealthMonitor::builder(Arc::new(collector))
         .group(group)
         .topics([topic])
-        .calculator(Arc::new(RelativeCalculator::default()))
-        .refresh_interval(config.refresh_interval)
+        .calculator(RelativeCalculator::default())
+        .config(MonitorConfig::default().with_refresh_interval(config.refresh_interval))
         .spawn()
         .map_err(|e| TestkitError::Demo(e.to_string()))
 }

@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use ksp_monitor::MonitorStats;
+use ksp_monitor::{MonitorConfig, MonitorStats};
 use ksp_producer::AsyncSmartProducer;
 use rdkafka::mocking::MockCoordinator;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -223,9 +223,12 @@ impl FaultSpec {
         let producer = AsyncSmartProducer::builder(config)
             .consumer_group(GROUP)
             .topics([TOPIC])
-            .refresh_interval(self.refresh)
-            .collect_timeout(Duration::from_millis(300).min(self.refresh * 2))
-            .max_staleness(self.max_staleness)
+            .monitor(
+                MonitorConfig::default()
+                    .with_refresh_interval(self.refresh)
+                    .with_collect_timeout(Duration::from_millis(300).min(self.refresh * 2))
+                    .with_max_staleness(self.max_staleness),
+            )
             .build()
             .map_err(|e| TestkitError::Demo(e.to_string()))?;
         producer

@@ -24,7 +24,7 @@ pub use backend::{TestKafka, TestRedis};
 pub use drain::{DrainingConsumer, DrainingConsumerBuilder};
 pub use ledger::{Consumed, Entry, Ledger, Load, Outcome, Reconciliation, Tally, read_topic};
 pub use mock::{MockKafka, commit_offsets, produce_counts};
-pub use redis::RedisServer;
+pub use redis::{RedisCluster, RedisServer};
 pub use scenario::LagScenario;
 
 /// Errors of the fixtures.

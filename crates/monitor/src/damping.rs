@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::ConfigError;
-use crate::health::PartitionHealth;
+use ksp_core::{ConfigError, PartitionHealth};
 
 /// How long a partition that turned unhealthy is kept out.
 ///
@@ -25,13 +24,13 @@ use crate::health::PartitionHealth;
 #[non_exhaustive]
 pub struct DampingConfig {
     /// The first hold. Default 60 s. Zero disables damping.
-    #[serde(with = "crate::serde_duration")]
+    #[serde(with = "ksp_core::serde_duration")]
     pub recovery_hold: Duration,
     /// The longest hold. Default 10 minutes.
-    #[serde(with = "crate::serde_duration")]
+    #[serde(with = "ksp_core::serde_duration")]
     pub max_hold: Duration,
     /// Half-life of the flip penalty. Default 5 minutes.
-    #[serde(with = "crate::serde_duration")]
+    #[serde(with = "ksp_core::serde_duration")]
     pub penalty_half_life: Duration,
 }
 
@@ -116,14 +115,14 @@ struct PartitionState {
 /// The damping state of one topic. Time is whatever monotonic clock the caller uses (the
 /// monitor's, or a simulation's), as time since an arbitrary origin.
 #[derive(Debug, Clone, Default)]
-pub struct Damper {
+pub(crate) struct Damper {
     config: DampingConfig,
     partitions: Vec<Option<PartitionState>>,
 }
 
 impl Damper {
     /// A damper with no history.
-    pub fn new(config: DampingConfig) -> Self {
+    pub(crate) fn new(config: DampingConfig) -> Self {
         Self {
             config,
             partitions: Vec::new(),
@@ -137,7 +136,7 @@ impl Damper {
     /// partitions with a leader would count as healthy, the held ones that the calculator
     /// calls healthy are let back in at once (otherwise nothing might be routable, and
     /// routing would fall back to spreading load over every partition, the worst included).
-    pub fn apply(&mut self, now: Duration, health: &mut [PartitionHealth]) {
+    pub(crate) fn apply(&mut self, now: Duration, health: &mut [PartitionHealth]) {
         if self.config.recovery_hold.is_zero() {
             return;
         }
@@ -154,7 +153,7 @@ impl Damper {
             .iter()
             .filter(|h| h.healthy && h.lag.leader_available)
             .count();
-        if (healthy as f64) * crate::health::MAX_SHARE_OF_FAIR < eligible as f64 {
+        if healthy * 2 < eligible {
             for (h, &raw) in health.iter_mut().zip(&raw) {
                 if raw
                     && !h.healthy
@@ -187,7 +186,8 @@ impl Damper {
     }
 
     /// Whether `partition` is being held out although the calculator says healthy.
-    pub fn is_held(&self, partition: i32) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_held(&self, partition: i32) -> bool {
         usize::try_from(partition)
             .ok()
             .and_then(|i| self.partitions.get(i))
@@ -232,7 +232,7 @@ impl PartitionState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lag::PartitionLag;
+    use ksp_core::PartitionLag;
 
     /// A 30 s first hold, 10 minutes at most, 5 minutes half-life.
     fn thirty() -> DampingConfig {

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use ksp_core::ConfigError;
 use rdkafka::ClientConfig;
-use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use tokio::sync::Notify;
 
 /// librdkafka's default `queue.buffering.max.messages`.
@@ -45,9 +44,12 @@ struct Room {
     /// `usize::MAX` when librdkafka's message-count limit is off.
     max_messages: usize,
     max_bytes: usize,
-    /// Sends waiting for room: releases only notify when there are some.
+    /// Sends waiting for room: releases only notify when there are some, and a new send does
+    /// not take room ahead of them.
     waiting: AtomicUsize,
     notify: Notify,
+    /// The line of waiting sends.
+    line: tokio::sync::Mutex<()>,
 }
 
 impl Room {
@@ -89,14 +91,18 @@ impl Room {
         }
     }
 
-    /// Waits until room for `bytes` is taken. Cancel-safe: nothing is held until it returns,
-    /// and a wakeup it received but did not use is passed on by `Notify` to the next waiter.
+    /// Waits until room for `bytes` is taken, in arrival order: only the sender at the head of
+    /// the line (holding `line`) tries; the others wait for the line, which tokio's mutex hands
+    /// over first come, first served. So two sends of the same key that both had to wait keep
+    /// their order. Cancel-safe: nothing is held until it returns, and a wakeup it received but
+    /// did not use is passed on by `Notify` to the next waiter.
     async fn take(&self, bytes: usize) {
+        let _waiting = Waiting::new(&self.waiting);
+        let _head = self.line.lock().await;
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let _waiting = Waiting::new(&self.waiting);
             if self.try_take(bytes) {
                 return;
             }
@@ -129,7 +135,7 @@ pub(crate) struct Reservation<'a> {
 
 impl Reservation<'_> {
     /// The same reservation, owning its queue, to outlive the `produce` call.
-    fn into_owned(self) -> OwnedReservation {
+    pub(crate) fn into_owned(self) -> OwnedReservation {
         let owned = OwnedReservation {
             room: self.room.clone(),
             bytes: self.bytes,
@@ -145,7 +151,7 @@ impl Drop for Reservation<'_> {
     }
 }
 
-struct OwnedReservation {
+pub(crate) struct OwnedReservation {
     room: Arc<Room>,
     bytes: usize,
 }
@@ -190,6 +196,7 @@ impl LocalQueue {
                 max_bytes: max_kbytes.saturating_mul(1024),
                 waiting: AtomicUsize::new(0),
                 notify: Notify::new(),
+                line: tokio::sync::Mutex::new(()),
             }),
             max_messages,
             max_kbytes,
@@ -205,7 +212,8 @@ impl LocalQueue {
         // A payload larger than the whole queue can never fit; librdkafka rejects such a
         // message itself (`message.max.bytes`), so let it through to get that error.
         let bytes = payload.min(self.room.max_bytes);
-        if !self.room.try_take(bytes) {
+        // Nobody waiting: take room at once if there is. Otherwise join the line.
+        if self.room.waiting.load(SeqCst) > 0 || !self.room.try_take(bytes) {
             if self.timeout.is_zero() {
                 return None;
             }
@@ -220,24 +228,51 @@ impl LocalQueue {
     }
 
     /// The configuration to create librdkafka's producer with: `kafka`, with librdkafka's
-    /// queue limits raised by one batch above the limits this queue enforces.
+    /// queue limits raised to twice the limits this queue enforces, plus one batch.
     ///
-    /// librdkafka calls the delivery callbacks of a whole batch before it destroys the
-    /// batch's messages, and only destroying a message frees its place in librdkafka's count.
-    /// A send admitted here as soon as a report arrived could otherwise still find librdkafka
-    /// full. With the headroom, librdkafka never refuses a message this queue admitted; the
-    /// configured limits are still the ones enforced, here.
+    /// librdkafka calls the delivery callbacks of a whole event (a batch, or every message of
+    /// a partition that timed out or was purged) before it destroys those messages, and only
+    /// destroying a message frees its place in librdkafka's count. A send admitted here as
+    /// soon as a report arrived could otherwise find librdkafka full. Reported-but-not-yet-freed
+    /// messages are at most one event's, which is at most everything admitted here; with that
+    /// much headroom librdkafka never refuses a message this queue admitted. The configured
+    /// limits are still the ones enforced, here.
     pub(crate) fn client_config(&self, kafka: &ClientConfig) -> Result<ClientConfig, ConfigError> {
         let batch_messages = setting(kafka, "batch.num.messages", 1, 10_000)?;
         let batch_bytes = setting(kafka, "batch.size", 1, 1_000_000)?;
         let mut config = kafka.clone();
         if self.max_messages > 0 {
-            let raised = (self.max_messages + batch_messages).min(i32::MAX as usize);
+            let raised = self
+                .max_messages
+                .saturating_mul(2)
+                .saturating_add(batch_messages)
+                .min(i32::MAX as usize);
             config.set("queue.buffering.max.messages", raised.to_string());
         }
-        let raised = (self.max_kbytes + batch_bytes.div_ceil(1024) + 1).min(i32::MAX as usize);
+        let raised = self
+            .max_kbytes
+            .saturating_mul(2)
+            .saturating_add(batch_bytes.div_ceil(1024) + 1)
+            .min(i32::MAX as usize);
         config.set("queue.buffering.max.kbytes", raised.to_string());
         Ok(config)
+    }
+
+    /// Room for a message with `payload` bytes of payload if there is some now and nobody is
+    /// waiting for it.
+    pub(crate) fn try_reserve(&self, payload: usize) -> Option<OwnedReservation> {
+        let bytes = payload.min(self.room.max_bytes);
+        (self.room.waiting.load(SeqCst) == 0 && self.room.try_take(bytes)).then(|| {
+            OwnedReservation {
+                room: self.room.clone(),
+                bytes,
+            }
+        })
+    }
+
+    /// How long a send waits for room.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Messages that can still be queued without waiting (`None`: no count limit).
@@ -271,35 +306,6 @@ fn setting(
                 format!("an integer between {min} and 2147483647"),
             )
         })
-}
-
-/// A message handed to librdkafka whose delivery report is still awaited.
-///
-/// If the caller stops waiting (drops the `produce` future), librdkafka still delivers the
-/// message; the guard then hands the wait to a task that keeps the message's queue room
-/// reserved, and the producer alive, until the report arrives. Nothing is lost and the room
-/// accounting stays exact.
-pub(crate) struct InFlight<'a> {
-    pub(crate) delivery: Option<DeliveryFuture>,
-    pub(crate) reservation: Option<Reservation<'a>>,
-    pub(crate) producer: &'a FutureProducer,
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        let Some(delivery) = self.delivery.take() else {
-            return;
-        };
-        let reservation = self.reservation.take().map(Reservation::into_owned);
-        let producer = self.producer.clone();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = delivery.await;
-                drop(reservation);
-                drop(producer);
-            });
-        }
-    }
 }
 
 #[cfg(test)]
@@ -363,6 +369,43 @@ mod tests {
         assert_eq!(q.room.waiting.load(SeqCst), 0);
     }
 
+    /// A send that arrives while others wait for room does not take the room a delivery
+    /// frees ahead of them: waiting sends get room in arrival order, so two sends of one key
+    /// that both wait keep their order.
+    #[tokio::test(start_paused = true)]
+    async fn waiting_sends_get_room_in_arrival_order() {
+        let q = Arc::new(queue("1", "1024", Duration::from_secs(10)));
+        let held = q.reserve(1).await.unwrap();
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let waiter = |i: usize| {
+            let (q, order) = (q.clone(), order.clone());
+            tokio::spawn(async move {
+                let room = q.reserve(1).await.expect("room");
+                order.lock().unwrap().push(i);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                drop(room);
+            })
+        };
+        let first = waiter(1);
+        tokio::task::yield_now().await;
+        let second = waiter(2);
+        tokio::task::yield_now().await;
+        // Room comes back; a third send arrives before the waiters have run.
+        drop(held);
+        let late = q.reserve(1);
+        tokio::pin!(late);
+        assert!(
+            futures::poll!(&mut late).is_pending(),
+            "no jumping the line"
+        );
+        let late = late.await.unwrap();
+        order.lock().unwrap().push(3);
+        drop(late);
+        first.await.unwrap();
+        second.await.unwrap();
+        assert_eq!(*order.lock().unwrap(), [1, 2, 3]);
+    }
+
     #[tokio::test]
     async fn payload_bytes_are_limited_too() {
         let q = queue("1000", "1", Duration::ZERO);
@@ -386,15 +429,15 @@ mod tests {
     }
 
     #[test]
-    fn librdkafka_gets_one_batch_of_headroom() {
+    fn librdkafka_gets_twice_the_limit_and_a_batch_of_headroom() {
         let q = queue("50", "1000", Duration::ZERO);
         let mut kafka = ClientConfig::new();
         kafka
             .set("batch.num.messages", "100")
             .set("batch.size", "10240");
         let config = q.client_config(&kafka).unwrap();
-        assert_eq!(config.get("queue.buffering.max.messages"), Some("150"));
-        assert_eq!(config.get("queue.buffering.max.kbytes"), Some("1011"));
+        assert_eq!(config.get("queue.buffering.max.messages"), Some("200"));
+        assert_eq!(config.get("queue.buffering.max.kbytes"), Some("2011"));
         // No count limit stays no count limit.
         let q = queue("0", "1000", Duration::ZERO);
         let config = q.client_config(&ClientConfig::new()).unwrap();
@@ -407,7 +450,7 @@ mod tests {
         kafka.set("queue.buffering.max.messages", "lots");
         let err = LocalQueue::new(&kafka, Duration::ZERO).err().unwrap();
         assert_eq!(err.setting, "queue.buffering.max.messages");
-        // Found by the decoder fuzz test: a huge limit made the semaphore constructor panic.
+        // Found by the decoder fuzz test: a huge limit made the old semaphore-based queue panic.
         kafka.set("queue.buffering.max.messages", "9223372036854775807");
         let err = LocalQueue::new(&kafka, Duration::ZERO).err().unwrap();
         assert_eq!(

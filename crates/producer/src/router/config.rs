@@ -5,7 +5,7 @@ use std::time::Duration;
 use ksp_core::ConfigError;
 use rdkafka::ClientConfig;
 
-use crate::partitioner::Partitioner;
+use super::partitioner::Partitioner;
 
 /// The cache of moved keys: for each key whose home partition was unhealthy, the detour it
 /// took, so that the key keeps to one detour instead of bouncing between partitions.
@@ -71,23 +71,26 @@ impl Default for KeyCacheConfig {
     }
 }
 
-/// Settings of the [`Router`](crate::Router).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Settings of the [`Router`](super::Router). Every setting has a default; the producer takes
+/// the ones left unset from its own rdkafka configuration, so that routing batches and hashes
+/// keys exactly as librdkafka would.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RouterConfig {
-    /// librdkafka's partitioner, to know each key's home. Normally read from the producer's
-    /// `partitioner` setting.
-    pub partitioner: Partitioner,
+    /// librdkafka's partitioner, to know each key's home. `None`: the producer's `partitioner`
+    /// setting (librdkafka's default, `consistent_random`, for a router on its own). A
+    /// producer refuses a value that differs from its `partitioner` setting.
+    pub partitioner: Option<Partitioner>,
     /// Keyless messages stick to one partition until this many bytes were sent there (Kafka's
-    /// KIP-794 switches after a batch) … Default: the producer's `batch.size` (librdkafka's
+    /// KIP-794 switches after a batch) … `None`: the producer's `batch.size` (librdkafka's
     /// default is 1 000 000).
-    pub sticky_batch_bytes: u32,
+    pub sticky_batch_bytes: Option<u32>,
     /// … or until this long has passed, whichever comes first (librdkafka's own sticky
-    /// partitioner switches after `sticky.partitioning.linger.ms`). Default: the producer's
+    /// partitioner switches after `sticky.partitioning.linger.ms`). `None`: the producer's
     /// `sticky.partitioning.linger.ms` (librdkafka's default is 10 ms). Without a time bound,
     /// a low-rate producer would send hundreds of messages in a row to one partition, and its
     /// consumer would see them as a burst.
-    pub sticky_linger: Duration,
+    pub sticky_linger: Option<Duration>,
     /// The cache of moved keys.
     pub key_cache: KeyCacheConfig,
 }
@@ -98,19 +101,73 @@ impl RouterConfig {
     /// Default `sticky_linger`: librdkafka's default `sticky.partitioning.linger.ms`.
     pub const DEFAULT_STICKY_LINGER: Duration = Duration::from_millis(10);
 
-    /// Defaults taken from a producer's configuration: its `partitioner`, `batch.size` and
-    /// `sticky.partitioning.linger.ms`, so that routing batches like librdkafka would.
-    pub fn from_client_config(kafka: &ClientConfig) -> Result<Self, ConfigError> {
-        let mut config = Self {
-            partitioner: Partitioner::from_config(kafka)?,
-            ..Self::default()
-        };
-        if let Some(value) = kafka.get("batch.size") {
-            config.sticky_batch_bytes = value.trim().parse().map_err(|_| {
-                ConfigError::new("batch.size", format_args!("{value:?}"), "a number of bytes")
-            })?;
+    /// Sets `sticky_batch_bytes`.
+    #[must_use]
+    pub fn with_sticky_batch_bytes(mut self, bytes: u32) -> Self {
+        self.sticky_batch_bytes = Some(bytes);
+        self
+    }
+
+    /// Sets `sticky_linger`.
+    #[must_use]
+    pub fn with_sticky_linger(mut self, linger: Duration) -> Self {
+        self.sticky_linger = Some(linger);
+        self
+    }
+
+    /// Sets `key_cache`.
+    #[must_use]
+    pub fn with_key_cache(mut self, key_cache: KeyCacheConfig) -> Self {
+        self.key_cache = key_cache;
+        self
+    }
+
+    /// Sets `partitioner`.
+    #[must_use]
+    pub fn with_partitioner(mut self, partitioner: Partitioner) -> Self {
+        self.partitioner = Some(partitioner);
+        self
+    }
+
+    /// `sticky_batch_bytes`, or its default.
+    pub fn effective_sticky_batch_bytes(&self) -> u32 {
+        self.sticky_batch_bytes
+            .unwrap_or(Self::DEFAULT_STICKY_BATCH_BYTES)
+    }
+
+    /// `sticky_linger`, or its default.
+    pub fn effective_sticky_linger(&self) -> Duration {
+        self.sticky_linger.unwrap_or(Self::DEFAULT_STICKY_LINGER)
+    }
+
+    /// These settings with the ones left unset taken from a producer's configuration: its
+    /// `partitioner`, `batch.size` and `sticky.partitioning.linger.ms`.
+    pub fn for_producer(&self, kafka: &ClientConfig) -> Result<Self, ConfigError> {
+        let partitioner = Partitioner::from_config(kafka)?;
+        if let Some(mine) = self.partitioner
+            && mine != partitioner
+        {
+            return Err(ConfigError::new(
+                "router.partitioner",
+                format_args!("{mine:?}"),
+                format!(
+                    "the producer's own `partitioner` ({partitioner:?}): keys' homes must be \
+                     where librdkafka sends them"
+                ),
+            ));
         }
-        if let Some(value) = kafka.get("sticky.partitioning.linger.ms") {
+        let mut config = self.clone();
+        config.partitioner = Some(partitioner);
+        if config.sticky_batch_bytes.is_none()
+            && let Some(value) = kafka.get("batch.size")
+        {
+            config.sticky_batch_bytes = Some(value.trim().parse().map_err(|_| {
+                ConfigError::new("batch.size", format_args!("{value:?}"), "a number of bytes")
+            })?);
+        }
+        if config.sticky_linger.is_none()
+            && let Some(value) = kafka.get("sticky.partitioning.linger.ms")
+        {
             let ms: u64 = value.trim().parse().map_err(|_| {
                 ConfigError::new(
                     "sticky.partitioning.linger.ms",
@@ -118,39 +175,30 @@ impl RouterConfig {
                     "a number of milliseconds",
                 )
             })?;
-            config.sticky_linger = Duration::from_millis(ms);
+            config.sticky_linger = Some(Duration::from_millis(ms));
         }
         Ok(config)
     }
 
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(1..=(1 << 30)).contains(&self.sticky_batch_bytes) {
+        let bytes = self.effective_sticky_batch_bytes();
+        if !(1..=(1 << 30)).contains(&bytes) {
             return Err(ConfigError::new(
                 "sticky_batch_bytes",
-                self.sticky_batch_bytes,
+                bytes,
                 "between 1 and 1073741824 bytes",
             ));
         }
-        if self.sticky_linger > Duration::from_secs(900) {
+        let linger = self.effective_sticky_linger();
+        if linger > Duration::from_secs(900) {
             return Err(ConfigError::duration(
                 "sticky_linger",
-                self.sticky_linger,
+                linger,
                 "at most 900s (0 switches partition on every message)",
             ));
         }
         self.key_cache.validate()
-    }
-}
-
-impl Default for RouterConfig {
-    fn default() -> Self {
-        Self {
-            partitioner: Partitioner::default(),
-            sticky_batch_bytes: Self::DEFAULT_STICKY_BATCH_BYTES,
-            sticky_linger: Self::DEFAULT_STICKY_LINGER,
-            key_cache: KeyCacheConfig::default(),
-        }
     }
 }
 
@@ -174,28 +222,39 @@ mod tests {
         let mut c = RouterConfig::default();
         c.key_cache.ttl = Duration::from_millis(10);
         assert_eq!(c.validate().unwrap_err().setting, "key_cache.ttl");
-        let c = RouterConfig {
-            sticky_batch_bytes: 0,
-            ..RouterConfig::default()
-        };
+        let c = RouterConfig::default().with_sticky_batch_bytes(0);
         assert_eq!(c.validate().unwrap_err().setting, "sticky_batch_bytes");
     }
 
     #[test]
     fn defaults_follow_the_producer_configuration() {
-        let c = RouterConfig::from_client_config(&ClientConfig::new()).unwrap();
-        assert_eq!(c, RouterConfig::default());
+        let c = RouterConfig::default()
+            .for_producer(&ClientConfig::new())
+            .unwrap();
+        assert_eq!(c.partitioner, Some(Partitioner::ConsistentRandom));
+        assert_eq!(c.effective_sticky_batch_bytes(), 1_000_000);
         let mut kafka = ClientConfig::new();
         kafka
             .set("partitioner", "murmur2_random")
             .set("batch.size", "65536")
             .set("sticky.partitioning.linger.ms", "25");
-        let c = RouterConfig::from_client_config(&kafka).unwrap();
-        assert_eq!(c.partitioner, Partitioner::Murmur2Random);
-        assert_eq!(c.sticky_batch_bytes, 65536);
-        assert_eq!(c.sticky_linger, Duration::from_millis(25));
+        let c = RouterConfig::default().for_producer(&kafka).unwrap();
+        assert_eq!(c.partitioner, Some(Partitioner::Murmur2Random));
+        assert_eq!(c.sticky_batch_bytes, Some(65536));
+        assert_eq!(c.sticky_linger, Some(Duration::from_millis(25)));
+        // What is set explicitly wins.
+        let c = RouterConfig::default()
+            .with_sticky_batch_bytes(100)
+            .for_producer(&kafka)
+            .unwrap();
+        assert_eq!(c.sticky_batch_bytes, Some(100));
+        let err = RouterConfig::default()
+            .with_partitioner(Partitioner::Fnv1a)
+            .for_producer(&kafka)
+            .unwrap_err();
+        assert_eq!(err.setting, "router.partitioner");
         kafka.set("batch.size", "big");
-        let err = RouterConfig::from_client_config(&kafka).unwrap_err();
+        let err = RouterConfig::default().for_producer(&kafka).unwrap_err();
         assert_eq!(
             err.to_string(),
             "invalid `batch.size` = \"big\": expected a number of bytes"

@@ -1,88 +1,22 @@
 //! The router: where a message should go, decided synchronously from one health snapshot.
 
-use std::collections::{HashMap, HashSet};
+mod config;
+mod decision;
+mod detours;
+mod partitioner;
+
 use std::fmt;
 use std::sync::Arc;
 
-use ksp_core::{ConfigError, HealthFeed, HealthSnapshot, TopicHealth};
+use ksp_core::{ConfigError, HealthFeed, TopicHealth};
 use moka::sync::Cache;
-use serde::Serialize;
 use tracing::debug;
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::config::RouterConfig;
-use crate::partitioner::Partitioner;
-
-/// Where a message goes, and why.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub struct Decision {
-    /// The partition to set on the record; `None` lets librdkafka's partitioner decide.
-    pub partition: Option<i32>,
-    /// Why.
-    pub route: Route,
-}
-
-impl Decision {
-    const fn fallback(reason: Fallback) -> Self {
-        Self {
-            partition: None,
-            route: Route::Fallback(reason),
-        }
-    }
-}
-
-/// How a routing decision was made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum Route {
-    /// The caller set the partition; it always wins.
-    Explicit,
-    /// A keyless message, sent to the current sticky partition, chosen among the healthy
-    /// partitions with probability proportional to health.
-    Sticky,
-    /// A keyed message whose home partition is healthy: it goes home (librdkafka's
-    /// partitioner picks it, exactly as without this library).
-    Home,
-    /// A keyed message whose home partition is unhealthy, sent to its detour.
-    Moved,
-    /// No smart decision; librdkafka's partitioner decides.
-    Fallback(Fallback),
-}
-
-/// Why a decision fell back to librdkafka's partitioner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum Fallback {
-    /// Smart routing is disabled.
-    Disabled,
-    /// No health for the topic: not watched, or not collected yet.
-    NoHealth,
-    /// The topic's health is older than `max_staleness`.
-    Stale,
-    /// No partition of the topic is healthy with an available leader.
-    NoRoutablePartition,
-    /// A key's home is unhealthy, but fewer than half the partitions are healthy: moving the
-    /// keys of all the others onto them would overload them, so keys stay home.
-    TooFewRoutable,
-    /// The producer's librdkafka does not know the chosen partition yet (partitions were just
-    /// added); the message was re-sent without a partition.
-    PartitionUnknownToProducer,
-}
-
-impl fmt::Display for Route {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Explicit => f.write_str("explicit"),
-            Self::Sticky => f.write_str("sticky"),
-            Self::Home => f.write_str("home"),
-            Self::Moved => f.write_str("moved"),
-            Self::Fallback(reason) => write!(f, "fallback({reason:?})"),
-        }
-    }
-}
+pub use self::config::{KeyCacheConfig, RouterConfig};
+pub use self::decision::{Decision, Fallback, Route};
+use self::detours::{RoutabilityTracker, mix64, rendezvous};
+pub use self::partitioner::Partitioner;
 
 /// A remembered detour.
 #[derive(Debug, Clone, Copy)]
@@ -94,18 +28,19 @@ struct Detour {
 /// Decides where each message goes.
 ///
 /// [`route`](Router::route) is synchronous and cheap: it loads the current
-/// [`HealthSnapshot`] once, looks the topic up, and for
+/// [`HealthSnapshot`](ksp_core::HealthSnapshot) once, looks the topic up, and for
 ///
-/// * **a keyless message**, adds its size to the topic's [`StickyCursor`](ksp_core::StickyCursor)
-///   and maps the current sticky batch to a partition weighted by health: about one batch of
-///   bytes per partition, then the next, like Kafka's KIP-794 partitioner. It allocates
-///   nothing.
-/// * **a keyed message**, computes the key's home (the partition librdkafka would pick). A
-///   healthy home means no partition is set, so librdkafka sends it home as usual. An unhealthy
-///   home moves the key to a detour: the healthy partition that ranks highest for the key by
-///   rendezvous hashing, which every producer instance computes alike without talking to the
-///   others, and which stays put for a key when *other* partitions change health. The detour
-///   is remembered in a moka cache so the key keeps to it while it stays healthy.
+/// * **a keyless message**, adds its size to the topic's sticky cursor and maps the current
+///   sticky batch to a partition weighted by health: about one batch of bytes per partition,
+///   then the next, like Kafka's KIP-794 partitioner. It allocates nothing.
+/// * **a keyed message**, computes the key's home (the partition librdkafka would pick, over
+///   the partition count of the health it judged). A routable home is set explicitly, so
+///   the message goes exactly where health was judged, even while librdkafka's own metadata
+///   still has an older partition count. An unroutable home moves the key to a detour: the
+///   routable partition that ranks highest for the key by rendezvous hashing, which every
+///   producer instance computes alike without talking to the others, and which stays put for
+///   a key when *other* partitions change health. The detour is remembered in a moka cache so
+///   the key keeps to it while it stays routable.
 ///
 /// Whenever health is missing, stale or leaves no partition to route to, it sets no partition
 /// and librdkafka's own partitioner decides.
@@ -141,15 +76,16 @@ impl Router {
             .build_with_hasher(foldhash::fast::RandomState::default());
         Ok(Self {
             feed,
-            partitioner: config.partitioner,
-            sticky_batch_bytes: config.sticky_batch_bytes,
-            sticky_linger_ticks: ticks_for(&clock, config.sticky_linger),
+            partitioner: config.partitioner.unwrap_or_default(),
+            sticky_batch_bytes: config.effective_sticky_batch_bytes(),
+            sticky_linger_ticks: ticks_for(&clock, config.effective_sticky_linger()),
             clock,
             detours,
         })
     }
 
-    /// Where a message for `topic` should go.
+    /// Where a message for `topic` should go; a key moved for the first time is remembered at
+    /// once.
     ///
     /// `partition` is the record's own partition (it always wins), `key` its key and `size`
     /// its size in bytes (key plus payload), which paces sticky switching.
@@ -161,12 +97,17 @@ impl Router {
         key: Option<&[u8]>,
         size: usize,
     ) -> Decision {
-        self.route_detailed(topic, partition, key, size).0
+        let (decision, new_detour) = self.route_detailed(topic, partition, key, size);
+        if let (Some(detour), Some(partition)) = (new_detour, decision.partition) {
+            self.remember_detour(&detour, partition);
+        }
+        decision
     }
 
-    /// [`route`](Self::route), and when the decision moved a key this router had not moved
-    /// before, what a shared store needs to agree on the detour with other instances (see
-    /// [`remember_detour`](Self::remember_detour)).
+    /// [`route`](Self::route) without remembering anything: when the decision moves a key this
+    /// router has no detour for, it says so, and the caller decides where the key goes (with
+    /// other instances, say) and calls [`remember_detour`](Self::remember_detour) once the
+    /// message is on its way.
     #[inline]
     pub fn route_detailed(
         &self,
@@ -195,8 +136,7 @@ impl Router {
         }
     }
 
-    /// Makes the key of `detour` go to `partition` from now on (a detour agreed with other
-    /// instances).
+    /// Makes the key of `detour` go to `partition` from now on.
     pub fn remember_detour(&self, detour: &NewDetour, partition: i32) {
         self.detours.insert(
             detour.fingerprint,
@@ -205,6 +145,29 @@ impl Router {
                 partition,
             },
         );
+    }
+
+    /// Forgets the detour remembered for a key of `topic` (`key_hash` = `xxh3_64` of the key):
+    /// its next send chooses again.
+    pub fn forget_detour(&self, topic: &str, key_hash: u64) {
+        let fingerprint = mix64(key_hash ^ TopicHealth::hash_of(topic).rotate_left(29));
+        self.detours.invalidate(&fingerprint);
+    }
+
+    /// Whether `partition` of `topic` may be routed to now (fresh health says so).
+    pub fn is_routable(&self, topic: &str, partition: i32) -> bool {
+        self.feed
+            .load()
+            .topic(topic)
+            .is_some_and(|t| !t.is_stale() && t.is_routable(partition))
+    }
+
+    /// Where the key of `detour` would go by the health of now: the routable partition that
+    /// ranks highest for it, if any.
+    pub fn detour_now(&self, topic: &str, detour: &NewDetour) -> Option<i32> {
+        let snapshot = self.feed.load();
+        let health = snapshot.topic(topic).filter(|t| !t.is_stale())?;
+        rendezvous(health.routable_partitions(), detour.key_hash)
     }
 
     #[inline]
@@ -232,7 +195,7 @@ impl Router {
     fn keyed(&self, health: &TopicHealth, key: &[u8], home: i32) -> (Decision, Option<NewDetour>) {
         if health.is_routable(home) {
             let home = Decision {
-                partition: None,
+                partition: Some(home),
                 route: Route::Home,
             };
             return (home, None);
@@ -267,7 +230,6 @@ impl Router {
             topic_hash: health.topic_hash(),
             routable: health.routable_partitions().into(),
         };
-        self.remember_detour(&detour, partition);
         let moved = Decision {
             partition: Some(partition),
             route: Route::Moved,
@@ -356,42 +318,15 @@ pub struct NewDetour {
     topic_hash: u64,
 }
 
-/// Remembers which partitions were routable in the previous snapshot, to find those that just
-/// stopped being routable.
-#[derive(Default)]
-struct RoutabilityTracker {
-    previous: HashMap<u64, Arc<TopicHealth>>,
-}
-
-impl RoutabilityTracker {
-    fn newly_unroutable(&mut self, snapshot: &HealthSnapshot) -> HashSet<(u64, i32)> {
-        let mut lost = HashSet::new();
-        let mut current = HashMap::new();
-        for topic in snapshot.topics().filter(|t| !t.is_stale()) {
-            let before = self.previous.get(&topic.topic_hash());
-            for partition in 0..topic.partition_count() {
-                // A topic seen for the first time (or again after a gap) may have detours
-                // from before; treat all its partitions as previously routable.
-                let was = before.is_none_or(|b| b.is_routable(partition));
-                if was && !topic.is_routable(partition) {
-                    lost.insert((topic.topic_hash(), partition));
-                }
-            }
-            current.insert(topic.topic_hash(), topic.clone());
-        }
-        self.previous = current;
-        lost
+impl NewDetour {
+    /// The key's identity in this router's cache (key and topic).
+    #[cfg_attr(
+        not(feature = "redis"),
+        expect(dead_code, reason = "only the Redis L2 keys lines by it")
+    )]
+    pub(crate) fn fingerprint(&self) -> u64 {
+        self.fingerprint
     }
-}
-
-/// The routable partition that ranks highest for a key (rendezvous, or highest-random-weight,
-/// hashing). Deterministic across processes; when a partition leaves or joins the set, only
-/// the keys that ranked it highest move.
-fn rendezvous(routable: &[i32], key_hash: u64) -> Option<i32> {
-    routable
-        .iter()
-        .copied()
-        .max_by_key(|&p| mix64(key_hash ^ (p as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)))
 }
 
 /// The number of raw ticks of `clock` that make up `duration` (the clock only converts the
@@ -410,19 +345,13 @@ fn ticks_for(clock: &quanta::Clock, duration: std::time::Duration) -> u64 {
     low
 }
 
-/// SplitMix64's finalizer: a fast, well-mixed 64-bit permutation.
-#[inline]
-fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::SystemTime;
 
-    use ksp_core::{HealthPublisher, PartitionHealth, PartitionLag, health_channel};
+    use ksp_core::{
+        HealthPublisher, HealthSnapshot, PartitionHealth, PartitionLag, health_channel,
+    };
 
     use super::*;
 
@@ -511,12 +440,10 @@ mod tests {
     #[test]
     fn keyless_never_picks_an_unhealthy_partition_and_sticks_for_a_batch() {
         let (mut publisher, feed) = health_channel();
-        let config = RouterConfig {
-            sticky_batch_bytes: 16 * 1024,
+        let config = RouterConfig::default()
+            .with_sticky_batch_bytes(16 * 1024)
             // Long enough that only bytes end a batch in this test.
-            sticky_linger: std::time::Duration::from_secs(600),
-            ..RouterConfig::default()
-        };
+            .with_sticky_linger(std::time::Duration::from_secs(600));
         let router = Router::new(feed, &config).unwrap();
         publish(&mut publisher, &[true, false, true, true]);
         let mut picks = Vec::new();
@@ -538,17 +465,23 @@ mod tests {
     #[test]
     fn keyless_switches_partition_after_the_sticky_linger() {
         let (mut publisher, feed) = health_channel();
-        let config = RouterConfig {
-            sticky_linger: std::time::Duration::from_millis(1),
-            ..RouterConfig::default()
-        };
-        let router = Router::new(feed, &config).unwrap();
+        let config =
+            RouterConfig::default().with_sticky_linger(std::time::Duration::from_millis(1));
+        let (clock, mock) = quanta::Clock::mock();
+        let router = Router::with_clock(feed, &config, clock).unwrap();
         publish(&mut publisher, &[true, true, true]);
         let mut picks = std::collections::BTreeSet::new();
+        let mut switches = 0;
+        let mut last = None;
         for _ in 0..30 {
-            picks.insert(router.route("t", None, None, 10).partition.unwrap());
-            std::thread::sleep(std::time::Duration::from_millis(2));
+            let p = router.route("t", None, None, 10).partition.unwrap();
+            switches += usize::from(last.is_some_and(|l| l != p));
+            last = Some(p);
+            picks.insert(p);
+            mock.increment(std::time::Duration::from_millis(2));
         }
+        // Every message comes after the linger: each starts a batch of its own.
+        assert!(switches >= 15, "{switches} switches");
         // 30 batches over 3 partitions: all of them get some.
         assert_eq!(picks.len(), 3, "{picks:?}");
     }
@@ -558,10 +491,12 @@ mod tests {
         let (mut publisher, router) = router();
         publish(&mut publisher, &[true; 4]);
         let d = router.route("t", None, Some(b"user-1"), 10);
+        // The home is set explicitly: the one health was judged for.
+        let home = router.partitioner().home(Some(b"user-1"), 4);
         assert_eq!(
             d,
             Decision {
-                partition: None,
+                partition: home,
                 route: Route::Home
             }
         );
@@ -655,21 +590,6 @@ mod tests {
             router.route("other", None, None, 10),
             Decision::fallback(Fallback::NoHealth)
         );
-    }
-
-    #[test]
-    fn tracker_reports_partitions_that_stop_being_routable() {
-        let mut tracker = RoutabilityTracker::default();
-        let first = HealthSnapshot::new([topic("t", &[true, false, true])]);
-        let hash = first.topic("t").unwrap().topic_hash();
-        // First sight: every unroutable partition counts as lost.
-        assert_eq!(tracker.newly_unroutable(&first), HashSet::from([(hash, 1)]));
-        // Same again: nothing new.
-        let same = HealthSnapshot::new([topic("t", &[true, false, true])]);
-        assert!(tracker.newly_unroutable(&same).is_empty());
-        // Partition 2 falls, 1 recovers.
-        let next = HealthSnapshot::new([topic("t", &[true, true, false])]);
-        assert_eq!(tracker.newly_unroutable(&next), HashSet::from([(hash, 2)]));
     }
 
     #[tokio::test]

@@ -1,15 +1,17 @@
 //! One lag collector per fleet: a lease in Redis elects the instance that talks to Kafka; it
 //! publishes each round's exact lags, and the others read them.
 
+mod lease;
+
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use fred::prelude::*;
-use fred::types::{Expiration, SetOptions};
+use fred::types::Value;
 use ksp_core::{
     CollectError, HotPartitionCalculator, LagCollector, LagRequest, TopicHealth, TopicLag,
 };
@@ -22,36 +24,58 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::client::RedisClient;
 use crate::error::{L2Error, L2Result};
-use crate::wire::SnapshotPayload;
+use crate::wire::{Publication, SnapshotPayload};
 
-/// Renews the lease only if this instance still holds it.
-const RENEW: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+/// Publishes a snapshot only while this instance holds the lease (a deposed leader that wakes
+/// up from a pause cannot overwrite its successor's newer snapshot), stamps it with Redis's own
+/// clock, and announces it, all in one step.
+///
+/// KEYS[1] = lease, KEYS[2] = snapshot; ARGV = instance id, payload, TTL ms, term, sequence,
+/// channel, announcement. Returns 1 when published, 0 when the lease is someone else's.
+const PUBLISH: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
 end
-return 0
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('HSET', KEYS[2], 'payload', ARGV[2], 'at', now, 'term', ARGV[4], 'seq', ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PUBLISH', ARGV[6], ARGV[7])
+return 1
 ";
 
-/// Releases the lease only if this instance holds it.
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
+/// Reads the snapshot and how long ago it was published, both by Redis's clock.
+///
+/// KEYS[1] = snapshot. Returns {payload, published at (ms), now (s), now (µs)}, the first two
+/// false when there is no snapshot.
+const READ: &str = r"
+local v = redis.call('HMGET', KEYS[1], 'payload', 'at')
+local t = redis.call('TIME')
+return {v[1], v[2], t[1], t[2]}
 ";
+
+/// The wall clock an instance stamps its collections and publications with.
+pub type WallClock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
 /// A [`LagCollector`] shared by a fleet of producers through Redis.
 ///
 /// Wraps the collector each instance would otherwise use on its own (normally
 /// `KafkaLagCollector`). Instances of the same Kafka cluster and consumer group elect one
-/// *leader* with a lease (`SET NX PX`, renewed every third of `lease_ttl`):
+/// *leader* with a lease (`SET NX PX`, renewed every third of `lease_ttl`); each new leader
+/// opens a new *term*:
 ///
-/// * the leader collects from Kafka and publishes the exact lags (see `docs/redis.md`) to
-///   `{prefix}:v1:fleet:{cluster}:{group}:snapshot`, then announces it on the channel
-///   `{prefix}:v1:fleet:{cluster}:{group}:published`;
-/// * the followers read that snapshot instead of asking Kafka. The announcement lets them
+/// * the leader collects from Kafka and publishes the exact lags (see `docs/redis.md`), but only
+///   while it holds the lease: the publication checks the lease and writes in one script, so a
+///   leader that lost its lease during a pause cannot overwrite its successor;
+/// * the followers read that snapshot instead of asking Kafka, and never go back to one that is
+///   older (by term and sequence) than one they already used. The announcement lets them
 ///   refresh at once (see [`FleetCollector::peer_updates`]); their own refresh tick is the
 ///   polling fallback.
+///
+/// Freshness never compares two machines' clocks: Redis stamps each publication with its own
+/// clock and tells the reader how long ago that was, and the publisher says how old its offsets
+/// were then, by its own clock. A follower whose clock is seconds off reads the fleet's
+/// snapshot like any other.
 ///
 /// A follower collects by itself whatever the shared snapshot cannot give it: topics the
 /// leader does not watch, a snapshot older than `follower_max_age` (the leader died or
@@ -61,7 +85,16 @@ return 0
 pub struct FleetCollector {
     shared: Arc<Shared>,
     _lease: AbortOnDropHandle<()>,
-    _subscriber: AbortOnDropHandle<()>,
+    _listener: AbortOnDropHandle<()>,
+}
+
+/// The fleet's keys, all with the same hash tag (one Redis Cluster slot, so one script can
+/// touch them together).
+struct Keys {
+    lease: String,
+    term: String,
+    snapshot: String,
+    channel: String,
 }
 
 struct Shared {
@@ -70,11 +103,15 @@ struct Shared {
     calculator: Option<Arc<dyn HotPartitionCalculator>>,
     id: String,
     group: String,
-    lease_key: String,
-    snapshot_key: String,
-    channel: String,
+    keys: Keys,
     follower_max_age: Duration,
+    clock: WallClock,
     leader: AtomicBool,
+    /// This instance's term while it leads, and its publications in that term.
+    term: AtomicU64,
+    sequence: AtomicU64,
+    /// The newest snapshot this instance used as a follower: never go back before it.
+    applied: Mutex<(u64, u64)>,
     /// Bumped when a peer published, or this instance became the leader.
     updates: watch::Sender<u64>,
     /// Wakes the lease task (the leader resigned).
@@ -87,9 +124,11 @@ struct Shared {
 #[derive(Default)]
 struct Counters {
     published: AtomicU64,
+    fenced: AtomicU64,
     adopted: AtomicU64,
     collected_locally: AtomicU64,
     rejected_payloads: AtomicU64,
+    older_ignored: AtomicU64,
     became_leader: AtomicU64,
 }
 
@@ -101,14 +140,20 @@ pub struct FleetStats {
     pub instance: String,
     /// Whether this instance holds the lease now.
     pub is_leader: bool,
+    /// Its current (or last) leadership term.
+    pub term: u64,
     /// Snapshots this instance published.
     pub published: u64,
+    /// Publications refused because another instance held the lease by then.
+    pub fenced: u64,
     /// Refreshes answered from a peer's snapshot.
     pub adopted: u64,
     /// Refreshes (or parts of refreshes) this instance collected by itself.
     pub collected_locally: u64,
     /// Payloads refused (corrupt, truncated, other version, other group).
     pub rejected_payloads: u64,
+    /// Snapshots older than one already used, ignored.
+    pub older_ignored: u64,
     /// How many times this instance became the leader.
     pub became_leader: u64,
 }
@@ -122,6 +167,8 @@ pub struct FleetCollectorBuilder {
     cluster: String,
     calculator: Option<Arc<dyn HotPartitionCalculator>>,
     follower_max_age: Duration,
+    clock: WallClock,
+    instance: String,
 }
 
 impl FleetCollector {
@@ -138,6 +185,8 @@ impl FleetCollector {
             group: group.into(),
             calculator: None,
             follower_max_age: Duration::from_secs(15),
+            clock: Arc::new(SystemTime::now),
+            instance: instance_id(),
         }
     }
 
@@ -158,37 +207,45 @@ impl FleetCollector {
         FleetStats {
             instance: self.shared.id.clone(),
             is_leader: self.is_leader(),
+            term: self.shared.term.load(Ordering::Acquire),
             published: s.published.load(Ordering::Relaxed),
+            fenced: s.fenced.load(Ordering::Relaxed),
             adopted: s.adopted.load(Ordering::Relaxed),
             collected_locally: s.collected_locally.load(Ordering::Relaxed),
             rejected_payloads: s.rejected_payloads.load(Ordering::Relaxed),
+            older_ignored: s.older_ignored.load(Ordering::Relaxed),
             became_leader: s.became_leader.load(Ordering::Relaxed),
         }
     }
 
-    /// The Redis key of the shared snapshot.
+    /// The Redis key of the shared snapshot (a hash: `payload`, `at`, `term`, `seq`).
     pub fn snapshot_key(&self) -> &str {
-        &self.shared.snapshot_key
+        &self.shared.keys.snapshot
     }
 
     /// The Redis key of the lease.
     pub fn lease_key(&self) -> &str {
-        &self.shared.lease_key
+        &self.shared.keys.lease
     }
 
     /// Stops taking part: releases the lease if held (announcing it, so a follower takes over
     /// at once instead of after the lease expires) and stops the background tasks.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: the background tasks stop when this is first polled; dropping the future
+    /// may leave the lease to expire on its own instead of being released.
     pub async fn shutdown(&self) {
         self.shared.cancel.cancel();
         if self.shared.leader.swap(false, Ordering::AcqRel) {
             let s = &self.shared;
-            let (key, id) = (s.lease_key.clone(), s.id.clone());
+            let (keys, args) = (vec![s.keys.lease.clone()], vec![s.id.clone()]);
             let released = s
                 .client
-                .call(|c| async move { c.eval::<i64, _, _, _>(RELEASE, key, vec![id]).await })
+                .call(|c| async move { c.eval::<i64, _, _, _>(lease::RELEASE, keys, args).await })
                 .await;
             if matches!(released, Ok(1)) {
-                let (channel, message) = (s.channel.clone(), format!("resign {}", s.id));
+                let (channel, message) = (s.keys.channel.clone(), format!("resign {}", s.id));
                 let _ = s
                     .client
                     .call(|c| async move { c.publish::<i64, _, _>(channel, message).await })
@@ -231,43 +288,73 @@ impl FleetCollectorBuilder {
         self
     }
 
-    /// Starts the lease and subscriber tasks. Needs a Tokio runtime.
+    /// This instance's name in the lease and in announcements. Default: a fresh
+    /// [`instance_id`].
+    pub fn instance(mut self, instance: impl Into<String>) -> Self {
+        self.instance = instance.into();
+        self
+    }
+
+    /// The wall clock this instance stamps with. Default `SystemTime::now`; tests give an
+    /// instance a clock that is off, as a real machine's can be.
+    pub fn clock(mut self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Starts the lease and listener tasks. Needs a Tokio runtime.
     pub fn spawn(self) -> L2Result<FleetCollector> {
         let cluster = if self.cluster.is_empty() {
             "default".to_owned()
         } else {
             self.cluster
         };
-        let base = ["v1", "fleet", cluster.as_str(), self.group.as_str()];
-        let key = |suffix: &str| {
-            let mut parts = base.to_vec();
-            parts.push(suffix);
-            self.client.key(&parts)
-        };
-        let subscriber = self.client.subscriber()?;
-        let shared = Arc::new(Shared {
-            lease_key: key("lease"),
-            snapshot_key: key("snapshot"),
+        let tag = format!("{{{cluster}:{}}}", self.group);
+        let key = |suffix: &str| self.client.key(&["v2", "fleet", tag.as_str(), suffix]);
+        let keys = Keys {
+            lease: key("lease"),
+            term: key("term"),
+            snapshot: key("snapshot"),
             channel: key("published"),
+        };
+        let cancel = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            keys,
             inner: self.inner,
             calculator: self.calculator,
-            id: instance_id(),
+            id: self.instance,
             group: self.group,
             follower_max_age: self.follower_max_age,
+            clock: self.clock,
             leader: AtomicBool::new(false),
+            term: AtomicU64::new(0),
+            sequence: AtomicU64::new(0),
+            applied: Mutex::new((0, 0)),
             updates: watch::Sender::new(0),
             wake: Notify::new(),
-            cancel: CancellationToken::new(),
+            cancel: cancel.clone(),
             last_rejected: Mutex::new(None),
             stats: Counters::default(),
             client: self.client,
         });
+        let listener = {
+            let weak = Arc::downgrade(&shared);
+            crate::listener::listen(
+                &shared.client,
+                shared.keys.channel.clone(),
+                cancel,
+                move |text| {
+                    if let Some(shared) = weak.upgrade() {
+                        shared.on_announcement(text);
+                    }
+                },
+            )?
+        };
         let lease = AbortOnDropHandle::new(tokio::spawn(shared.clone().hold_lease()));
-        let subscriber = AbortOnDropHandle::new(tokio::spawn(shared.clone().listen(subscriber)));
         Ok(FleetCollector {
             shared,
             _lease: lease,
-            _subscriber: subscriber,
+            _listener: listener,
         })
     }
 }
@@ -285,7 +372,9 @@ pub fn cluster_name(bootstrap_servers: &str) -> String {
     format!("{:016x}", xxh3_64(hosts.join(",").as_bytes()))
 }
 
-fn instance_id() -> String {
+/// A name for this producer instance in the fleet's keys and announcements:
+/// `{pid}-{8 hex digits}`, unique per call.
+pub fn instance_id() -> String {
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -293,186 +382,102 @@ fn instance_id() -> String {
     format!("{}-{:08x}", std::process::id(), salt as u32)
 }
 
+/// A snapshot read from Redis, and how long ago it was published (by Redis's clock).
+struct Read {
+    payload: SnapshotPayload,
+    since_published: Duration,
+}
+
 impl Shared {
-    /// Holds or seeks the lease until cancelled.
-    async fn hold_lease(self: Arc<Self>) {
-        let ttl = self.client.config().lease_ttl;
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        let mut last_renewed: Option<Instant> = None;
-        loop {
-            if self.leader.load(Ordering::Acquire) {
-                let (key, id) = (self.lease_key.clone(), self.id.clone());
-                let renewed = self
-                    .client
-                    .call(|c| async move {
-                        c.eval::<i64, _, _, _>(RENEW, key, vec![id, ttl_ms.to_string()])
-                            .await
-                    })
-                    .await;
-                match renewed {
-                    Ok(1) => last_renewed = Some(Instant::now()),
-                    Ok(_) => self.step_down("another instance holds the lease"),
-                    Err(e) => {
-                        // Without renewal the lease expires at the latest `ttl` after the
-                        // last success; stop acting as leader by then.
-                        if last_renewed.is_none_or(|t| t.elapsed() >= ttl) {
-                            self.step_down(&format!("could not renew the lease: {e}"));
-                        }
-                    }
-                }
-            } else {
-                let (key, id) = (self.lease_key.clone(), self.id.clone());
-                let ttl = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
-                let acquired = self
-                    .client
-                    .call(|c| async move {
-                        c.set::<Option<String>, _, _>(
-                            key,
-                            id,
-                            Some(Expiration::PX(ttl)),
-                            Some(SetOptions::NX),
-                            false,
-                        )
-                        .await
-                    })
-                    .await;
-                if matches!(acquired, Ok(Some(_))) {
-                    last_renewed = Some(Instant::now());
-                    self.leader.store(true, Ordering::Release);
-                    self.stats.became_leader.fetch_add(1, Ordering::Relaxed);
-                    metrics::gauge!("ksp_fleet_leader").set(1.0);
-                    info!(instance = %self.id, lease = %self.lease_key, "this instance now collects lag for the fleet");
-                    self.updates.send_modify(|v| *v = v.wrapping_add(1));
-                }
+    fn on_announcement(&self, text: &str) {
+        if let Some(who) = text.strip_prefix("resign ") {
+            if who != self.id {
+                self.wake.notify_one();
             }
-            // The leader renews three times per TTL; followers try ten times per TTL, so a
-            // dead leader is replaced at most a tenth of a TTL after its lease expires.
-            let pause = if self.leader.load(Ordering::Acquire) {
-                ttl / 3
-            } else {
-                ttl / 10
-            };
-            tokio::select! {
-                () = self.cancel.cancelled() => return,
-                () = tokio::time::sleep(pause) => {}
-                () = self.wake.notified() => {}
-            }
+        } else if !text.starts_with(&self.id) && !self.leader.load(Ordering::Acquire) {
+            self.updates.send_modify(|v| *v = v.wrapping_add(1));
         }
     }
 
-    fn step_down(&self, why: &str) {
-        if self.leader.swap(false, Ordering::AcqRel) {
-            metrics::gauge!("ksp_fleet_leader").set(0.0);
-            warn!(instance = %self.id, reason = why, "no longer collecting lag for the fleet");
-        }
-    }
-
-    /// Listens for announcements until cancelled.
-    async fn listen(self: Arc<Self>, subscriber: fred::clients::SubscriberClient) {
-        drop(subscriber.connect());
-        let _resubscribe = subscriber.manage_subscriptions();
-        let mut messages = subscriber.message_rx();
-        // The first subscription may come before the server is reachable; retry until it
-        // takes (afterwards fred re-subscribes on every reconnect).
-        let channel = self.channel.clone();
-        let subscribe = {
-            let subscriber = subscriber.clone();
-            let cancel = self.cancel.clone();
-            async move {
-                for attempt in 0u32.. {
-                    if cancel.is_cancelled() {
-                        return;
-                    }
-                    match tokio::time::timeout(
-                        Duration::from_secs(2),
-                        subscriber.subscribe(channel.clone()),
-                    )
-                    .await
-                    {
-                        Ok(Ok(())) => return,
-                        _ => {
-                            let wait = Duration::from_millis(100 << attempt.min(5));
-                            tokio::time::sleep(wait).await;
-                        }
-                    }
-                }
-            }
-        };
-        let subscribing = tokio::spawn(subscribe);
-        let _subscribing = AbortOnDropHandle::new(subscribing);
-        loop {
-            let message = tokio::select! {
-                () = self.cancel.cancelled() => break,
-                m = messages.recv() => m,
-            };
-            let Ok(message) = message else {
-                // Lagged behind the broadcast channel or closed: the poll still covers us.
-                continue;
-            };
-            let Some(text) = message.value.as_str() else {
-                continue;
-            };
-            if let Some(who) = text.strip_prefix("resign ") {
-                if who != self.id {
-                    self.wake.notify_one();
-                }
-            } else if !text.starts_with(&self.id) && !self.leader.load(Ordering::Acquire) {
-                self.updates.send_modify(|v| *v = v.wrapping_add(1));
-            }
-        }
-        let _ = subscriber.quit().await;
-    }
-
-    async fn publish(&self, lags: &[TopicLag]) -> L2Result<()> {
+    /// Publishes `lags` if this instance still holds the lease; `false` when it does not.
+    async fn publish(&self, lags: &[TopicLag]) -> L2Result<bool> {
         let calculator = self.calculator.clone();
         let score = move |lag: &TopicLag| -> Option<TopicHealth> {
             let calculator = calculator.as_ref()?;
             let health = calculator.calculate(lag);
             Some(TopicHealth::new(&lag.topic, lag.collected_at, health))
         };
-        let payload = SnapshotPayload::new(&self.group, &self.id, lags, &score);
-        let text = payload.encode();
-        let key = self.snapshot_key.clone();
-        let ttl = i64::try_from(self.client.config().snapshot_ttl.as_millis()).unwrap_or(i64::MAX);
-        self.client
-            .call(|c| async move {
-                c.set::<(), _, _>(key, text, Some(Expiration::PX(ttl)), None, false)
-                    .await
-            })
+        let term = self.term.load(Ordering::Acquire);
+        let sequence = self.sequence.fetch_add(1, Ordering::AcqRel) + 1;
+        let publication = Publication {
+            group: &self.group,
+            publisher: &self.id,
+            term,
+            sequence,
+            now: (self.clock)(),
+        };
+        let payload = SnapshotPayload::new(publication, lags, &score);
+        let ttl = u64::try_from(self.client.config().snapshot_ttl.as_millis()).unwrap_or(u64::MAX);
+        let keys = vec![self.keys.lease.clone(), self.keys.snapshot.clone()];
+        let args = vec![
+            self.id.clone(),
+            payload.encode(),
+            ttl.to_string(),
+            term.to_string(),
+            sequence.to_string(),
+            self.keys.channel.clone(),
+            format!("{} {term} {sequence}", self.id),
+        ];
+        let published: i64 = self
+            .client
+            .call(|c| async move { c.eval(PUBLISH, keys, args).await })
             .await?;
-        let (channel, message) = (
-            self.channel.clone(),
-            format!("{} {}", self.id, payload.published_at_ms),
-        );
-        self.client
-            .call(|c| async move { c.publish::<i64, _, _>(channel, message).await })
-            .await?;
+        if published != 1 {
+            return Ok(false);
+        }
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("ksp_fleet_snapshots_total", "source" => "published").increment(1);
-        Ok(())
+        Ok(true)
     }
 
-    async fn read(&self) -> L2Result<Option<SnapshotPayload>> {
-        let key = self.snapshot_key.clone();
-        let bytes: Option<Vec<u8>> = self
+    async fn read(&self) -> L2Result<Option<Read>> {
+        let keys = vec![self.keys.snapshot.clone()];
+        let reply: Vec<Value> = self
             .client
-            .call(|c| async move { c.get(key).await })
+            .call(|c| async move { c.eval(READ, keys, Vec::<String>::new()).await })
             .await?;
-        let Some(bytes) = bytes else {
+        let [payload, at, secs, micros] = <[Value; 4]>::try_from(reply).map_err(|v| {
+            L2Error::Unexpected(format!("snapshot read returned {} values", v.len()))
+        })?;
+        let Some(bytes) = payload.as_bytes().map(<[u8]>::to_vec) else {
             return Ok(None);
         };
+        let (Some(at), Some(secs), Some(micros)) = (at.as_u64(), secs.as_u64(), micros.as_u64())
+        else {
+            return Err(L2Error::Unexpected(
+                "snapshot without a publication time".into(),
+            ));
+        };
+        let now_ms = secs.saturating_mul(1000) + micros / 1000;
+        let since_published = Duration::from_millis(now_ms.saturating_sub(at));
         match SnapshotPayload::decode(&bytes, &self.group) {
-            Ok(payload) => Ok(Some(payload)),
+            Ok(payload) => Ok(Some(Read {
+                payload,
+                since_published,
+            })),
             Err(e) => {
                 self.stats.rejected_payloads.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("ksp_fleet_snapshots_total", "source" => "rejected").increment(1);
                 let fingerprint = xxh3_64(&bytes);
-                let mut last = self.last_rejected.lock().unwrap_or_else(|p| p.into_inner());
+                let mut last = self
+                    .last_rejected
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 // One warning per distinct bad payload, not one per refresh.
                 if last.replace(fingerprint) != Some(fingerprint) {
-                    warn!(key = %self.snapshot_key, error = %e, bytes = bytes.len(), "ignoring the shared health snapshot in redis");
+                    warn!(key = %self.keys.snapshot, error = %e, bytes = bytes.len(), "ignoring the shared health snapshot in redis");
                 } else {
-                    debug!(key = %self.snapshot_key, error = %e, "shared health snapshot still refused");
+                    debug!(key = %self.keys.snapshot, error = %e, "shared health snapshot still refused");
                 }
                 Err(L2Error::Unexpected(e.to_string()))
             }
@@ -488,6 +493,30 @@ impl Shared {
         let request = LagRequest::new(request.group, topics, request.budget);
         self.inner.collect(&request).await
     }
+
+    /// The fleet's snapshot if it is usable: fresh, and not older than one already used.
+    fn usable(&self, read: &Read) -> bool {
+        let fresh = read
+            .payload
+            .oldest(read.since_published)
+            .is_some_and(|age| age <= self.follower_max_age);
+        if !fresh {
+            debug!(since_published = ?read.since_published, "shared health snapshot is too old; collecting locally");
+            return false;
+        }
+        let mut applied = self.applied.lock().unwrap_or_else(PoisonError::into_inner);
+        if read.payload.order() < *applied {
+            self.stats.older_ignored.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                found = ?read.payload.order(),
+                used = ?*applied,
+                "the shared health snapshot is older than one already used; ignored",
+            );
+            return false;
+        }
+        *applied = read.payload.order();
+        true
+    }
 }
 
 #[async_trait]
@@ -496,13 +525,20 @@ impl LagCollector for FleetCollector {
         let s = &self.shared;
         if s.leader.load(Ordering::Acquire) {
             let lags = s.collect_locally(request, request.topics).await?;
-            if let Err(e) = s.publish(&lags).await {
-                debug!(error = %e, "could not publish the fleet's health snapshot");
+            match s.publish(&lags).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // The lease went to another instance (this one was paused, say): its
+                    // snapshot stands; ours is used here only.
+                    s.stats.fenced.fetch_add(1, Ordering::Relaxed);
+                    s.step_down("another instance took the lease; its snapshot stands");
+                }
+                Err(e) => debug!(error = %e, "could not publish the fleet's health snapshot"),
             }
             return Ok(lags);
         }
-        let payload = match s.read().await {
-            Ok(Some(payload)) => payload,
+        let read = match s.read().await {
+            Ok(Some(read)) => read,
             Ok(None) => {
                 debug!("no shared health snapshot yet; collecting locally");
                 return s.collect_locally(request, request.topics).await;
@@ -512,15 +548,12 @@ impl LagCollector for FleetCollector {
                 return s.collect_locally(request, request.topics).await;
             }
         };
-        let fresh = payload
-            .oldest_collection()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age <= s.follower_max_age);
-        if !fresh {
-            debug!("shared health snapshot is too old; collecting locally");
+        if !s.usable(&read) {
             return s.collect_locally(request, request.topics).await;
         }
-        let mut lags = payload.lags(request.topics);
+        let mut lags = read
+            .payload
+            .lags(request.topics, read.since_published, (s.clock)());
         let have: HashSet<&str> = lags.iter().map(|l| l.topic.as_str()).collect();
         let missing: Vec<String> = request
             .topics
@@ -546,7 +579,7 @@ impl fmt::Debug for FleetCollector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FleetCollector")
             .field("stats", &self.stats())
-            .field("lease_key", &self.shared.lease_key)
+            .field("lease_key", &self.shared.keys.lease)
             .field("inner", &self.shared.inner.name())
             .finish_non_exhaustive()
     }

@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ksp_core::secret::redact;
-use ksp_core::{CalculatorConfig, ConfigError, DampingConfig};
+use ksp_core::{CalculatorConfig, ConfigError, UncommittedPolicy};
+use ksp_monitor::{DampingConfig, MonitorConfig};
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::config::KeyCacheConfig;
-use crate::producer::AsyncSmartProducerBuilder;
+use crate::builder::AsyncSmartProducerBuilder;
+use crate::router::{KeyCacheConfig, RouterConfig};
 
 /// Everything needed to build a smart producer, as a configuration file says it.
 ///
@@ -51,13 +52,20 @@ use crate::producer::AsyncSmartProducerBuilder;
 #[non_exhaustive]
 pub struct SmartProducerConfig {
     /// `bootstrap.servers` (also accepted under `kafka`, or spelled `bootstrap.servers`).
-    #[serde(alias = "bootstrap.servers", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        alias = "bootstrap.servers",
+        deserialize_with = "ksp_core::serde_text::deserialize_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub bootstrap_servers: Option<String>,
     /// The topics routed smartly. A list, or a comma-separated string.
     #[serde(deserialize_with = "string_or_list")]
     pub topics: Vec<String>,
     /// The consumer group whose lag decides (simple form).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        deserialize_with = "ksp_core::serde_text::deserialize_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub consumer_group: Option<String>,
     /// rdkafka settings, passed through verbatim.
     #[serde(deserialize_with = "scalar_map")]
@@ -80,7 +88,10 @@ pub struct SmartProducerConfig {
 #[non_exhaustive]
 pub struct HealthMonitorSection {
     /// The consumer group (advanced form).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        deserialize_with = "ksp_core::serde_text::deserialize_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub consumer_group: Option<String>,
     /// Time between lag collections.
     #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
@@ -97,6 +108,10 @@ pub struct HealthMonitorSection {
     /// Flap damping.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub damping: Option<DampingConfig>,
+    /// How partitions without a committed offset count (`recent_arrivals`,
+    /// `retained_backlog`, `caught_up`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uncommitted: Option<UncommittedPolicy>,
     /// The Python library's spelling of a threshold calculator's threshold.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_threshold: Option<f64>,
@@ -206,7 +221,7 @@ impl Format {
 }
 
 /// Environment variables starting with this override the file.
-pub const ENV_PREFIX: &str = "KSP_";
+pub(crate) const ENV_PREFIX: &str = "KSP_";
 
 impl SmartProducerConfig {
     /// Reads `path` (format by extension), then applies the `KSP_*` environment overrides.
@@ -338,38 +353,64 @@ impl SmartProducerConfig {
         Ok(())
     }
 
+    /// The monitor settings of the file (defaults for what it leaves out).
+    pub fn monitor_config(&self) -> MonitorConfig {
+        let m = &self.health_monitor;
+        let mut config = MonitorConfig::default();
+        if let Some(d) = m.refresh_interval {
+            config = config.with_refresh_interval(d);
+        }
+        if let Some(d) = m.max_staleness {
+            config = config.with_max_staleness(d);
+        }
+        if let Some(d) = m.collect_timeout {
+            config = config.with_collect_timeout(d);
+        }
+        if let Some(d) = m.damping {
+            config = config.with_damping(d);
+        }
+        if let Some(u) = m.uncommitted {
+            config = config.with_uncommitted(u);
+        }
+        config
+    }
+
+    /// The router settings of the file (what it leaves out follows the producer's own
+    /// configuration).
+    pub fn router_config(&self) -> RouterConfig {
+        let mut config = RouterConfig::default();
+        let mut cache = KeyCacheConfig::default();
+        if let Some(c) = self.cache.capacity {
+            cache.capacity = c;
+        }
+        if let Some(t) = self.cache.ttl {
+            cache.ttl = t;
+        }
+        config = config.with_key_cache(cache);
+        if let Some(b) = self.producer.sticky_batch_bytes {
+            config = config.with_sticky_batch_bytes(b);
+        }
+        if let Some(l) = self.producer.sticky_linger {
+            config = config.with_sticky_linger(l);
+        }
+        config
+    }
+
     /// A producer builder with every setting of the file applied.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when the calculator's settings are invalid.
     pub fn builder(&self) -> Result<AsyncSmartProducerBuilder, ConfigError> {
         let mut builder = crate::AsyncSmartProducer::builder(self.client_config())
-            .topics(self.topics.iter().cloned());
+            .topics(self.topics.iter().cloned())
+            .monitor(self.monitor_config())
+            .router(self.router_config());
         if let Some(group) = self.consumer_group() {
             builder = builder.consumer_group(group);
         }
-        let m = &self.health_monitor;
-        if let Some(d) = m.refresh_interval {
-            builder = builder.refresh_interval(d);
-        }
-        if let Some(d) = m.max_staleness {
-            builder = builder.max_staleness(d);
-        }
-        if let Some(d) = m.collect_timeout {
-            builder = builder.collect_timeout(d);
-        }
         if let Some(c) = self.calculator()? {
-            builder = builder.calculator_config(c);
-        }
-        if let Some(d) = m.damping {
-            builder = builder.damping(d);
-        }
-        if self.cache.capacity.is_some() || self.cache.ttl.is_some() {
-            let mut cache = KeyCacheConfig::default();
-            if let Some(c) = self.cache.capacity {
-                cache.capacity = c;
-            }
-            if let Some(t) = self.cache.ttl {
-                cache.ttl = t;
-            }
-            builder = builder.key_cache(cache);
+            builder = builder.calculator(c.build()?);
         }
         let p = &self.producer;
         if let Some(enabled) = p.smart_enabled {
@@ -377,12 +418,6 @@ impl SmartProducerConfig {
         }
         if let Some(t) = p.queue_timeout {
             builder = builder.queue_timeout(t);
-        }
-        if let Some(b) = p.sticky_batch_bytes {
-            builder = builder.sticky_batch_bytes(b);
-        }
-        if let Some(l) = p.sticky_linger {
-            builder = builder.sticky_linger(l);
         }
         #[cfg(feature = "redis")]
         if let Some(redis) = &self.redis {
@@ -413,8 +448,9 @@ impl fmt::Debug for SmartProducerConfig {
 
 /// `KSP_HEALTH_MONITOR__REFRESH_INTERVAL=2s` sets `health_monitor.refresh_interval`;
 /// `KSP_KAFKA__SASL_PASSWORD=…` sets the rdkafka setting `sasl.password` (underscores become
-/// dots below `kafka`). Values are read as JSON when they parse as JSON (numbers, booleans,
-/// lists), as text otherwise.
+/// dots below `kafka`). Values below `kafka` are text exactly as typed; elsewhere a list, an
+/// object, a boolean or a number written as JSON writes it back (`5`, `0.25`) is read as such,
+/// and anything else (`1e5`, `007`, `hunter2`) is text.
 fn apply_env(tree: &mut serde_json::Value, var: &str, value: &str) -> Result<(), ConfigFileError> {
     let env_error = |message: String| ConfigFileError::Env {
         var: var.to_owned(),
@@ -442,22 +478,39 @@ fn apply_env(tree: &mut serde_json::Value, var: &str, value: &str) -> Result<(),
     } else {
         last.clone()
     };
-    let parsed = serde_json::from_str(value).unwrap_or_else(|_| value.into());
+    let parsed = if parents.len() == 1 && parents[0] == "kafka" {
+        // rdkafka settings are text, passed on exactly as typed.
+        serde_json::Value::String(value.to_owned())
+    } else {
+        typed(value)
+    };
     node.as_object_mut()
         .ok_or_else(|| env_error("its parent is not a section".into()))?
         .insert(key, parsed);
     Ok(())
 }
 
+/// An environment value as a setting: typed when JSON would write it back exactly as given.
+fn typed(value: &str) -> serde_json::Value {
+    use serde_json::Value;
+    match serde_json::from_str::<Value>(value) {
+        Ok(v @ (Value::Array(_) | Value::Object(_) | Value::Bool(_))) => v,
+        Ok(Value::Number(n)) if n.to_string() == value => Value::Number(n),
+        _ => Value::String(value.to_owned()),
+    }
+}
+
 fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    struct Item(#[serde(deserialize_with = "ksp_core::serde_text::deserialize")] String);
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Form {
-        List(Vec<String>),
-        Text(String),
+        List(Vec<Item>),
+        Text(#[serde(deserialize_with = "ksp_core::serde_text::deserialize")] String),
     }
     Ok(match Form::deserialize(d)? {
-        Form::List(list) => list,
+        Form::List(list) => list.into_iter().map(|i| i.0).collect(),
         Form::Text(text) => text
             .split(',')
             .map(str::trim)
@@ -594,7 +647,62 @@ mod tests {
         assert!(err.to_string().contains("health_threshold"), "{err}");
     }
 
+    /// Regression: `KSP_KAFKA__SASL_PASSWORD=1e5` became `"100000.0"`: environment values were
+    /// parsed as JSON wherever they parsed, so a password, a group or a topic that looked like a
+    /// number was rewritten.
+    #[test]
+    fn environment_values_for_text_settings_pass_through_as_typed() {
+        let env = [
+            ("KSP_KAFKA__SASL_PASSWORD", "1e5"),
+            ("KSP_KAFKA__LINGER_MS", "007"),
+            ("KSP_CONSUMER_GROUP", "42"),
+            ("KSP_TOPICS", "1e5"),
+            ("KSP_CACHE__CAPACITY", "5"),
+            ("KSP_HEALTH_MONITOR__HEALTH_THRESHOLD", "0.25"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let c = SmartProducerConfig::parse_with_env("", Format::Toml, "test", env).unwrap();
+        assert_eq!(c.kafka["sasl.password"], "1e5");
+        assert_eq!(c.kafka["linger.ms"], "007");
+        assert_eq!(c.consumer_group.as_deref(), Some("42"));
+        assert_eq!(c.topics, ["1e5"]);
+        assert_eq!(c.cache.capacity, Some(5));
+        assert_eq!(c.health_monitor.health_threshold, Some(0.25));
+    }
+
     proptest! {
+        /// Fuzz: environment overrides of every kind never panic; whatever they set below
+        /// `kafka`, and any text setting, arrives exactly as typed.
+        #[test]
+        fn environment_overrides_never_panic_and_keep_text_as_typed(
+            key in prop::sample::select(vec![
+                "KSP_KAFKA__SASL_PASSWORD", "KSP_KAFKA__LINGER_MS", "KSP_CONSUMER_GROUP",
+                "KSP_HEALTH_MONITOR__CONSUMER_GROUP", "KSP_TOPICS", "KSP_BOOTSTRAP_SERVERS",
+                "KSP_CACHE__CAPACITY", "KSP_HEALTH_MONITOR__REFRESH_INTERVAL",
+                "KSP_PRODUCER__SMART_ENABLED", "KSP_HEALTH_MONITOR__DAMPING", "KSP_",
+                "KSP___", "KSP_CACHE__TTL__X",
+            ]),
+            value in prop_oneof![
+                ".{0,30}",
+                "[0-9]{1,25}",
+                "-?[0-9]{1,5}(\\.[0-9]{1,5})?(e[0-9]{1,3})?",
+                Just("true".to_owned()),
+                Just("[\"a\",\"b\"]".to_owned()),
+                Just("{}".to_owned()),
+            ],
+        ) {
+            let env = [(key.to_owned(), value.clone())];
+            if let Ok(c) = SmartProducerConfig::parse_with_env("", Format::Toml, "env", env) {
+                match key {
+                    "KSP_KAFKA__SASL_PASSWORD" => prop_assert_eq!(&c.kafka["sasl.password"], &value),
+                    "KSP_KAFKA__LINGER_MS" => prop_assert_eq!(&c.kafka["linger.ms"], &value),
+                    "KSP_CONSUMER_GROUP" => prop_assert_eq!(c.consumer_group.as_deref(), Some(value.as_str())),
+                    "KSP_BOOTSTRAP_SERVERS" => prop_assert_eq!(c.bootstrap_servers.as_deref(), Some(value.as_str())),
+                    _ => {}
+                }
+            }
+        }
+
         /// Fuzz: no input text makes any of the three decoders panic.
         #[test]
         fn arbitrary_text_never_panics(text in ".{0,200}") {

@@ -1,0 +1,439 @@
+//! [`TopicHealth`]: the health of every partition of a topic, with the tables the router
+//! reads.
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::health::PartitionHealth;
+use crate::lag::{PartitionLag, TopicLag};
+use crate::shares::{MAX_SHARE_OF_FAIR, WEIGHT_SCALE, keyless_shares};
+use crate::sticky::StickyCursor;
+
+/// Health of every partition of one topic, with the tables the router needs precomputed so that
+/// a routing decision does no work proportional to the partition count.
+///
+/// A `TopicHealth` is immutable except for its [`StickyCursor`], the router's scratch space for
+/// sticky keyless routing (see [`TopicHealth::cursor`]), which successive healths of a topic
+/// can share.
+#[derive(Debug)]
+pub struct TopicHealth {
+    topic: Box<str>,
+    topic_hash: u64,
+    collected_at: SystemTime,
+    /// Dense: index `i` holds partition `i`.
+    partitions: Box<[PartitionHealth]>,
+    /// Routable partition ids, ascending.
+    routable: Box<[i32]>,
+    /// Partitions keyless batches may go to, ascending (see [`TopicHealth::pick_weighted`]).
+    picks: Box<[i32]>,
+    /// `cumulative[i]` = sum of the weights of `picks[..=i]`.
+    cumulative: Box<[u64]>,
+    routable_bits: Box<[u64]>,
+    absorbs_moved_keys: bool,
+    stale: bool,
+    cursor: Arc<StickyCursor>,
+}
+
+impl TopicHealth {
+    /// Highest partition count a topic's health may have. Partition ids at or above it are
+    /// dropped: the tables are dense, so a collector or calculator reporting partition
+    /// 2 000 000 000 would otherwise make this allocate gigabytes.
+    pub const MAX_PARTITIONS: i32 = 1 << 20;
+
+    /// Builds the health of a topic from a calculator's output.
+    ///
+    /// Partition ids are dense in Kafka (`0..n`); ids missing from `health` are filled in as
+    /// unavailable, negative ids and ids of [`MAX_PARTITIONS`](Self::MAX_PARTITIONS) or more are
+    /// dropped, and a duplicate id keeps its first entry.
+    pub fn new(topic: &str, collected_at: SystemTime, health: Vec<PartitionHealth>) -> Self {
+        let valid = |h: &PartitionHealth| (0..Self::MAX_PARTITIONS).contains(&h.partition);
+        let count = health
+            .iter()
+            .filter(|h| valid(h))
+            .map(|h| h.partition as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let mut dense: Vec<Option<PartitionHealth>> = vec![None; count];
+        for h in health.into_iter().filter(valid) {
+            let slot = &mut dense[h.partition as usize];
+            if slot.is_none() {
+                *slot = Some(h);
+            }
+        }
+        let partitions: Box<[PartitionHealth]> = dense
+            .into_iter()
+            .enumerate()
+            .map(|(id, h)| {
+                h.unwrap_or_else(|| {
+                    PartitionHealth::new(PartitionLag::unavailable(id as i32), 0.0, false)
+                })
+            })
+            .collect();
+
+        let mut routable = Vec::new();
+        let mut routable_bits = vec![0u64; count.div_ceil(64)];
+        for h in partitions.iter().filter(|h| h.is_routable()) {
+            routable.push(h.partition);
+            routable_bits[h.partition as usize / 64] |= 1 << (h.partition as usize % 64);
+        }
+        let eligible = partitions.iter().filter(|h| h.lag.leader_available).count();
+        let absorbs_moved_keys = routable.len() as f64 * MAX_SHARE_OF_FAIR >= eligible as f64;
+        let shares = keyless_shares(&partitions);
+        let mut picks = Vec::new();
+        let mut cumulative = Vec::new();
+        let mut total = 0u64;
+        for (partition, share) in shares.iter().enumerate().filter(|(_, s)| **s > 0.0) {
+            total += ((share * WEIGHT_SCALE).round() as u64).max(1);
+            picks.push(partition as i32);
+            cumulative.push(total);
+        }
+
+        Self {
+            topic: topic.into(),
+            topic_hash: topic_hash(topic),
+            collected_at,
+            partitions,
+            routable: routable.into(),
+            picks: picks.into(),
+            cumulative: cumulative.into(),
+            routable_bits: routable_bits.into(),
+            absorbs_moved_keys,
+            stale: false,
+            cursor: Arc::new(StickyCursor::new()),
+        }
+    }
+
+    /// Whether moving the keys of every unroutable partition onto the routable ones would
+    /// still give each of them at most twice its fair share, that is,
+    /// whether at least half the partitions with a leader are routable. When not, keys stay
+    /// home: herding them onto the few healthy partitions would overload those.
+    #[inline]
+    pub fn can_absorb_moved_keys(&self) -> bool {
+        self.absorbs_moved_keys
+    }
+
+    /// Builds the health of a topic by running `calculate` over its lag report.
+    pub fn from_lag(
+        lag: &TopicLag,
+        calculate: impl FnOnce(&TopicLag) -> Vec<PartitionHealth>,
+    ) -> Self {
+        Self::new(&lag.topic, lag.collected_at, calculate(lag))
+    }
+
+    /// The same health, marked stale: readers treat it as absent (routing falls back), but it
+    /// stays visible to health queries, with its age.
+    pub fn to_stale(&self) -> Self {
+        Self {
+            topic: self.topic.clone(),
+            topic_hash: self.topic_hash,
+            collected_at: self.collected_at,
+            partitions: self.partitions.clone(),
+            routable: self.routable.clone(),
+            picks: self.picks.clone(),
+            cumulative: self.cumulative.clone(),
+            routable_bits: self.routable_bits.clone(),
+            absorbs_moved_keys: self.absorbs_moved_keys,
+            stale: true,
+            cursor: self.cursor.clone(),
+        }
+    }
+
+    /// Topic name.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// A hash of the topic name, the same in every process of this build (see
+    /// [`hash_of`](Self::hash_of)).
+    pub fn topic_hash(&self) -> u64 {
+        self.topic_hash
+    }
+
+    /// The hash of a topic name that [`topic_hash`](Self::topic_hash) gives.
+    pub fn hash_of(topic: &str) -> u64 {
+        topic_hash(topic)
+    }
+
+    /// When the underlying lag was read.
+    pub fn collected_at(&self) -> SystemTime {
+        self.collected_at
+    }
+
+    /// Time since the underlying lag was read (zero if that is in the future).
+    pub fn age(&self) -> Duration {
+        SystemTime::now()
+            .duration_since(self.collected_at)
+            .unwrap_or_default()
+    }
+
+    /// Whether the monitor has declared this health too old to route by.
+    pub fn is_stale(&self) -> bool {
+        self.stale
+    }
+
+    /// Number of partitions the health covers (highest known id + 1).
+    pub fn partition_count(&self) -> i32 {
+        self.partitions.len() as i32
+    }
+
+    /// Every partition, indexed by id.
+    pub fn partitions(&self) -> &[PartitionHealth] {
+        &self.partitions
+    }
+
+    /// One partition's health.
+    pub fn partition(&self, partition: i32) -> Option<&PartitionHealth> {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|i| self.partitions.get(i))
+    }
+
+    /// Partitions new messages may go to (healthy, leader available), ascending.
+    pub fn routable_partitions(&self) -> &[i32] {
+        &self.routable
+    }
+
+    /// Whether new messages may go to `partition`. Constant time.
+    #[inline]
+    pub fn is_routable(&self, partition: i32) -> bool {
+        let Ok(p) = usize::try_from(partition) else {
+            return false;
+        };
+        self.routable_bits
+            .get(p / 64)
+            .is_some_and(|word| word & (1 << (p % 64)) != 0)
+    }
+
+    /// Picks the partition for a sticky batch of keyless messages, from `random`, a uniformly
+    /// distributed 64-bit value; `None` when no partition is routable.
+    ///
+    /// Routable partitions are drawn with probability proportional to their score, except that
+    /// none gets more than twice its fair share (1 / the partitions with
+    /// a leader); what the routable partitions cannot take that way goes to the other
+    /// partitions with a leader, the least unhealthy first. So when most consumers are slow,
+    /// the few fast ones are not buried under the whole load (herding).
+    ///
+    /// Logarithmic in the number of partitions; allocates nothing.
+    #[inline]
+    pub fn pick_weighted(&self, random: u64) -> Option<i32> {
+        let total = *self.cumulative.last()?;
+        // Lemire's multiply-shift: uniform in [0, total) without a division.
+        let target = ((u128::from(random) * u128::from(total)) >> 64) as u64;
+        let index = self.cumulative.partition_point(|&c| c <= target);
+        self.picks.get(index).copied()
+    }
+
+    /// Each partition's share of keyless traffic, indexed by partition (0 for those never
+    /// picked).
+    pub fn keyless_shares(&self) -> Vec<f64> {
+        let total = self.cumulative.last().copied().unwrap_or(0).max(1) as f64;
+        let mut shares = vec![0.0; self.partitions.len()];
+        let mut previous = 0;
+        for (&p, &c) in self.picks.iter().zip(self.cumulative.iter()) {
+            shares[p as usize] = (c - previous) as f64 / total;
+            previous = c;
+        }
+        shares
+    }
+
+    /// The same health with its sticky cursor starting at batch `batch` instead of a random
+    /// one, for deterministic simulations.
+    #[must_use]
+    pub fn with_sticky_start(mut self, batch: u32) -> Self {
+        self.cursor = Arc::new(StickyCursor::starting_at(batch));
+        self
+    }
+
+    /// The same health, carrying on with `cursor` (the previous health's, say): a batch in
+    /// progress continues across a refresh instead of ending early.
+    #[must_use]
+    pub fn with_cursor(mut self, cursor: Arc<StickyCursor>) -> Self {
+        self.cursor = cursor;
+        self
+    }
+
+    /// The sticky cursor the router uses for keyless messages of this topic.
+    ///
+    /// A new `TopicHealth` gets one starting at a random batch, so that producer instances do
+    /// not all start on the same partition; the monitor hands each topic's cursor on from one
+    /// refresh to the next.
+    pub fn cursor(&self) -> &Arc<StickyCursor> {
+        &self.cursor
+    }
+}
+
+/// A hash of a topic name that is the same wherever it is computed in this process.
+fn topic_hash(topic: &str) -> u64 {
+    foldhash::fast::FixedState::with_seed(0x6b73_702d_746f_7069).hash_one(topic)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health(partition: i32, score: f64, healthy: bool) -> PartitionHealth {
+        PartitionHealth::new(PartitionLag::from_lag(partition, 0), score, healthy)
+    }
+
+    #[test]
+    fn missing_partitions_are_filled_as_unavailable() {
+        let t = TopicHealth::new(
+            "t",
+            SystemTime::now(),
+            vec![
+                health(0, 1.0, true),
+                health(3, 1.0, true),
+                health(-1, 1.0, true),
+            ],
+        );
+        assert_eq!(t.partition_count(), 4);
+        assert_eq!(t.routable_partitions(), [0, 3]);
+        assert!(!t.is_routable(1));
+        assert!(!t.partition(2).unwrap().lag.leader_available);
+        assert!(!t.is_routable(-1));
+        assert!(!t.is_routable(4));
+    }
+
+    #[test]
+    fn absurd_partition_ids_are_dropped_not_allocated() {
+        let t = TopicHealth::new(
+            "t",
+            SystemTime::now(),
+            vec![
+                health(1, 1.0, true),
+                health(2_000_000_000, 1.0, true),
+                health(TopicHealth::MAX_PARTITIONS, 1.0, true),
+                health(i32::MAX, 1.0, true),
+            ],
+        );
+        assert_eq!(t.partition_count(), 2);
+        assert_eq!(t.routable_partitions(), [1]);
+    }
+
+    #[test]
+    fn partition_without_leader_is_not_routable_even_if_healthy() {
+        let t = TopicHealth::new(
+            "t",
+            SystemTime::now(),
+            vec![
+                health(0, 1.0, true),
+                PartitionHealth::new(PartitionLag::unavailable(1), 1.0, true),
+            ],
+        );
+        assert_eq!(t.routable_partitions(), [0]);
+    }
+
+    #[test]
+    fn weighted_pick_follows_scores() {
+        // Eight partitions: the cap (2 × 1/8) does not bind.
+        let mut parts: Vec<_> = (0..8).map(|p| health(p, 1.0, true)).collect();
+        parts[1] = health(1, 0.25, true);
+        parts[2] = health(2, 1.0, false);
+        let t = TopicHealth::new("t", SystemTime::now(), parts);
+        let mut counts = [0u32; 8];
+        let n = 100_000u64;
+        for i in 0..n {
+            // Evenly spaced values stand in for a uniform random source.
+            let r = i.wrapping_mul(u64::MAX / n);
+            counts[t.pick_weighted(r).unwrap() as usize] += 1;
+        }
+        assert_eq!(counts[2], 0);
+        // Weights 1 : 0.25 : 1 × 5 → 1/6.25 = 16 % and 0.25/6.25 = 4 %, up to rounding.
+        assert!(counts[0].abs_diff(16_000) <= 2, "{counts:?}");
+        assert!(counts[1].abs_diff(4_000) <= 2, "{counts:?}");
+    }
+
+    fn shares(parts: Vec<PartitionHealth>) -> Vec<f64> {
+        TopicHealth::new("t", SystemTime::now(), parts)
+            .keyless_shares()
+            .iter()
+            .map(|s| (s * 1000.0).round() / 1000.0)
+            .collect()
+    }
+
+    #[test]
+    fn no_partition_gets_more_than_twice_its_fair_share() {
+        // 7 of 8 unhealthy: the healthy one takes 2/8; the other 3/4 spill over the rest in
+        // inverse proportion to their backlog, 2/8 at most each.
+        let unhealthy =
+            |p: i32, lag: i64| PartitionHealth::new(PartitionLag::from_lag(p, lag), 0.0, false);
+        let mut parts = vec![health(0, 1.0, true)];
+        parts.extend((1..8).map(|p| unhealthy(p, 999)));
+        let s = shares(parts);
+        assert_eq!(s[0], 0.25);
+        for share in &s[1..] {
+            assert!((share - 0.75 / 7.0).abs() < 0.001, "{s:?}");
+        }
+        // A partition with 10 times the backlog gets about a tenth as much.
+        let mut parts = vec![health(0, 1.0, true), unhealthy(1, 9_999)];
+        parts.extend((2..8).map(|p| unhealthy(p, 999)));
+        let s = TopicHealth::new("t", SystemTime::now(), parts).keyless_shares();
+        assert!((s[2] / s[1] - 10.0).abs() < 0.01, "{s:?}");
+    }
+
+    #[test]
+    fn healthy_partitions_take_everything_when_they_can() {
+        let s = shares((0..8).map(|p| health(p, 1.0, p != 3)).collect());
+        assert_eq!(s[3], 0.0);
+        for (p, share) in s.iter().enumerate().filter(|(p, _)| *p != 3) {
+            assert!((share - 1.0 / 7.0).abs() < 0.001, "{p}: {s:?}");
+        }
+        // Two partitions, one healthy: 2 × 1/2 allows it everything.
+        assert_eq!(
+            shares(vec![health(0, 1.0, true), health(1, 0.0, false)]),
+            [1.0, 0.0]
+        );
+    }
+
+    #[test]
+    fn nothing_routable_means_no_pick_and_no_leader_means_no_share() {
+        let t = TopicHealth::new("t", SystemTime::now(), vec![health(0, 0.5, false)]);
+        assert_eq!(t.pick_weighted(7), None);
+        let mut parts = vec![health(0, 1.0, true)];
+        parts
+            .extend((1..8).map(|p| PartitionHealth::new(PartitionLag::unavailable(p), 0.0, false)));
+        let s = shares(parts);
+        // Only one partition has a leader: it takes everything.
+        assert_eq!(s[0], 1.0);
+    }
+
+    #[test]
+    fn keys_move_only_when_the_healthy_partitions_can_take_them() {
+        let topic = |healthy: usize| {
+            TopicHealth::new(
+                "t",
+                SystemTime::now(),
+                (0..8)
+                    .map(|p| health(p, 1.0, (p as usize) < healthy))
+                    .collect(),
+            )
+        };
+        assert!(topic(8).can_absorb_moved_keys());
+        assert!(topic(4).can_absorb_moved_keys());
+        assert!(!topic(3).can_absorb_moved_keys());
+        assert!(!topic(0).can_absorb_moved_keys());
+    }
+
+    #[test]
+    fn weighted_pick_of_nothing_is_none() {
+        let t = TopicHealth::new("t", SystemTime::now(), vec![health(0, 1.0, false)]);
+        assert_eq!(t.pick_weighted(42), None);
+    }
+
+    #[test]
+    fn zero_score_routable_partition_still_gets_some_weight() {
+        let t = TopicHealth::new("t", SystemTime::now(), vec![health(0, 0.0, true)]);
+        assert_eq!(t.pick_weighted(u64::MAX), Some(0));
+    }
+
+    #[test]
+    fn stale_copy_keeps_data() {
+        let t = TopicHealth::new("t", SystemTime::UNIX_EPOCH, vec![health(0, 1.0, true)]);
+        let s = t.to_stale();
+        assert!(s.is_stale());
+        assert!(!t.is_stale());
+        assert_eq!(s.routable_partitions(), t.routable_partitions());
+        assert_eq!(s.topic_hash(), t.topic_hash());
+    }
+}

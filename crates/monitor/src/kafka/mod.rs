@@ -1,0 +1,436 @@
+//! [`KafkaLagCollector`]: consumer-group lag read straight from Kafka.
+
+mod collect;
+mod reader;
+mod stats;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use ksp_core::CollectError;
+use ksp_core::secret::redact;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::Consumer;
+
+use self::reader::Reader;
+use self::stats::ReaderContext;
+pub use self::stats::RequestCounts;
+use crate::error::{MonitorError, MonitorResult};
+
+/// Settings copied from the producer's configuration into the lag reader's: where the cluster
+/// is and how to talk to it securely. Everything else (batching, acks, compression…) is a
+/// producer setting that a consumer would warn about.
+const INHERITED_PREFIXES: &[&str] = &[
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "security.protocol",
+    "sasl.",
+    "ssl.",
+    "ssl_",
+    "enable.ssl.certificate.verification",
+    "enable.sasl.oauthbearer.unsecure.jwt",
+    "https.",
+    "client.dns.lookup",
+    "client.rack",
+    "broker.address.",
+    "socket.",
+    "api.version.",
+    "broker.version.fallback",
+    "connections.max.idle.ms",
+    "resolve.",
+    "test.mock.",
+];
+
+/// The lag reader's own defaults, applied unless the caller sets them explicitly.
+const READER_DEFAULTS: &[(&str, &str)] = &[
+    // Notice a recovered broker within a second instead of up to ten.
+    ("reconnect.backoff.max.ms", "1000"),
+];
+
+/// How the watched group's consumers read: whether they wait for transactions to end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum IsolationLevel {
+    /// `read_uncommitted` (the Java client's default): every message up to the high watermark
+    /// is readable.
+    #[default]
+    ReadUncommitted,
+    /// `read_committed` (librdkafka's default, and every exactly-once pipeline): consumers
+    /// cannot read past the last stable offset while a transaction is open. The collector then
+    /// also reads the last stable offset, and a partition whose consumer waits at an LSO that
+    /// has not moved for a while counts as unhealthy.
+    ReadCommitted,
+}
+
+/// Reads consumer-group lag from Kafka.
+///
+/// Per refresh, for one group and its topics:
+///
+/// 1. **Metadata**: partition count and leaders are re-read every time, so added partitions
+///    show up and a partition whose leader is not among the live brokers (or has none) is
+///    reported with `leader_available: false` and is never routed to. Up to four watched
+///    topics, one request per topic, in parallel; more, one request for the whole cluster.
+///    Either way a topic-level error (say `TOPIC_AUTHORIZATION_FAILED`) fails that topic
+///    only.
+/// 2. **Committed offsets**, one `OffsetFetch` to the group coordinator for every partition of
+///    every topic, through a consumer that carries the group id but never subscribes (it never
+///    joins the group, so it cannot trigger a rebalance, and it never commits).
+/// 3. **High watermarks**, one `ListOffsets` per leader broker for all of its partitions, the
+///    brokers in parallel. A loop over `fetch_watermarks` would cost two requests per
+///    partition. Grouping by leader also confines a slow or failing broker to its own
+///    partitions. The reader uses `isolation.level=read_uncommitted`, so this is the high
+///    watermark itself, not the last stable offset: an open transaction's messages count as
+///    waiting.
+/// 4. **Low watermarks**, only for partitions without a committed offset (the monitor's
+///    [`UncommittedPolicy`](ksp_core::UncommittedPolicy) may need them), again one
+///    `ListOffsets` per leader.
+/// 5. With [`IsolationLevel::ReadCommitted`], **last stable offsets**, one more `ListOffsets`
+///    per leader through a second, `read_committed` reader.
+///
+/// Steps 2 and 3 run concurrently. All client calls block, so they run on Tokio's blocking
+/// pool, never on a worker thread. Retriable errors (`NOT_LEADER_OR_FOLLOWER`,
+/// `NOT_COORDINATOR`, …) are retried with exponential backoff while the refresh budget lasts.
+///
+/// The lag reader inherits the connection and security settings of the configuration it is
+/// built from (bootstrap servers, `security.protocol`, `sasl.*`, `ssl.*`, …), so it reaches a
+/// secured cluster exactly as the producer does.
+#[derive(Clone)]
+pub struct KafkaLagCollector {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ClientConfig,
+    /// One reader per (group, isolation level), created on first use.
+    readers: Mutex<HashMap<(String, &'static str), Arc<Reader>>>,
+    request_timeout: Duration,
+    isolation: IsolationLevel,
+}
+
+impl KafkaLagCollector {
+    /// Starts configuring a collector for the cluster `kafka` points at (usually the
+    /// producer's own configuration).
+    pub fn builder(kafka: &ClientConfig) -> KafkaLagCollectorBuilder {
+        let mut config = ClientConfig::new();
+        for (key, value) in inherited_settings(kafka) {
+            config.set(key, value);
+        }
+        let client_id = kafka.get("client.id").unwrap_or("ksp");
+        config.set("client.id", format!("{client_id}-lag-reader"));
+        for (key, value) in READER_DEFAULTS {
+            config.set(*key, *value);
+        }
+        KafkaLagCollectorBuilder {
+            config,
+            request_timeout: KafkaLagCollectorBuilder::DEFAULT_REQUEST_TIMEOUT,
+            isolation: IsolationLevel::default(),
+        }
+    }
+
+    /// Requests the lag readers of `group` have sent, by API, as librdkafka counts them.
+    ///
+    /// Available once librdkafka has emitted statistics, which it does only when the reader is
+    /// built with `statistics.interval.ms` set (see [`KafkaLagCollectorBuilder::set`]).
+    /// Independent evidence of how many requests a refresh costs.
+    pub fn request_counts(&self, group: &str) -> Option<RequestCounts> {
+        let readers: Vec<Arc<Reader>> = self
+            .inner
+            .lock_readers()
+            .iter()
+            .filter(|((g, _), _)| g == group)
+            .map(|(_, r)| r.clone())
+            .collect();
+        readers
+            .iter()
+            .map(|reader| {
+                // Statistics are delivered as events that polling serves.
+                let _ = reader.poll(Duration::ZERO);
+                reader.context().counts()
+            })
+            .reduce(|a, b| match (a, b) {
+                (Some(a), Some(b)) => Some(a + b),
+                (a, b) => a.or(b),
+            })
+            .flatten()
+    }
+
+    /// The lag reader's configuration, secrets redacted.
+    pub fn reader_config(&self) -> BTreeMap<&str, &str> {
+        redact(self.inner.config.config_map())
+    }
+}
+
+impl fmt::Debug for KafkaLagCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaLagCollector")
+            .field("config", &self.reader_config())
+            .field("request_timeout", &self.inner.request_timeout)
+            .field("isolation", &self.inner.isolation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The settings of `kafka` a lag reader inherits.
+fn inherited_settings(kafka: &ClientConfig) -> impl Iterator<Item = (&str, &str)> {
+    // `config_map` sanitizes secrets, so read each value back with `get`.
+    kafka.config_map().into_keys().filter_map(|key| {
+        INHERITED_PREFIXES
+            .iter()
+            .any(|prefix| key.starts_with(prefix))
+            .then(|| kafka.get(key).map(|value| (key, value)))
+            .flatten()
+    })
+}
+
+/// Configures a [`KafkaLagCollector`].
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct KafkaLagCollectorBuilder {
+    config: ClientConfig,
+    request_timeout: Duration,
+    isolation: IsolationLevel,
+}
+
+impl KafkaLagCollectorBuilder {
+    /// Default [`request_timeout`](Self::request_timeout).
+    pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// Sets a librdkafka setting of the lag reader (overriding an inherited one), for example
+    /// `statistics.interval.ms` or a dedicated `sasl.username`. `isolation.level` is the
+    /// reader's own business: see [`isolation_level`](Self::isolation_level).
+    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.set(key, value);
+        self
+    }
+
+    /// Longest a single request may take; a refresh's budget caps it further. Default 5 s.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// How the watched group's consumers read. Default [`IsolationLevel::ReadUncommitted`].
+    pub fn isolation_level(mut self, isolation: IsolationLevel) -> Self {
+        self.isolation = isolation;
+        self
+    }
+
+    /// Checks the settings with librdkafka and builds the collector. Lag readers (one per
+    /// consumer group) are created on first use.
+    pub fn build(self) -> MonitorResult<KafkaLagCollector> {
+        if self.request_timeout < Duration::from_millis(10)
+            || self.request_timeout > Duration::from_secs(300)
+        {
+            return Err(ksp_core::ConfigError::duration(
+                "lag_request_timeout",
+                self.request_timeout,
+                "between 10ms and 300s",
+            )
+            .into());
+        }
+        if self.config.get("bootstrap.servers").is_none()
+            && self.config.get("metadata.broker.list").is_none()
+            && self.config.get("test.mock.num.brokers").is_none()
+        {
+            return Err(ksp_core::ConfigError::new(
+                "bootstrap.servers",
+                "<unset>",
+                "the cluster's brokers, host:port[,host:port…]",
+            )
+            .into());
+        }
+        // Let librdkafka reject unknown or malformed settings now rather than on first use.
+        let mut probe = self.config.clone();
+        probe.set("group.id", "ksp-config-check");
+        probe
+            .create_native_config()
+            .map_err(|source| MonitorError::Kafka {
+                context: "invalid lag reader configuration".into(),
+                source,
+            })?;
+        Ok(KafkaLagCollector {
+            inner: Arc::new(Inner {
+                config: self.config,
+                readers: Mutex::default(),
+                request_timeout: self.request_timeout,
+                isolation: self.isolation,
+            }),
+        })
+    }
+}
+
+impl fmt::Debug for KafkaLagCollectorBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaLagCollectorBuilder")
+            .field("config", &redact(self.config.config_map()))
+            .field("request_timeout", &self.request_timeout)
+            .field("isolation", &self.isolation)
+            .finish()
+    }
+}
+
+impl Inner {
+    fn lock_readers(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(String, &'static str), Arc<Reader>>> {
+        self.readers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The configuration of the lag reader of `group` reading at `isolation`.
+    fn reader_config(&self, group: &str, isolation: &'static str) -> ClientConfig {
+        let mut config = self.config.clone();
+        config
+            .set("group.id", group)
+            // Never commits: it only reads the group's offsets.
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("allow.auto.create.topics", "false")
+            // librdkafka's default is read_committed, which makes ListOffsets answer with the
+            // last stable offset (a hung transaction would look caught up) and OffsetFetch ask
+            // for stable offsets (UNSTABLE_OFFSET_COMMIT while a transaction commits offsets).
+            .set("isolation.level", isolation);
+        config
+    }
+
+    /// The lag reader of `group` reading at `isolation` (`read_uncommitted` for committed
+    /// offsets and watermarks, `read_committed` for last stable offsets), created on first use
+    /// and kept: the Python library builds a new client every refresh, paying connection
+    /// setup each time.
+    fn reader(&self, group: &str, isolation: &'static str) -> Result<Arc<Reader>, CollectError> {
+        let mut readers = self.lock_readers();
+        if let Some(reader) = readers.get(&(group.to_owned(), isolation)) {
+            return Ok(reader.clone());
+        }
+        let reader: Reader = self
+            .reader_config(group, isolation)
+            .create_with_context(ReaderContext::default())
+            .map_err(|e| {
+                CollectError::source(format!("creating the lag reader for group `{group}`"), e)
+            })?;
+        let reader = Arc::new(reader);
+        readers.insert((group.to_owned(), isolation), reader.clone());
+        Ok(reader)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inherits_connection_and_security_settings_only() {
+        let mut producer = ClientConfig::new();
+        producer
+            .set("bootstrap.servers", "b1:9092,b2:9092")
+            .set("security.protocol", "SASL_SSL")
+            .set("sasl.mechanisms", "PLAIN")
+            .set("sasl.username", "alice")
+            .set("sasl.password", "hunter2")
+            .set("ssl.ca.location", "/etc/ca.pem")
+            .set("client.id", "orders-api")
+            .set("linger.ms", "20")
+            .set("acks", "all")
+            .set("enable.idempotence", "true");
+        // Not built: this rdkafka build has no OpenSSL, so librdkafka would refuse `ssl.*`.
+        let builder = KafkaLagCollector::builder(&producer);
+        let config = &builder.config;
+        assert_eq!(config.get("bootstrap.servers"), Some("b1:9092,b2:9092"));
+        assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(config.get("sasl.mechanisms"), Some("PLAIN"));
+        assert_eq!(config.get("sasl.username"), Some("alice"));
+        assert_eq!(config.get("sasl.password"), Some("hunter2"));
+        assert_eq!(config.get("ssl.ca.location"), Some("/etc/ca.pem"));
+        assert_eq!(config.get("client.id"), Some("orders-api-lag-reader"));
+        assert_eq!(config.get("reconnect.backoff.max.ms"), Some("1000"));
+        for producer_only in ["linger.ms", "acks", "enable.idempotence"] {
+            assert_eq!(config.get(producer_only), None, "{producer_only}");
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_the_password() {
+        let mut producer = ClientConfig::new();
+        producer
+            .set("bootstrap.servers", "b1:9092")
+            .set("sasl.username", "alice")
+            .set("sasl.password", "hunter2");
+        let collector = KafkaLagCollector::builder(&producer).build().unwrap();
+        let debug = format!("{collector:?}");
+        assert!(debug.contains("alice"), "{debug}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        let builder = format!("{:?}", KafkaLagCollector::builder(&producer));
+        assert!(!builder.contains("hunter2"), "{builder}");
+    }
+
+    /// Regression: the reader inherited librdkafka's consumer default
+    /// `isolation.level=read_committed`, so ListOffsets returned the last stable offset: with a
+    /// hung transaction the partition looked caught up while read_committed consumers were
+    /// blocked, and kept receiving messages nobody could read.
+    #[test]
+    fn lag_reader_reads_the_high_watermark_not_the_last_stable_offset() {
+        let mut producer = ClientConfig::new();
+        producer
+            .set("bootstrap.servers", "b1:9092")
+            .set("isolation.level", "read_committed");
+        let collector = KafkaLagCollector::builder(&producer)
+            .isolation_level(IsolationLevel::ReadCommitted)
+            .build()
+            .unwrap();
+        let reader = collector
+            .inner
+            .reader_config("g", collect::HIGH_WATERMARK_READER);
+        assert_eq!(reader.get("isolation.level"), Some("read_uncommitted"));
+        assert_eq!(reader.get("enable.auto.commit"), Some("false"));
+        let lso = collector.inner.reader_config("g", collect::LSO_READER);
+        assert_eq!(lso.get("isolation.level"), Some("read_committed"));
+    }
+
+    #[test]
+    fn reader_settings_can_be_overridden() {
+        let mut producer = ClientConfig::new();
+        producer.set("bootstrap.servers", "b1:9092");
+        let collector = KafkaLagCollector::builder(&producer)
+            .set("reconnect.backoff.max.ms", "250")
+            .build()
+            .unwrap();
+        assert_eq!(
+            collector.inner.config.get("reconnect.backoff.max.ms"),
+            Some("250")
+        );
+    }
+
+    #[test]
+    fn missing_bootstrap_servers_is_a_config_error() {
+        let err = KafkaLagCollector::builder(&ClientConfig::new())
+            .build()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("invalid `bootstrap.servers` = <unset>"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn malformed_setting_is_rejected_at_build() {
+        let mut producer = ClientConfig::new();
+        producer.set("bootstrap.servers", "b1:9092");
+        let err = KafkaLagCollector::builder(&producer)
+            .set("reconnect.backoff.max.ms", "soon")
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, MonitorError::Kafka { .. }), "{err}");
+    }
+
+    #[test]
+    fn request_timeout_is_bounded() {
+        let mut producer = ClientConfig::new();
+        producer.set("bootstrap.servers", "b1:9092");
+        let err = KafkaLagCollector::builder(&producer)
+            .request_timeout(Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("lag_request_timeout"), "{err}");
+    }
+}

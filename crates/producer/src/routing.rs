@@ -1,0 +1,178 @@
+//! Smart routing's running parts, shared by both producers: the router, the monitor that
+//! feeds it, the task that keeps remembered detours in step with health, the Redis L2; and
+//! what they tell about health.
+
+use std::sync::Arc;
+
+use ksp_core::{HealthFeed, HealthSnapshot};
+use ksp_monitor::{MonitorError, MonitorHandle, MonitorResult, MonitorStats, MonitorStatus};
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::router::{Decision, Fallback, NewDetour, Route, Router};
+use crate::summary::TopicSummary;
+
+/// The running parts of smart routing.
+pub(crate) struct Routing {
+    pub(crate) router: Arc<Router>,
+    pub(crate) monitor: MonitorHandle,
+    pub(crate) _follower: AbortOnDropHandle<()>,
+    #[cfg(feature = "redis")]
+    pub(crate) l2: Option<crate::redis::L2>,
+}
+
+/// A decision ready to be acted on.
+pub(crate) struct Routed {
+    pub(crate) decision: Decision,
+    /// Whether a key was moved for the first time (a key-cache miss).
+    pub(crate) first_move: bool,
+    /// For a key's first move agreed with the fleet: hold until the message is enqueued.
+    #[cfg(feature = "redis")]
+    #[expect(
+        dead_code,
+        reason = "held for its drop, which lets the key's next send go"
+    )]
+    pub(crate) turn: Option<crate::redis::Turn>,
+}
+
+impl Routed {
+    fn plain(decision: Decision, first_move: bool) -> Self {
+        Self {
+            decision,
+            first_move,
+            #[cfg(feature = "redis")]
+            turn: None,
+        }
+    }
+
+    /// The decision when smart routing is disabled.
+    pub(crate) fn disabled(partition: Option<i32>) -> Self {
+        let route = if partition.is_some() {
+            Route::Explicit
+        } else {
+            Route::Fallback(Fallback::Disabled)
+        };
+        Self::plain(Decision { partition, route }, false)
+    }
+}
+
+/// What still has to happen before a decision can be acted on: a key's first move to agree
+/// with the fleet.
+pub(crate) enum Pending {
+    Ready(Routed),
+    #[cfg_attr(
+        not(feature = "redis"),
+        expect(dead_code, reason = "without Redis a first move is decided locally")
+    )]
+    FirstMove(Decision, NewDetour),
+}
+
+impl Routing {
+    /// Decides synchronously, unless a key's first move must be agreed with the fleet.
+    #[inline]
+    pub(crate) fn route(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        size: usize,
+    ) -> Pending {
+        let (decision, new_detour) = self.router.route_detailed(topic, partition, key, size);
+        let Some(detour) = new_detour else {
+            return Pending::Ready(Routed::plain(decision, false));
+        };
+        #[cfg(feature = "redis")]
+        if self.l2.as_ref().is_some_and(crate::redis::L2::shares_moves) {
+            return Pending::FirstMove(decision, detour);
+        }
+        if let Some(partition) = decision.partition {
+            self.router.remember_detour(&detour, partition);
+        }
+        Pending::Ready(Routed::plain(decision, true))
+    }
+
+    /// Agrees on a key's first move with the fleet (see [`crate::redis::L2::first_move`]).
+    #[cfg(feature = "redis")]
+    pub(crate) async fn first_move(
+        &self,
+        topic: &str,
+        decision: Decision,
+        detour: NewDetour,
+    ) -> Routed {
+        let Some(l2) = &self.l2 else {
+            return Routed::plain(decision, true);
+        };
+        let (decision, turn) = l2.first_move(&self.router, topic, detour, decision).await;
+        Routed {
+            decision,
+            first_move: true,
+            turn,
+        }
+    }
+
+    /// Where a message would go now, without sending it or remembering anything.
+    pub(crate) fn peek(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        size: usize,
+    ) -> Decision {
+        self.router.route_detailed(topic, partition, key, size).0
+    }
+}
+
+/// What both producers tell about health, from their routing (none when disabled).
+pub(crate) struct Inspect<'a>(pub(crate) Option<&'a Routing>);
+
+impl Inspect<'_> {
+    pub(crate) fn feed(&self) -> HealthFeed {
+        self.0
+            .map_or_else(HealthFeed::disconnected, |r| r.router.feed().clone())
+    }
+
+    pub(crate) fn health(&self) -> Arc<HealthSnapshot> {
+        self.feed().load_full()
+    }
+
+    pub(crate) fn healthy_partitions(&self, topic: &str) -> Option<Vec<i32>> {
+        let snapshot = self.health();
+        snapshot
+            .topic(topic)
+            .filter(|t| !t.is_stale())
+            .map(|t| t.routable_partitions().to_vec())
+    }
+
+    pub(crate) fn topic_summary(&self, topic: &str) -> Option<TopicSummary> {
+        let snapshot = self.health();
+        snapshot
+            .topic(topic)
+            .map(|t| TopicSummary::new(snapshot.version(), t))
+    }
+
+    pub(crate) fn health_summary(&self) -> Vec<TopicSummary> {
+        let snapshot = self.health();
+        let mut topics: Vec<_> = snapshot
+            .topics()
+            .map(|t| TopicSummary::new(snapshot.version(), t))
+            .collect();
+        topics.sort_by(|a, b| a.topic.cmp(&b.topic));
+        topics
+    }
+
+    pub(crate) fn monitor(&self) -> MonitorResult<&MonitorHandle> {
+        self.0.map(|r| &r.monitor).ok_or(MonitorError::Disabled)
+    }
+
+    pub(crate) fn monitor_stats(&self) -> Option<MonitorStats> {
+        self.0.map(|r| r.monitor.stats())
+    }
+
+    pub(crate) fn monitor_status(&self) -> Option<MonitorStatus> {
+        self.0.map(|r| r.monitor.status())
+    }
+
+    #[cfg(feature = "redis")]
+    pub(crate) fn redis_status(&self) -> Option<crate::redis::RedisStatus> {
+        self.0?.l2.as_ref().map(crate::redis::L2::status)
+    }
+}

@@ -1,0 +1,72 @@
+//! A pub/sub listener: one subscriber connection, one channel, a handler per message.
+
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use fred::prelude::*;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::debug;
+
+use crate::client::RedisClient;
+use crate::error::L2Result;
+
+/// Subscribes to `channel` on a connection of its own and calls `on_message` with each
+/// message's text until `cancel` fires. The subscription is retried (with backoff) until it
+/// takes, then kept across reconnections by fred.
+pub(crate) fn listen(
+    client: &RedisClient,
+    channel: String,
+    cancel: CancellationToken,
+    on_message: impl Fn(&str) + Send + 'static,
+) -> L2Result<AbortOnDropHandle<()>> {
+    let subscriber = client.subscriber()?;
+    let task = async move {
+        drop(subscriber.connect());
+        let _resubscribe = subscriber.manage_subscriptions();
+        let mut messages = subscriber.message_rx();
+        let subscribe = {
+            let subscriber = subscriber.clone();
+            let channel = channel.clone();
+            // The first subscription may come before the server is reachable.
+            let attempt = move || {
+                let subscriber = subscriber.clone();
+                let channel = channel.clone();
+                async move {
+                    tokio::time::timeout(Duration::from_secs(2), subscriber.subscribe(channel))
+                        .await
+                        .map_err(|_| "subscribe timed out".to_owned())?
+                        .map_err(|e| e.to_string())
+                }
+            };
+            attempt
+                .retry(
+                    ExponentialBuilder::default()
+                        .with_min_delay(Duration::from_millis(100))
+                        .with_max_delay(Duration::from_secs(3))
+                        .without_max_times(),
+                )
+                .notify(
+                    |e: &String, after: Duration| debug!(error = %e, ?after, "subscribing again"),
+                )
+        };
+        let _subscribing = AbortOnDropHandle::new(tokio::spawn(async move {
+            let _ = subscribe.await;
+        }));
+        loop {
+            let message = tokio::select! {
+                () = cancel.cancelled() => break,
+                m = messages.recv() => m,
+            };
+            let Ok(message) = message else {
+                // Lagged behind the broadcast channel or closed: polling still covers us.
+                continue;
+            };
+            if let Some(text) = message.value.as_str() {
+                on_message(&text);
+            }
+        }
+        let _ = subscriber.quit().await;
+    };
+    Ok(AbortOnDropHandle::new(tokio::spawn(task)))
+}
