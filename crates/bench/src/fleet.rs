@@ -7,10 +7,10 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ksp_monitor::{KafkaLagCollector, MonitorConfig};
+use ksp_monitor::{HealthMonitor, KafkaLagCollector, MonitorConfig, MonitorHandle};
 use ksp_producer::{AsyncSmartProducer, Partitioner, Route};
-use ksp_redis::RedisConfig;
-use ksp_testkit::{LagScenario, MockKafka, RedisServer};
+use ksp_redis::{FleetCollector, RedisClient, RedisConfig, cluster_name};
+use ksp_testkit::{LagScenario, MockKafka, RedisServer, Skew, SkewedCollector};
 use rdkafka::ClientConfig;
 use rdkafka::producer::FutureRecord;
 
@@ -56,25 +56,82 @@ async fn cluster() -> anyhow::Result<MockKafka> {
     Ok(kafka)
 }
 
+/// An instance whose clock is `skew` off (its collector's and its fleet's), sharing health
+/// through Redis: a fleet collector and a monitor, no producer (only its Kafka requests are
+/// counted).
+fn skewed_instance(
+    kafka: &ClientConfig,
+    redis: &RedisConfig,
+    skew: Skew,
+) -> anyhow::Result<(MonitorHandle, Arc<KafkaLagCollector>)> {
+    let collector = Arc::new(
+        KafkaLagCollector::builder(kafka)
+            .set("statistics.interval.ms", "100")
+            .build()?,
+    );
+    let fleet = FleetCollector::builder(
+        RedisClient::connect(redis)?,
+        Arc::new(SkewedCollector::new(collector.clone(), skew)),
+        GROUP,
+    )
+    .cluster(cluster_name(
+        kafka.get("bootstrap.servers").unwrap_or_default(),
+    ))
+    .follower_max_age(REFRESH * 2)
+    .clock(move || skew.now())
+    .spawn()?;
+    let monitor = HealthMonitor::builder(fleet)
+        .group(GROUP)
+        .topics([TOPIC])
+        .config(MonitorConfig::default().with_refresh_interval(REFRESH))
+        .spawn()?;
+    Ok((monitor, collector))
+}
+
+/// How a measured fleet shares health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// Every instance collects.
+    None,
+    /// Through Redis, clocks in agreement.
+    Redis,
+    /// Through Redis, the instances' clocks 5 s ahead and behind in turn (the first on time).
+    RedisSkewed,
+}
+
 /// OffsetFetch + ListOffsets + Metadata requests the fleet's collectors sent per refresh
 /// interval, measured over `seconds`.
 pub async fn requests_per_refresh(
     instances: usize,
-    shared: bool,
+    sharing: Sharing,
     seconds: u64,
 ) -> anyhow::Result<(f64, f64, f64)> {
     let kafka = cluster().await?;
     let server = RedisServer::start()?;
     let mut fleet = Vec::new();
-    for _ in 0..instances {
-        fleet.push(instance(
-            &kafka.client_config(),
-            shared.then(|| redis_config(&server)),
-        )?);
+    let mut monitors = Vec::new();
+    for i in 0..instances {
+        if sharing == Sharing::RedisSkewed {
+            let skew = match i % 3 {
+                0 => Skew::Ahead(Duration::ZERO),
+                1 => Skew::Ahead(Duration::from_secs(5)),
+                _ => Skew::Behind(Duration::from_secs(5)),
+            };
+            let (monitor, collector) =
+                skewed_instance(&kafka.client_config(), &redis_config(&server), skew)?;
+            monitors.push(monitor);
+            fleet.push((None, collector));
+        } else {
+            let (producer, collector) = instance(
+                &kafka.client_config(),
+                (sharing == Sharing::Redis).then(|| redis_config(&server)),
+            )?;
+            fleet.push((Some(producer), collector));
+        }
     }
     // Warm up: leases settle, every reader has connected.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let count = |fleet: &[(AsyncSmartProducer, Arc<KafkaLagCollector>)]| {
+    let count = |fleet: &[(Option<AsyncSmartProducer>, Arc<KafkaLagCollector>)]| {
         fleet.iter().fold((0u64, 0u64, 0u64), |acc, (_, c)| {
             // Each call serves queued statistics events; drain them to read the latest.
             let mut n = c.request_counts(GROUP).unwrap_or_default();
@@ -93,7 +150,12 @@ pub async fn requests_per_refresh(
     let after = count(&fleet);
     let periods = Duration::from_secs(seconds).as_secs_f64() / REFRESH.as_secs_f64();
     for (producer, _) in &fleet {
-        producer.close(Duration::from_secs(5)).await?;
+        if let Some(producer) = producer {
+            producer.close(Duration::from_secs(5)).await?;
+        }
+    }
+    for monitor in monitors {
+        monitor.shutdown().await?;
     }
     Ok((
         (after.0 - before.0) as f64 / periods,
@@ -188,12 +250,22 @@ pub async fn table(seconds: u64, sends: usize) -> anyhow::Result<String> {
         "| instances | shared collector | OffsetFetch / refresh | ListOffsets / refresh | Metadata / refresh |"
     )?;
     writeln!(out, "|---|---|---|---|---|")?;
-    for (instances, shared) in [(1, false), (5, false), (1, true), (5, true)] {
-        let (fetch, list, meta) = requests_per_refresh(instances, shared, seconds).await?;
+    for (instances, sharing) in [
+        (1, Sharing::None),
+        (5, Sharing::None),
+        (1, Sharing::Redis),
+        (5, Sharing::Redis),
+        (5, Sharing::RedisSkewed),
+    ] {
+        let (fetch, list, meta) = requests_per_refresh(instances, sharing, seconds).await?;
+        let shared = match sharing {
+            Sharing::None => "no",
+            Sharing::Redis => "yes (Redis)",
+            Sharing::RedisSkewed => "yes (Redis), clocks 0 / +5 s / −5 s",
+        };
         writeln!(
             out,
-            "| {instances} | {} | {fetch:.2} | {list:.2} | {meta:.2} |",
-            if shared { "yes (Redis)" } else { "no" }
+            "| {instances} | {shared} | {fetch:.2} | {list:.2} | {meta:.2} |"
         )?;
     }
     writeln!(out)?;

@@ -91,13 +91,24 @@ async fn refresh_bench_counts_batched_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_sharing_one_collector_sends_kafka_what_one_instance_sends() {
-    use ksp_bench::fleet;
-    let alone = fleet::requests_per_refresh(1, true, 2).await.unwrap();
-    let five = fleet::requests_per_refresh(5, true, 2).await.unwrap();
+    use ksp_bench::fleet::{self, Sharing};
+    let alone = fleet::requests_per_refresh(1, Sharing::Redis, 2)
+        .await
+        .unwrap();
+    let five = fleet::requests_per_refresh(5, Sharing::Redis, 2)
+        .await
+        .unwrap();
+    let skewed = fleet::requests_per_refresh(5, Sharing::RedisSkewed, 2)
+        .await
+        .unwrap();
     assert!(alone.0 > 0.0 && alone.1 > 0.0, "{alone:?}");
     // Unshared, five instances would send five times as much; sampling at the window's edges
     // can catch one collection more or less.
     assert!(five.1 < 2.0 * alone.1, "alone {alone:?} five {five:?}");
+    assert!(
+        skewed.1 < 2.0 * alone.1,
+        "alone {alone:?} skewed {skewed:?}"
+    );
     let rows = fleet::first_move_latency(20).await.unwrap();
     assert_eq!(rows.len(), 3);
     for (name, stats) in rows {

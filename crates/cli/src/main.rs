@@ -122,10 +122,10 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Demo { seconds } => {
-            let mut config = ksp_testkit::demo::DemoConfig::default();
+            let mut config = ksp_demo::demo::DemoConfig::default();
             config.duration = Duration::from_secs(seconds);
             let mut print = |line: &str| println!("{line}");
-            let summary = ksp_testkit::demo::run_embedded(&config, &mut print).await?;
+            let summary = ksp_demo::demo::run_embedded(&config, &mut print).await?;
             println!("{summary}");
         }
     }

@@ -23,6 +23,13 @@ pub struct StickyCursor {
 }
 
 const BYTES_MASK: u64 = 0xffff_ffff;
+/// `started` holds the low 16 bits of the batch number above 48 bits of its start time, so a
+/// reader can tell the start of the batch it sees from the previous batch's.
+const TIME_MASK: u64 = (1 << 48) - 1;
+
+fn start_stamp(batch: u32, now: u64) -> u64 {
+    (u64::from(batch & 0xffff) << 48) | (now & TIME_MASK)
+}
 
 impl StickyCursor {
     /// A cursor starting at a random batch number.
@@ -35,7 +42,8 @@ impl StickyCursor {
     pub fn starting_at(batch: u32) -> Self {
         Self {
             state: AtomicU64::new(u64::from(batch) << 32),
-            started: AtomicU64::new(0),
+            // Started long ago: the first message starts a batch of its own.
+            started: AtomicU64::new(start_stamp(batch, 0)),
         }
     }
 
@@ -52,15 +60,15 @@ impl StickyCursor {
         // Clamped so that a single huge message cannot carry into the batch number.
         let bytes = bytes.min(1 << 30) as u64;
         let limit = u64::from(batch_bytes.max(1));
-        let mut current = self.state.load(Ordering::Relaxed);
-        let seen = (current >> 32) as u32;
+        let mut current = self.state.load(Ordering::Acquire);
         loop {
             let batch = (current >> 32) as u32;
             let used = current & BYTES_MASK;
-            // Only the batch first seen can be the old one: a batch another caller just
-            // started is new, whatever `started` says until that caller has stored it.
-            let aged = batch == seen
-                && now.saturating_sub(self.started.load(Ordering::Relaxed)) >= max_age;
+            // A batch whose start this caller cannot see yet (the caller that started it has
+            // not stored it) has just started: not aged.
+            let started = self.started.load(Ordering::Acquire);
+            let aged = started >> 48 == u64::from(batch & 0xffff)
+                && (now & TIME_MASK).wrapping_sub(started) & TIME_MASK >= max_age;
             let (next, joined) = if used >= limit || aged {
                 let batch = batch.wrapping_add(1);
                 ((u64::from(batch) << 32) | bytes, batch)
@@ -70,12 +78,13 @@ impl StickyCursor {
             match self.state.compare_exchange_weak(
                 current,
                 next,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
+                Ordering::AcqRel,
+                Ordering::Acquire,
             ) {
                 Ok(_) => {
                     if joined != batch {
-                        self.started.store(now, Ordering::Relaxed);
+                        self.started
+                            .store(start_stamp(joined, now), Ordering::Release);
                     }
                     return joined;
                 }

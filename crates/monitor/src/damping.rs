@@ -172,7 +172,11 @@ impl Damper {
         healthy: bool,
         now: Duration,
     ) -> Option<&mut PartitionState> {
-        let index = usize::try_from(partition).ok()?;
+        // The same bound as the health tables: a report of partition 2 000 000 000 must not
+        // allocate gigabytes here either.
+        let index = usize::try_from(partition)
+            .ok()
+            .filter(|&i| i < ksp_core::TopicHealth::MAX_PARTITIONS as usize)?;
         if index >= self.partitions.len() {
             self.partitions.resize(index + 1, None);
         }
@@ -458,6 +462,20 @@ mod tests {
                 "{config:?}: {last_hold:?}"
             );
         }
+    }
+
+    /// Regression: the damper sized its table by the largest partition id it was given,
+    /// before the health tables dropped absurd ids: partition 2 000 000 000 from a custom
+    /// collector or calculator meant a 100 GB allocation (an abort, not a panic).
+    #[test]
+    fn absurd_partition_ids_allocate_nothing() {
+        let mut d = Damper::new(thirty());
+        let mut health = vec![
+            PartitionHealth::new(PartitionLag::from_lag(0, 0), 1.0, true),
+            PartitionHealth::new(PartitionLag::from_lag(2_000_000_000, 0), 1.0, true),
+        ];
+        d.apply(secs(0), &mut health);
+        assert!(d.partitions.len() <= 1, "{}", d.partitions.len());
     }
 
     #[test]

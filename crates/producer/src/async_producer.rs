@@ -129,17 +129,17 @@ impl AsyncSmartProducer {
                 let size = key.map_or(0, <[u8]>::len) + payload;
                 match routing.route(topic, record.partition, key, size) {
                     Pending::Ready(routed) => routed,
-                    #[cfg(feature = "redis")]
                     // Boxed: fred's command future is several kilobytes, and every send in
-                    // flight would carry it otherwise. Only a key's first move gets here.
-                    Pending::FirstMove(decision, detour) => {
-                        Box::pin(routing.first_move(topic, decision, detour)).await
+                    // flight would carry it otherwise. Only keys in a line get here.
+                    #[cfg(feature = "redis")]
+                    Pending::InLine if key.is_some() => {
+                        let key = key.unwrap_or_default();
+                        Box::pin(routing.route_in_line(topic, key, size)).await
                     }
-                    #[cfg(not(feature = "redis"))]
-                    Pending::FirstMove(decision, _) => Routed {
-                        decision,
-                        first_move: true,
-                    },
+                    // Only keyed messages (with Redis) have a line; decide as usual otherwise.
+                    Pending::InLine => {
+                        Routed::plain(routing.peek(topic, record.partition, key, size), false)
+                    }
                 }
             }
             None => Routed::disabled(record.partition),

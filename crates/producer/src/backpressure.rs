@@ -55,6 +55,13 @@ struct Room {
 impl Room {
     /// Takes room for a message of `bytes` payload bytes, if there is.
     fn try_take(&self, bytes: usize) -> bool {
+        self.try_take_then(bytes, true)
+    }
+
+    /// [`try_take`](Self::try_take); `wake_on_refusal` passes on the message place held a
+    /// moment when the bytes did not fit. The head of the line, the only waiter, must not: it
+    /// would wake itself and spin without ever yielding.
+    fn try_take_then(&self, bytes: usize, wake_on_refusal: bool) -> bool {
         if self
             .messages
             .fetch_update(SeqCst, SeqCst, |m| (m < self.max_messages).then_some(m + 1))
@@ -70,8 +77,10 @@ impl Room {
             .is_err()
         {
             self.messages.fetch_sub(1, SeqCst);
-            // Someone may have been refused the message place held here a moment.
-            self.wake();
+            // The head of the line may have been refused the message place held here a moment.
+            if wake_on_refusal {
+                self.wake();
+            }
             return false;
         }
         true
@@ -103,7 +112,7 @@ impl Room {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.try_take(bytes) {
+            if self.try_take_then(bytes, false) {
                 return;
             }
             notified.await;
@@ -404,6 +413,18 @@ mod tests {
         first.await.unwrap();
         second.await.unwrap();
         assert_eq!(*order.lock().unwrap(), [1, 2, 3]);
+    }
+
+    /// Regression: the head of the line, refused because the bytes did not fit although a
+    /// message place was free, woke itself and spun without yielding: `queue_timeout` never
+    /// fired, and on a one-thread runtime nothing else ever ran again.
+    #[tokio::test(start_paused = true)]
+    async fn a_send_waiting_for_bytes_times_out_instead_of_spinning() {
+        let q = queue("100", "1", Duration::from_millis(100));
+        let _held = q.reserve(1000).await.unwrap();
+        let started = tokio::time::Instant::now();
+        assert!(q.reserve(100).await.is_none());
+        assert_eq!(started.elapsed(), Duration::from_millis(100));
     }
 
     #[tokio::test]

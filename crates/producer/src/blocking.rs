@@ -5,14 +5,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ksp_core::HealthSnapshot;
-use ksp_monitor::{MonitorResult, MonitorStats, MonitorStatus};
+use ksp_monitor::{MonitorError, MonitorResult, MonitorStats, MonitorStatus};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Message, ToBytes};
 use rdkafka::producer::{
     BaseRecord, DeliveryResult, NoCustomPartitioner, Producer, ProducerContext, ThreadedProducer,
 };
 use rdkafka::{ClientConfig, ClientContext};
-use tokio::runtime::Handle;
+use tokio::runtime::{Handle, RuntimeFlavor};
 
 use crate::async_producer::{Delivery, is_unknown_partition};
 use crate::backpressure::{LocalQueue, OwnedReservation};
@@ -57,9 +57,12 @@ impl fmt::Debug for Opaque {
 /// The health monitor needs a Tokio runtime: inside one, it runs there; otherwise the producer
 /// starts a one-thread runtime of its own (thread `ksp-monitor`), stopped by
 /// [`close`](Self::close) or on drop. `send` blocks the calling thread only to wait for queue
-/// room or for a key's first move to be agreed with the fleet; called from a thread of a Tokio
-/// runtime (where blocking is not allowed) it never waits: a full queue fails at once and a
-/// first move uses the local detour.
+/// room or for a key's first move to be agreed with the fleet; on a thread of a multi-thread
+/// Tokio runtime it waits through `block_in_place`. On the thread of a one-thread runtime,
+/// which is the one that would have to run what it waits for, it never waits: a full queue
+/// fails at once, a key's first move uses the detour already agreed or the local one (so a
+/// key moving for the first time in a fleet may then split), `refresh_health` returns
+/// [`MonitorError::WouldBlock`] and `close` stops the monitor in the background.
 ///
 /// ```no_run
 /// use ksp_producer::blocking::SmartProducer;
@@ -187,12 +190,15 @@ impl SmartProducer {
         if let Some(room) = self.queue.try_reserve(payload) {
             return Some(room);
         }
-        if self.queue.timeout().is_zero() || on_runtime_thread() {
+        if self.queue.timeout().is_zero() || !may_block() {
             return None;
         }
-        self.handle
-            .block_on(self.queue.reserve(payload))
-            .map(crate::backpressure::Reservation::into_owned)
+        self.block_on(async {
+            self.queue
+                .reserve(payload)
+                .await
+                .map(crate::backpressure::Reservation::into_owned)
+        })
     }
 
     fn route<K, P>(&self, record: &BaseRecord<'_, K, P>, payload: usize) -> Routed
@@ -208,21 +214,19 @@ impl SmartProducer {
         match routing.route(record.topic, record.partition, key, size) {
             Pending::Ready(routed) => routed,
             #[cfg(feature = "redis")]
-            Pending::FirstMove(decision, detour) if !on_runtime_thread() => self
-                .handle
-                .block_on(routing.first_move(record.topic, decision, detour)),
-            Pending::FirstMove(decision, detour) => {
-                // No waiting here: the local detour stands.
-                if let Some(partition) = decision.partition {
-                    routing.router.remember_detour(&detour, partition);
-                }
-                Routed {
-                    decision,
-                    first_move: true,
-                    #[cfg(feature = "redis")]
-                    turn: None,
+            Pending::InLine if key.is_some() => {
+                let key = key.unwrap_or_default();
+                if may_block() {
+                    self.block_on(routing.route_in_line(record.topic, key, size))
+                } else {
+                    routing.route_without_waiting(record.topic, key, size)
                 }
             }
+            // Only keyed messages (with Redis) have a line; decide as usual otherwise.
+            Pending::InLine => Routed::plain(
+                routing.peek(record.topic, record.partition, key, size),
+                false,
+            ),
         }
     }
 
@@ -297,7 +301,8 @@ impl SmartProducer {
     /// As [`AsyncSmartProducer::refresh_health`](crate::AsyncSmartProducer::refresh_health).
     pub fn refresh_health(&self) -> MonitorResult<u64> {
         let monitor = self.inspect().monitor()?.clone();
-        self.block_on(async move { monitor.refresh_now().await })
+        self.block_on_if_allowed(async move { monitor.refresh_now().await })
+            .unwrap_or(Err(MonitorError::WouldBlock))
     }
 
     /// Messages that can still be handed to librdkafka without waiting for room (`None`: no
@@ -325,10 +330,16 @@ impl SmartProducer {
         if let Some(routing) = &self.routing {
             let monitor = routing.monitor.clone();
             #[cfg(feature = "redis")]
-            if let Some(l2) = &routing.l2 {
-                self.block_on(l2.shutdown());
-            }
-            if let Err(error) = self.block_on(async move { monitor.shutdown().await }) {
+            let l2 = routing.l2.as_ref().map(crate::redis::L2::stopper);
+            let stop = async move {
+                #[cfg(feature = "redis")]
+                if let Some(l2) = l2 {
+                    l2.stop().await;
+                }
+                monitor.shutdown().await
+            };
+            // On a one-thread runtime's own thread, the stop runs in the background.
+            if let Some(Err(error)) = self.block_on_if_allowed(stop) {
                 tracing::warn!(%error, "the health monitor had failed");
             }
         }
@@ -340,28 +351,40 @@ impl SmartProducer {
         &self.producer
     }
 
-    fn block_on<F>(&self, future: F) -> F::Output
+    /// Waits for `future` on the monitor's runtime. Callers check [`may_block`] first where
+    /// they can do without waiting.
+    fn block_on<F: Future>(&self, future: F) -> F::Output {
+        match Handle::try_current() {
+            // A worker (or blocking) thread of a multi-thread runtime: hand the worker's other
+            // tasks over while this thread waits.
+            Ok(current) if current.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| self.handle.block_on(future))
+            }
+            _ => self.handle.block_on(future),
+        }
+    }
+
+    /// Like [`block_on`](Self::block_on) where blocking is allowed; otherwise `future` is left
+    /// to run on its own and `None` comes back at once.
+    fn block_on_if_allowed<F>(&self, future: F) -> Option<F::Output>
     where
-        F: Future + Send,
-        F::Output: Send,
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
     {
-        if on_runtime_thread() {
-            // A runtime's own thread may not block on another future: wait on a thread of
-            // our own (the future's I/O runs on the monitor's runtime).
-            std::thread::scope(|s| {
-                s.spawn(|| self.handle.block_on(future))
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
+        if may_block() {
+            Some(self.block_on(future))
         } else {
-            self.handle.block_on(future)
+            drop(self.handle.spawn(future));
+            None
         }
     }
 }
 
-/// Whether this thread belongs to a Tokio runtime (where blocking waits are not allowed).
-fn on_runtime_thread() -> bool {
-    Handle::try_current().is_ok()
+/// Whether this thread may wait for the monitor's runtime: a plain thread, or a thread of a
+/// multi-thread Tokio runtime (via `block_in_place`). Not the thread of a one-thread runtime,
+/// which is the only one that could run what it would wait for.
+fn may_block() -> bool {
+    Handle::try_current().map_or(true, |h| h.runtime_flavor() == RuntimeFlavor::MultiThread)
 }
 
 fn parts<'a, K, P, D>(record: &BaseRecord<'a, K, P, D>) -> RecordParts<'a, K, P>

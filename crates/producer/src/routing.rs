@@ -8,7 +8,7 @@ use ksp_core::{HealthFeed, HealthSnapshot};
 use ksp_monitor::{MonitorError, MonitorHandle, MonitorResult, MonitorStats, MonitorStatus};
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::router::{Decision, Fallback, NewDetour, Route, Router};
+use crate::router::{Decision, Fallback, Route, Router};
 use crate::summary::TopicSummary;
 
 /// The running parts of smart routing.
@@ -35,7 +35,7 @@ pub(crate) struct Routed {
 }
 
 impl Routed {
-    fn plain(decision: Decision, first_move: bool) -> Self {
+    pub(crate) fn plain(decision: Decision, first_move: bool) -> Self {
         Self {
             decision,
             first_move,
@@ -55,19 +55,22 @@ impl Routed {
     }
 }
 
-/// What still has to happen before a decision can be acted on: a key's first move to agree
-/// with the fleet.
+/// A decision, or the news that the message must go through its key's line (a first move to
+/// agree with the fleet, or earlier sends of the key still waiting in it).
 pub(crate) enum Pending {
     Ready(Routed),
     #[cfg_attr(
         not(feature = "redis"),
-        expect(dead_code, reason = "without Redis a first move is decided locally")
+        expect(
+            dead_code,
+            reason = "without Redis every key's move is decided locally"
+        )
     )]
-    FirstMove(Decision, NewDetour),
+    InLine,
 }
 
 impl Routing {
-    /// Decides synchronously, unless a key's first move must be agreed with the fleet.
+    /// Decides synchronously, unless the message must go through its key's line.
     #[inline]
     pub(crate) fn route(
         &self,
@@ -77,35 +80,48 @@ impl Routing {
         size: usize,
     ) -> Pending {
         let (decision, new_detour) = self.router.route_detailed(topic, partition, key, size);
-        let Some(detour) = new_detour else {
-            return Pending::Ready(Routed::plain(decision, false));
-        };
         #[cfg(feature = "redis")]
-        if self.l2.as_ref().is_some_and(crate::redis::L2::shares_moves) {
-            return Pending::FirstMove(decision, detour);
+        if let (Some(l2), Some(key), None) = (&self.l2, key, partition)
+            && l2.needs_line(topic, key, new_detour.is_some())
+        {
+            return Pending::InLine;
         }
-        if let Some(partition) = decision.partition {
+        let first_move = new_detour.is_some();
+        if let (Some(detour), Some(partition)) = (new_detour, decision.partition) {
             self.router.remember_detour(&detour, partition);
         }
-        Pending::Ready(Routed::plain(decision, true))
+        Pending::Ready(Routed::plain(decision, first_move))
     }
 
-    /// Agrees on a key's first move with the fleet (see [`crate::redis::L2::first_move`]).
+    /// Routes a keyed message through its key's line (see
+    /// [`L2::route_in_line`](crate::redis::L2::route_in_line)).
     #[cfg(feature = "redis")]
-    pub(crate) async fn first_move(
-        &self,
-        topic: &str,
-        decision: Decision,
-        detour: NewDetour,
-    ) -> Routed {
-        let Some(l2) = &self.l2 else {
-            return Routed::plain(decision, true);
-        };
-        let (decision, turn) = l2.first_move(&self.router, topic, detour, decision).await;
-        Routed {
-            decision,
-            first_move: true,
-            turn,
+    pub(crate) async fn route_in_line(&self, topic: &str, key: &[u8], size: usize) -> Routed {
+        match &self.l2 {
+            Some(l2) => l2.route_in_line(&self.router, topic, key, size).await,
+            None => Routed::plain(self.router.route(topic, None, Some(key), size), false),
+        }
+    }
+
+    /// The decision for a keyed message that should go through its key's line, taken without
+    /// waiting (by a sender that may not block): the partition the line agreed, if any,
+    /// otherwise this router's own.
+    #[cfg(feature = "redis")]
+    pub(crate) fn route_without_waiting(&self, topic: &str, key: &[u8], size: usize) -> Routed {
+        let agreed = self
+            .l2
+            .as_ref()
+            .and_then(|l2| l2.agreed_without_waiting(topic, key))
+            .filter(|&p| self.router.is_routable(topic, p));
+        match agreed {
+            Some(partition) => Routed::plain(
+                Decision {
+                    partition: Some(partition),
+                    route: Route::Moved,
+                },
+                false,
+            ),
+            None => Routed::plain(self.router.route(topic, None, Some(key), size), false),
         }
     }
 

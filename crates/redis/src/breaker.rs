@@ -133,14 +133,17 @@ pub struct CircuitBreaker {
 }
 
 /// Permission for one call; report how it went with [`Permit::record`]. A permit dropped
-/// without a report (the caller's future was cancelled) says nothing about Redis: it counts
-/// neither way, and an abandoned probe lets the next call probe instead.
+/// without a report (the caller's future was cancelled) says nothing about Redis (it counts
+/// neither way, and an abandoned probe lets the next call probe instead), unless it was
+/// dropped past its [`try_call_abandoned_after`](CircuitBreaker::try_call_abandoned_after)
+/// deadline: a call that waited that long counts as failed.
 #[must_use = "report the outcome with `record`"]
 #[derive(Debug)]
 pub struct Permit<'a> {
     breaker: &'a CircuitBreaker,
     probe: bool,
     done: bool,
+    failed_after: Option<Instant>,
 }
 
 impl Permit<'_> {
@@ -153,7 +156,13 @@ impl Permit<'_> {
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        if !self.done && self.probe {
+        if self.done {
+            return;
+        }
+        let now = Instant::now();
+        if self.failed_after.is_some_and(|deadline| now >= deadline) {
+            self.breaker.on_outcome(self.probe, false, now);
+        } else if self.probe {
             self.breaker.abandon_probe();
         }
     }
@@ -179,6 +188,14 @@ impl CircuitBreaker {
         self.try_call_at(Instant::now())
     }
 
+    /// Permission to call, whose abandonment counts as a failure from `deadline` on (the
+    /// command's timeout), or `None` to fail fast.
+    pub fn try_call_abandoned_after(&self, deadline: Instant) -> Option<Permit<'_>> {
+        let mut permit = self.try_call_at(Instant::now())?;
+        permit.failed_after = Some(deadline);
+        Some(permit)
+    }
+
     fn try_call_at(&self, now: Instant) -> Option<Permit<'_>> {
         let mut state = self.lock();
         let probe = match &mut *state {
@@ -200,6 +217,7 @@ impl CircuitBreaker {
             breaker: self,
             probe,
             done: false,
+            failed_after: None,
         })
     }
 
@@ -389,8 +407,23 @@ mod tests {
         for _ in 0..50 {
             drop(b.try_call().expect("closed"));
         }
+        let later = Instant::now() + Duration::from_secs(60);
+        for _ in 0..50 {
+            drop(b.try_call_abandoned_after(later).expect("closed"));
+        }
         assert_eq!(b.state(), BreakerState::Closed);
         assert_eq!(b.times_opened(), 0);
+    }
+
+    /// But a Redis that hangs opens it even when every caller gives up before the command
+    /// timeout would: a call abandoned after its deadline counts as failed.
+    #[test]
+    fn calls_abandoned_past_their_deadline_open_the_breaker() {
+        let b = CircuitBreaker::new(config());
+        for _ in 0..4 {
+            drop(b.try_call_abandoned_after(Instant::now()).expect("closed"));
+        }
+        assert_eq!(b.state(), BreakerState::Open);
     }
 
     #[test]

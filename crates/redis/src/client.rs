@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 use fred::types::config::{Options, ReconnectPolicy};
@@ -82,7 +83,27 @@ impl RedisClient {
         F: FnOnce(fred::clients::WithOptions<Client>) -> Fut,
         Fut: Future<Output = Result<T, fred::error::Error>>,
     {
-        let Some(permit) = self.inner.breaker.try_call() else {
+        self.call_within(self.inner.config.command_timeout, command)
+            .await
+    }
+
+    /// Runs one command through the breaker, giving up after `within` (at most the command
+    /// timeout): for callers with a budget of their own.
+    ///
+    /// A call abandoned by its caller says nothing about Redis, unless it had already waited a
+    /// whole command timeout: then it counts as failed, so that a Redis that does not answer
+    /// still opens the breaker when every caller gives up first.
+    pub(crate) async fn call_within<T, F, Fut>(&self, within: Duration, command: F) -> L2Result<T>
+    where
+        F: FnOnce(fred::clients::WithOptions<Client>) -> Fut,
+        Fut: Future<Output = Result<T, fred::error::Error>>,
+    {
+        let timeout = self.inner.config.command_timeout;
+        let Some(permit) = self
+            .inner
+            .breaker
+            .try_call_abandoned_after(Instant::now() + timeout)
+        else {
             return Err(L2Error::BreakerOpen);
         };
         self.inner.calls.fetch_add(1, Ordering::Relaxed);
@@ -92,9 +113,9 @@ impl RedisClient {
             &self.inner.first_options
         };
         let client = self.inner.client.with_options(options);
-        // fred enforces the timeout; this outer one also covers the time spent before fred
-        // sees the command.
-        let outcome = tokio::time::timeout(self.inner.config.command_timeout, command(client))
+        // fred enforces the command timeout; this outer one also covers the time spent before
+        // fred sees the command, and the caller's shorter budget.
+        let outcome = tokio::time::timeout(timeout.min(within), command(client))
             .await
             .unwrap_or_else(|_| {
                 Err(fred::error::Error::new(

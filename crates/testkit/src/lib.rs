@@ -8,24 +8,26 @@
 //! * [`TestKafka`] / [`TestRedis`]: the same test body on the embedded cluster, an external
 //!   cluster or a testcontainers container (feature `testcontainers`); on a spawned
 //!   redis-server, an external Redis or a container. Each prints the backend it used.
-//! * [`RedisServer`]: a real `redis-server` on a free loopback port, killable mid-test.
+//! * [`RedisServer`]: a real `redis-server` on a free loopback port, killable mid-test;
+//!   [`RedisCluster`]: three of them as a Redis Cluster.
+//! * [`SkewedCollector`]: a lag collector on a machine whose clock is off.
 //! * [`demo`]: the embedded demo behind `cargo run --example quickstart`.
 
 mod backend;
-pub mod demo;
-mod drain;
 pub mod faults;
 mod ledger;
 mod mock;
 mod redis;
 mod scenario;
+mod skew;
 
 pub use backend::{TestKafka, TestRedis};
-pub use drain::{DrainingConsumer, DrainingConsumerBuilder};
+pub use ksp_demo::{DrainingConsumer, DrainingConsumerBuilder, demo};
 pub use ledger::{Consumed, Entry, Ledger, Load, Outcome, Reconciliation, Tally, read_topic};
 pub use mock::{MockKafka, commit_offsets, produce_counts};
 pub use redis::{RedisCluster, RedisServer};
 pub use scenario::LagScenario;
+pub use skew::{Skew, SkewedCollector};
 
 /// Errors of the fixtures.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +48,16 @@ pub enum TestkitError {
     /// A fixture thread could not be started.
     #[error("starting a fixture thread")]
     Io(#[from] std::io::Error),
+}
+
+impl From<ksp_demo::DemoError> for TestkitError {
+    fn from(e: ksp_demo::DemoError) -> Self {
+        match e {
+            ksp_demo::DemoError::Kafka { context, source } => Self::Kafka { context, source },
+            ksp_demo::DemoError::Io(e) => Self::Io(e),
+            other => Self::Demo(other.to_string()),
+        }
+    }
 }
 
 /// Result of the fixtures.

@@ -150,8 +150,7 @@ impl Router {
     /// Forgets the detour remembered for a key of `topic` (`key_hash` = `xxh3_64` of the key):
     /// its next send chooses again.
     pub fn forget_detour(&self, topic: &str, key_hash: u64) {
-        let fingerprint = mix64(key_hash ^ TopicHealth::hash_of(topic).rotate_left(29));
-        self.detours.invalidate(&fingerprint);
+        self.detours.invalidate(&fingerprint(topic, key_hash));
     }
 
     /// Whether `partition` of `topic` may be routed to now (fresh health says so).
@@ -209,7 +208,7 @@ impl Router {
             return (Decision::fallback(Fallback::TooFewRoutable), None);
         }
         let key_hash = xxh3_64(key);
-        let fingerprint = mix64(key_hash ^ health.topic_hash().rotate_left(29));
+        let fingerprint = fingerprint_with(health.topic_hash(), key_hash);
         // Detours that turned unroutable are dropped when the snapshot changes; this check
         // only covers the moment between a snapshot's publication and that clean-up.
         if let Some(detour) = self.detours.get(&fingerprint)
@@ -318,15 +317,14 @@ pub struct NewDetour {
     topic_hash: u64,
 }
 
-impl NewDetour {
-    /// The key's identity in this router's cache (key and topic).
-    #[cfg_attr(
-        not(feature = "redis"),
-        expect(dead_code, reason = "only the Redis L2 keys lines by it")
-    )]
-    pub(crate) fn fingerprint(&self) -> u64 {
-        self.fingerprint
-    }
+/// A key's identity in the detour cache: its hash and its topic's.
+pub(crate) fn fingerprint(topic: &str, key_hash: u64) -> u64 {
+    fingerprint_with(TopicHealth::hash_of(topic), key_hash)
+}
+
+#[inline]
+fn fingerprint_with(topic_hash: u64, key_hash: u64) -> u64 {
+    mix64(key_hash ^ topic_hash.rotate_left(29))
 }
 
 /// The number of raw ticks of `clock` that make up `duration` (the clock only converts the

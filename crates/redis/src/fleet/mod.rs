@@ -44,14 +44,15 @@ redis.call('PUBLISH', ARGV[6], ARGV[7])
 return 1
 ";
 
-/// Reads the snapshot and how long ago it was published, both by Redis's clock.
+/// Reads the snapshot, how long ago it was published (both by Redis's clock), and who holds
+/// the lease now.
 ///
-/// KEYS[1] = snapshot. Returns {payload, published at (ms), now (s), now (µs)}, the first two
-/// false when there is no snapshot.
+/// KEYS[1] = snapshot, KEYS[2] = lease. Returns {payload, published at (ms), now (s),
+/// now (µs), lease holder}, false for what is missing.
 const READ: &str = r"
 local v = redis.call('HMGET', KEYS[1], 'payload', 'at')
 local t = redis.call('TIME')
-return {v[1], v[2], t[1], t[2]}
+return {v[1], v[2], t[1], t[2], redis.call('GET', KEYS[2])}
 ";
 
 /// The wall clock an instance stamps its collections and publications with.
@@ -373,19 +374,20 @@ pub fn cluster_name(bootstrap_servers: &str) -> String {
 }
 
 /// A name for this producer instance in the fleet's keys and announcements:
-/// `{pid}-{8 hex digits}`, unique per call.
+/// `{pid}-{16 hex digits}`, the digits from the operating system's randomness (as std seeds
+/// its hash maps), so two processes with the same pid (containers) still differ.
 pub fn instance_id() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let salt = xxh3_64(format!("{nanos}{:p}", &nanos).as_bytes());
-    format!("{}-{:08x}", std::process::id(), salt as u32)
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::hash::RandomState::new().build_hasher().finish();
+    format!("{}-{random:016x}", std::process::id())
 }
 
-/// A snapshot read from Redis, and how long ago it was published (by Redis's clock).
+/// A snapshot read from Redis, how long ago it was published (by Redis's clock), and whether
+/// its publisher holds the lease now.
 struct Read {
     payload: SnapshotPayload,
     since_published: Duration,
+    from_leader: bool,
 }
 
 impl Shared {
@@ -394,7 +396,9 @@ impl Shared {
             if who != self.id {
                 self.wake.notify_one();
             }
-        } else if !text.starts_with(&self.id) && !self.leader.load(Ordering::Acquire) {
+        } else if text.split(' ').next() != Some(self.id.as_str())
+            && !self.leader.load(Ordering::Acquire)
+        {
             self.updates.send_modify(|v| *v = v.wrapping_add(1));
         }
     }
@@ -404,7 +408,12 @@ impl Shared {
         let calculator = self.calculator.clone();
         let score = move |lag: &TopicLag| -> Option<TopicHealth> {
             let calculator = calculator.as_ref()?;
-            let health = calculator.calculate(lag);
+            // Scores are informational: a calculator that panics on one topic leaves that
+            // topic without them, and the fleet still gets the lags.
+            let health = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                calculator.calculate(lag)
+            }))
+            .ok()?;
             Some(TopicHealth::new(&lag.topic, lag.collected_at, health))
         };
         let term = self.term.load(Ordering::Acquire);
@@ -440,15 +449,19 @@ impl Shared {
         Ok(true)
     }
 
-    async fn read(&self) -> L2Result<Option<Read>> {
-        let keys = vec![self.keys.snapshot.clone()];
+    /// The shared snapshot; the read gives up after `within` at most.
+    async fn read(&self, within: Duration) -> L2Result<Option<Read>> {
+        let keys = vec![self.keys.snapshot.clone(), self.keys.lease.clone()];
         let reply: Vec<Value> = self
             .client
-            .call(|c| async move { c.eval(READ, keys, Vec::<String>::new()).await })
+            .call_within(within, |c| async move {
+                c.eval(READ, keys, Vec::<String>::new()).await
+            })
             .await?;
-        let [payload, at, secs, micros] = <[Value; 4]>::try_from(reply).map_err(|v| {
+        let [payload, at, secs, micros, holder] = <[Value; 5]>::try_from(reply).map_err(|v| {
             L2Error::Unexpected(format!("snapshot read returned {} values", v.len()))
         })?;
+        let holder = holder.as_string();
         let Some(bytes) = payload.as_bytes().map(<[u8]>::to_vec) else {
             return Ok(None);
         };
@@ -462,6 +475,7 @@ impl Shared {
         let since_published = Duration::from_millis(now_ms.saturating_sub(at));
         match SnapshotPayload::decode(&bytes, &self.group) {
             Ok(payload) => Ok(Some(Read {
+                from_leader: holder.as_deref() == Some(payload.publisher.as_str()),
                 payload,
                 since_published,
             })),
@@ -505,7 +519,10 @@ impl Shared {
             return false;
         }
         let mut applied = self.applied.lock().unwrap_or_else(PoisonError::into_inner);
-        if read.payload.order() < *applied {
+        // The current lease holder's snapshot is always good: if the term counter went back
+        // (a Redis restart without persistence, a failover that lost writes), ordering by it
+        // would refuse the fleet's snapshots for good.
+        if read.payload.order() < *applied && !read.from_leader {
             self.stats.older_ignored.fetch_add(1, Ordering::Relaxed);
             warn!(
                 found = ?read.payload.order(),
@@ -537,7 +554,8 @@ impl LagCollector for FleetCollector {
             }
             return Ok(lags);
         }
-        let read = match s.read().await {
+        // Leave time to collect from Kafka if Redis does not answer in a third of the budget.
+        let read = match s.read(request.budget / 3).await {
             Ok(Some(read)) => read,
             Ok(None) => {
                 debug!("no shared health snapshot yet; collecting locally");
@@ -564,8 +582,16 @@ impl LagCollector for FleetCollector {
         s.stats.adopted.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("ksp_fleet_snapshots_total", "source" => "adopted").increment(1);
         if !missing.is_empty() {
-            // Topics the leader does not watch: ours to collect.
-            lags.extend(s.collect_locally(request, &missing).await?);
+            // Topics the leader does not watch: ours to collect. If that fails, the fleet's
+            // topics are still good.
+            match s.collect_locally(request, &missing).await {
+                Ok(local) => lags.extend(local),
+                Err(error) => warn!(
+                    topics = ?missing,
+                    %error,
+                    "topics the fleet's leader does not watch could not be collected here",
+                ),
+            }
         }
         Ok(lags)
     }

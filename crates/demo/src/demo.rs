@@ -12,7 +12,7 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::task::JoinSet;
 
-use crate::{DrainingConsumer, MockKafka, TestkitError, TestkitResult, kafka_error};
+use crate::{DemoError, DemoResult, DrainingConsumer, MockKafka, kafka_error};
 
 /// Settings of the demo.
 #[derive(Debug, Clone)]
@@ -127,7 +127,7 @@ impl fmt::Display for DemoSummary {
 pub async fn run_embedded(
     config: &DemoConfig,
     out: &mut (dyn FnMut(&str) + Send),
-) -> TestkitResult<DemoSummary> {
+) -> DemoResult<DemoSummary> {
     let kafka = MockKafka::start(3)?;
     let smart = embedded_phase(&kafka, config, true, out).await?;
     let plain = embedded_phase(&kafka, config, false, out).await?;
@@ -144,7 +144,7 @@ async fn embedded_phase(
     config: &DemoConfig,
     smart: bool,
     out: &mut (dyn FnMut(&str) + Send),
-) -> TestkitResult<PhaseResult> {
+) -> DemoResult<PhaseResult> {
     let group = "demo-consumers";
     let name = if smart { "smart" } else { "plain" };
     let topic = format!("demo-{name}");
@@ -174,7 +174,7 @@ async fn embedded_phase(
                 .topics([topic.clone()])
                 .monitor(MonitorConfig::default().with_refresh_interval(config.refresh_interval))
                 .build()
-                .map_err(|e| TestkitError::Demo(e.to_string()))?,
+                .map_err(|e| DemoError::Demo(e.to_string()))?,
         )
     } else {
         Sender::Plain(
@@ -197,21 +197,21 @@ pub async fn run_against(
     topic: &str,
     config: &DemoConfig,
     out: &mut (dyn FnMut(&str) + Send),
-) -> TestkitResult<PhaseResult> {
+) -> DemoResult<PhaseResult> {
     let producer = AsyncSmartProducer::builder(kafka.clone())
         .consumer_group(group)
         .topics([topic])
         .monitor(MonitorConfig::default().with_refresh_interval(config.refresh_interval))
         .build()
-        .map_err(|e| TestkitError::Demo(e.to_string()))?;
+        .map_err(|e| DemoError::Demo(e.to_string()))?;
     producer
         .refresh_health()
         .await
-        .map_err(|e| TestkitError::Demo(e.to_string()))?;
+        .map_err(|e| DemoError::Demo(e.to_string()))?;
     let partitions = producer
         .topic_summary(topic)
         .map(|s| s.partitions.len())
-        .ok_or_else(|| TestkitError::Demo(format!("no lag could be read for topic `{topic}`")))?;
+        .ok_or_else(|| DemoError::Demo(format!("no lag could be read for topic `{topic}`")))?;
     let config = DemoConfig {
         partitions: partitions as i32,
         slow_partition: -1,
@@ -282,7 +282,7 @@ async fn run_phase(
     consumer: &dyn LatencySource,
     config: &DemoConfig,
     out: &mut (dyn FnMut(&str) + Send),
-) -> TestkitResult<PhaseResult> {
+) -> DemoResult<PhaseResult> {
     let partitions = config.partitions.max(1) as usize;
     // Lag for the table comes from a monitor watching the same group: for the smart phase
     // it is the producer's own view.
@@ -323,7 +323,7 @@ async fn run_phase(
     }
     generator
         .await
-        .map_err(|e| TestkitError::Demo(format!("load generator failed: {e}")))?;
+        .map_err(|e| DemoError::Demo(format!("load generator failed: {e}")))?;
     for (total, c) in totals.iter_mut().zip(counts.iter()) {
         *total += c.swap(0, Ordering::Relaxed);
     }
@@ -362,7 +362,7 @@ async fn run_phase(
     if let Sender::Smart(p) = sender {
         p.close(Duration::from_secs(5))
             .await
-            .map_err(|e| TestkitError::Demo(e.to_string()))?;
+            .map_err(|e| DemoError::Demo(e.to_string()))?;
     }
     if let Some(monitor) = observer {
         let _ = monitor.shutdown().await;
@@ -375,32 +375,28 @@ fn observer(
     group: &str,
     topic: &str,
     config: &DemoConfig,
-) -> TestkitResult<MonitorHandle> {
+) -> DemoResult<MonitorHandle> {
     let collector = KafkaLagCollector::builder(kafka)
         .build()
-        .map_err(|e| TestkitError::Demo(e.to_string()))?;
+        .map_err(|e| DemoError::Demo(e.to_string()))?;
     HealthMonitor::builder(Arc::new(collector))
         .group(group)
         .topics([topic])
         .calculator(RelativeCalculator::default())
         .config(MonitorConfig::default().with_refresh_interval(config.refresh_interval))
         .spawn()
-        .map_err(|e| TestkitError::Demo(e.to_string()))
+        .map_err(|e| DemoError::Demo(e.to_string()))
 }
 
-async fn read_lags(
-    kafka: &ClientConfig,
-    group: &str,
-    topic: &str,
-) -> TestkitResult<Option<TopicLag>> {
+async fn read_lags(kafka: &ClientConfig, group: &str, topic: &str) -> DemoResult<Option<TopicLag>> {
     let collector = KafkaLagCollector::builder(kafka)
         .build()
-        .map_err(|e| TestkitError::Demo(e.to_string()))?;
+        .map_err(|e| DemoError::Demo(e.to_string()))?;
     let topics = [topic.to_owned()];
     let report = collector
         .collect(&LagRequest::new(group, &topics, Duration::from_secs(5)))
         .await
-        .map_err(|e| TestkitError::Demo(e.to_string()))?;
+        .map_err(|e| DemoError::Demo(e.to_string()))?;
     Ok(report.into_iter().next())
 }
 

@@ -1,34 +1,39 @@
 //! The Redis L2 behind the router (cargo feature `redis`): the fleet's shared collector and
 //! shared key moves, agreed without reordering a key's messages.
 
-use std::collections::HashMap;
+mod lines;
+
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 
 use ksp_core::{HotPartitionCalculator, LagCollector};
-use ksp_monitor::{MonitorConfig, MonitorHandle};
+use ksp_monitor::{MonitorConfig, MonitorError, MonitorHandle};
 use ksp_redis::{
     BreakerState, FleetCollector, FleetStats, L2Error, RedisClient, RedisConfig, SharedMoves,
     cluster_name, instance_id,
 };
 use rdkafka::ClientConfig;
 use serde::Serialize;
-use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::debug;
 
+use xxhash_rust::xxh3::xxh3_64;
+
+use self::lines::Lines;
+pub(crate) use self::lines::Turn;
 use crate::error::BuildError;
 use crate::router::{Decision, Fallback, NewDetour, Router};
+use crate::routing::Routed;
 
 /// The producer's Redis parts.
 pub(crate) struct L2 {
     client: RedisClient,
     fleet: Option<Arc<FleetCollector>>,
     moves: Option<SharedMoves>,
-    /// Keys whose first move is being agreed, by fingerprint: later sends of the same key wait
-    /// in line behind it.
-    lines: Arc<Mutex<HashMap<u64, Arc<Line>>>>,
+    /// Keys whose first move is being agreed: later sends of the same key wait in line behind
+    /// it.
+    lines: Arc<Lines>,
     /// This producer's name in the fleet.
     instance: String,
     /// The Kafka cluster's name in the fleet's keys.
@@ -37,44 +42,6 @@ pub(crate) struct L2 {
     cancel: CancellationToken,
     _bridge: Option<AbortOnDropHandle<()>>,
     _moves_listener: Option<AbortOnDropHandle<()>>,
-}
-
-/// The sends of one key waiting for its first move to be agreed, first come first served.
-#[derive(Default)]
-struct Line {
-    turn: Arc<tokio::sync::Mutex<()>>,
-    /// The partition the key's sends take, once agreed.
-    agreed: Mutex<Option<i32>>,
-}
-
-/// A send's place at the head of its key's line: held until the message is enqueued, so that
-/// the key's later sends are enqueued after it. The last one out remembers the detour in the
-/// router's cache and closes the line; until then, a new send of the key finds the line and
-/// queues up instead of taking the cached detour ahead of those waiting.
-pub(crate) struct Turn {
-    line: Arc<Line>,
-    lines: Arc<Mutex<HashMap<u64, Arc<Line>>>>,
-    detour: NewDetour,
-    router: Arc<Router>,
-    _turn: OwnedMutexGuard<()>,
-}
-
-impl Drop for Turn {
-    fn drop(&mut self) {
-        let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
-        // Only the map and this turn hold the line: nobody else waits.
-        if Arc::strong_count(&self.line) == 2 {
-            let agreed = *self
-                .line
-                .agreed
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some(partition) = agreed {
-                self.router.remember_detour(&self.detour, partition);
-            }
-            lines.remove(&self.detour.fingerprint());
-        }
-    }
 }
 
 #[derive(Default)]
@@ -168,7 +135,8 @@ impl L2 {
         let monitor = monitor.clone();
         self._bridge = Some(AbortOnDropHandle::new(runtime.spawn(async move {
             while updates.changed().await.is_ok() {
-                if monitor.refresh_now().await.is_err() {
+                // A failed round is no reason to stop following the fleet; a stopped monitor is.
+                if let Err(MonitorError::Stopped) = monitor.refresh_now().await {
                     break;
                 }
             }
@@ -183,9 +151,11 @@ impl L2 {
             return;
         };
         let router = Arc::downgrade(router);
+        let lines = self.lines.clone();
         let listener = moves.listen(self.cancel.clone(), move |replaced| {
             if let Some(router) = router.upgrade() {
                 debug!(topic = %replaced.topic, partition = replaced.partition, "another instance replaced a shared detour");
+                lines.replaced(crate::router::fingerprint(&replaced.topic, replaced.key_hash));
                 router.forget_detour(&replaced.topic, replaced.key_hash);
             }
         });
@@ -195,71 +165,75 @@ impl L2 {
         }
     }
 
-    /// Whether first moves are agreed with the fleet.
-    pub(crate) fn shares_moves(&self) -> bool {
+    /// Whether the sends of this key go through its line: a first move, or a line open for
+    /// the key (a send decided without one could be enqueued ahead of the key's waiting sends).
+    #[inline]
+    pub(crate) fn needs_line(&self, topic: &str, key: &[u8], first_move: bool) -> bool {
         self.moves.is_some()
+            && (first_move
+                || (!self.lines.none_open()
+                    && self
+                        .lines
+                        .is_open(crate::router::fingerprint(topic, xxh3_64(key)))))
     }
 
-    /// Routes a message whose key this router has no detour for yet: the first send of the
-    /// key agrees on the detour with the fleet (the detour already shared wins), the key's
-    /// later sends wait in line behind it and take the same partition. Returns the decision
-    /// and the turn to hold until the message is enqueued.
+    /// Routes a keyed message through its key's line: waits behind the key's earlier sends,
+    /// decides by the health of then, and for a first move agrees on the detour with the fleet
+    /// (the detour already shared wins; later sends of the key take the same). Returns the
+    /// decision and the turn to hold until the message is enqueued.
     ///
-    /// Waits at most one command timeout per claim, and not at all while the breaker is open;
+    /// A claim waits at most one command timeout, and not at all while the breaker is open;
     /// on any failure the local detour stands.
     ///
     /// # Cancel safety
     ///
-    /// Dropping the future leaves the line to the next send of the key, which claims itself if
-    /// the agreement had not come back.
-    pub(crate) async fn first_move(
+    /// Cancel-safe: dropping the future gives up the send's place in the line; the next send
+    /// of the key claims by itself if the agreement had not come back.
+    pub(crate) async fn route_in_line(
         &self,
         router: &Arc<Router>,
         topic: &str,
-        detour: NewDetour,
-        decision: Decision,
-    ) -> (Decision, Option<Turn>) {
+        key: &[u8],
+        size: usize,
+    ) -> Routed {
+        let fingerprint = crate::router::fingerprint(topic, xxh3_64(key));
+        let first = router.route_detailed(topic, None, Some(key), size);
+        let Some(waiting) = self.lines.join(fingerprint, first.1.is_some()) else {
+            // The line closed meanwhile: nothing to wait behind.
+            return Routed::plain(first.0, false);
+        };
+        let turn = waiting.turn(router).await;
+        // Our turn: decide by the health of now.
+        let (decision, new_detour) = router.route_detailed(topic, None, Some(key), size);
+        let Some(detour) = new_detour else {
+            return Routed {
+                decision,
+                first_move: false,
+                turn: Some(turn),
+            };
+        };
         let Some(proposal) = decision.partition else {
-            return (decision, None);
+            return Routed {
+                decision,
+                first_move: true,
+                turn: Some(turn),
+            };
         };
-        let line = {
-            let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
-            lines.entry(detour.fingerprint()).or_default().clone()
-        };
-        let guard = line.turn.clone().lock_owned().await;
-        // From here on, dropping the future (or the turn) lets the next send of the key in.
-        let turn = Turn {
-            line,
-            lines: self.lines.clone(),
-            detour,
-            router: router.clone(),
-            _turn: guard,
-        };
-        let agreed = *turn
-            .line
-            .agreed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let agreed = match agreed {
+        let agreed = match turn.agreed() {
             Some(partition) => partition,
             // On any failure the local detour stands.
             None => self
-                .claim(topic, &turn.detour, proposal)
+                .claim(topic, &detour, proposal)
                 .await
                 .unwrap_or(proposal),
         };
-        // The agreement may have taken a round trip, the wait in line longer: check it against
-        // the health of now.
+        // The agreement may have taken a round trip: check it against the health of now.
         let partition = if router.is_routable(topic, agreed) {
             Some(agreed)
         } else {
-            router.detour_now(topic, &turn.detour)
+            router.detour_now(topic, &detour)
         };
-        *turn
-            .line
-            .agreed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = partition;
+        turn.agree(partition, detour);
         let decision = match partition {
             Some(partition) => Decision {
                 partition: Some(partition),
@@ -267,7 +241,18 @@ impl L2 {
             },
             None => Decision::fallback(Fallback::NoRoutablePartition),
         };
-        (decision, Some(turn))
+        Routed {
+            decision,
+            first_move: true,
+            turn: Some(turn),
+        }
+    }
+
+    /// The partition a line agreed for the key, without waiting in it (for senders that may
+    /// not block).
+    pub(crate) fn agreed_without_waiting(&self, topic: &str, key: &[u8]) -> Option<i32> {
+        let fingerprint = crate::router::fingerprint(topic, xxh3_64(key));
+        self.lines.agreed_without_waiting(fingerprint)
     }
 
     /// One claim in Redis: the partition the fleet agreed on, or `None` without Redis.
@@ -309,6 +294,26 @@ impl L2 {
     }
 
     pub(crate) async fn shutdown(&self) {
+        self.stopper().stop().await;
+    }
+
+    /// What stops this L2, as an owned value (to stop it from another task).
+    pub(crate) fn stopper(&self) -> Stopper {
+        Stopper {
+            cancel: self.cancel.clone(),
+            fleet: self.fleet.clone(),
+        }
+    }
+}
+
+/// Stops an L2: listeners end, a held lease is handed over.
+pub(crate) struct Stopper {
+    cancel: CancellationToken,
+    fleet: Option<Arc<FleetCollector>>,
+}
+
+impl Stopper {
+    pub(crate) async fn stop(self) {
         self.cancel.cancel();
         if let Some(fleet) = &self.fleet {
             fleet.shutdown().await;

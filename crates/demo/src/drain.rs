@@ -11,7 +11,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::{TestkitResult, kafka_error};
+use crate::{DemoResult, kafka_error};
 
 /// How often the drain loop wakes up.
 const TICK: Duration = Duration::from_millis(5);
@@ -134,7 +134,7 @@ impl DrainingConsumerBuilder {
     }
 
     /// Assigns the partitions and starts draining on a new thread.
-    pub fn start(self) -> TestkitResult<DrainingConsumer> {
+    pub fn start(self) -> DemoResult<DrainingConsumer> {
         let consumer: BaseConsumer = self
             .kafka
             .clone()

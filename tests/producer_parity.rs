@@ -1,0 +1,279 @@
+//! The async and the blocking producer make the same decisions, enforce the same queue bound,
+//! report the same routes and count the same metrics: each test body runs against both.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_smart_producer::blocking::SmartProducer;
+use kafka_smart_producer::monitor::MonitorConfig;
+use kafka_smart_producer::rdkafka::ClientConfig;
+use kafka_smart_producer::rdkafka::producer::{BaseRecord, FutureRecord};
+use kafka_smart_producer::routing::{Fallback, Partitioner, Route};
+use kafka_smart_producer::{AsyncSmartProducer, AsyncSmartProducerBuilder, Delivery, ProduceError};
+use ksp_core::testing::ManualCollector;
+use ksp_testkit::{LagScenario, MockKafka};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+
+const GROUP: &str = "processors";
+const TOPIC: &str = "orders";
+const SLOW: i32 = 3;
+
+/// One producer of either flavour, behind one interface.
+#[derive(Clone)]
+enum Producer {
+    Async(AsyncSmartProducer),
+    Blocking(Arc<SmartProducer>),
+}
+
+impl Producer {
+    /// Builds `builder` as `flavour`, its metrics going to a recorder of the test's own.
+    fn build(flavour: &str, builder: AsyncSmartProducerBuilder) -> (Self, Snapshotter) {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let producer = metrics::with_local_recorder(&recorder, || match flavour {
+            "async" => Self::Async(builder.build().unwrap()),
+            _ => Self::Blocking(Arc::new(builder.build_blocking().unwrap())),
+        });
+        (producer, snapshotter)
+    }
+
+    /// Sends one message and waits for where it landed. The blocking producer sends from a
+    /// plain thread (not one of a Tokio runtime's), as its users do.
+    async fn send(
+        &self,
+        key: Option<&str>,
+        payload: &str,
+        partition: Option<i32>,
+    ) -> Result<Delivery, ProduceError> {
+        match self {
+            Self::Async(p) => {
+                let mut record = FutureRecord::<str, str>::to(TOPIC).payload(payload);
+                record.key = key;
+                record.partition = partition;
+                p.produce(record).await
+            }
+            Self::Blocking(p) => {
+                let (p, key, payload) = (p.clone(), key.map(str::to_owned), payload.to_owned());
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
+                std::thread::spawn(move || {
+                    let mut record = BaseRecord::<str, str>::to(TOPIC).payload(&payload);
+                    record.key = key.as_deref();
+                    record.partition = partition;
+                    let sent = p.send(record, move |outcome| {
+                        let _ = tx.send(outcome);
+                    });
+                    let _ = sent_tx.send(sent);
+                });
+                sent_rx.await.unwrap()?;
+                rx.await.expect("every accepted send's callback runs")
+            }
+        }
+    }
+
+    async fn refresh(&self) {
+        match self {
+            Self::Async(p) => {
+                p.refresh_health().await.unwrap();
+            }
+            Self::Blocking(p) => {
+                let p = p.clone();
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                std::thread::spawn(move || tx.send(p.refresh_health().map(drop)));
+                rx.await.unwrap().unwrap();
+            }
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            Self::Async(p) => p.close(Duration::from_secs(5)).await.unwrap(),
+            Self::Blocking(p) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                std::thread::spawn(move || tx.send(p.close(Duration::from_secs(5))));
+                rx.await.unwrap().unwrap();
+            }
+        }
+    }
+}
+
+/// Runs the body against the async producer and against the blocking one.
+macro_rules! for_both {
+    ($(#[$meta:meta])* async fn $name:ident($flavour:ident: &str) $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            use super::*;
+
+            async fn body($flavour: &str) $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn async_producer() {
+                common::init_tracing();
+                body("async").await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn blocking_producer() {
+                common::init_tracing();
+                body("blocking").await;
+            }
+        }
+    };
+}
+
+async fn cluster() -> MockKafka {
+    let kafka = MockKafka::start(1).unwrap();
+    LagScenario::new(TOPIC, 8)
+        .lag(SLOW as usize, 5000)
+        .create(&kafka, GROUP)
+        .await
+        .unwrap();
+    kafka
+}
+
+fn smart(kafka: ClientConfig) -> AsyncSmartProducerBuilder {
+    AsyncSmartProducer::builder(kafka)
+        .consumer_group(GROUP)
+        .topics([TOPIC])
+        .monitor(MonitorConfig::default().with_refresh_interval(Duration::from_secs(60)))
+}
+
+fn key_homed_on(home: i32) -> String {
+    (0..)
+        .map(|i| format!("customer-{i}"))
+        .find(|k| Partitioner::ConsistentRandom.home(Some(k.as_bytes()), 8) == Some(home))
+        .unwrap()
+}
+
+/// Counters by name and labels; a snapshot resets them, so take one and look it up.
+type Counters = Vec<(metrics_util::CompositeKey, DebugValue)>;
+
+fn counters(snapshotter: &Snapshotter) -> Counters {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value)| (key, value))
+        .collect()
+}
+
+fn counter(counters: &Counters, name: &str, labels: &[(&str, &str)]) -> u64 {
+    counters
+        .iter()
+        .filter(|(key, _)| {
+            let key = key.key();
+            key.name() == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| key.labels().any(|l| l.key() == *k && l.value() == *v))
+        })
+        .map(|(_, value)| match value {
+            DebugValue::Counter(n) => *n,
+            _ => 0,
+        })
+        .sum()
+}
+
+for_both! {
+/// Keyless messages avoid the slow partition, a key homed there moves (and keeps its detour),
+/// an explicit partition wins; the routes and the route counters say so.
+async fn the_same_decisions_and_the_same_counts(flavour: &str) {
+    let kafka = cluster().await;
+    let (producer, metrics) = Producer::build(flavour, smart(kafka.client_config()));
+    producer.refresh().await;
+    for _ in 0..100 {
+        let d = producer.send(None, "x", None).await.unwrap();
+        assert_eq!(d.route, Route::Sticky);
+        assert_ne!(d.partition, SLOW);
+    }
+    let key = key_homed_on(SLOW);
+    let first = producer.send(Some(&key), "k", None).await.unwrap();
+    assert_eq!(first.route, Route::Moved);
+    assert_ne!(first.partition, SLOW);
+    for _ in 0..9 {
+        let d = producer.send(Some(&key), "k", None).await.unwrap();
+        assert_eq!((d.partition, d.route), (first.partition, Route::Moved));
+    }
+    let home = key_homed_on(1);
+    let d = producer.send(Some(&home), "h", None).await.unwrap();
+    assert_eq!((d.partition, d.route), (1, Route::Home));
+    let d = producer.send(None, "e", Some(SLOW)).await.unwrap();
+    assert_eq!((d.partition, d.route), (SLOW, Route::Explicit));
+
+    let metrics = counters(&metrics);
+    let count = |route, fallback| {
+        counter(&metrics, "ksp_messages_total", &[("route", route), ("fallback", fallback)])
+    };
+    assert_eq!(count("sticky", ""), 100);
+    assert_eq!(count("moved", ""), 10);
+    assert_eq!(count("home", ""), 1);
+    assert_eq!(count("explicit", ""), 1);
+    assert_eq!(counter(&metrics, "ksp_key_cache_total", &[("result", "miss")]), 1);
+    assert_eq!(counter(&metrics, "ksp_key_cache_total", &[("result", "hit")]), 9);
+    producer.close().await;
+}
+}
+
+for_both! {
+/// The local queue bound is enforced here, not only by librdkafka: a send that finds no room
+/// waits up to `queue_timeout`, then fails with the message handed back.
+async fn the_same_queue_bound(flavour: &str) {
+    let kafka = cluster().await;
+    kafka
+        .cluster()
+        .broker_round_trip_time(1, Duration::from_millis(400))
+        .unwrap();
+    let mut config = kafka.client_config();
+    config.set("queue.buffering.max.messages", "1");
+    for (timeout, refused) in [(Duration::ZERO, true), (Duration::from_secs(5), false)] {
+        let (producer, _) = Producer::build(
+            flavour,
+            smart(config.clone()).smart_enabled(false).queue_timeout(timeout),
+        );
+        let first = {
+            let producer = producer.clone();
+            tokio::spawn(async move { producer.send(None, "first", None).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = producer.send(None, "second", None).await;
+        match second {
+            Err(e) => {
+                assert!(refused, "{timeout:?}: {e}");
+                assert!(e.is_queue_full(), "{e}");
+                let message = e.into_message().unwrap();
+                assert_eq!(
+                    kafka_smart_producer::rdkafka::Message::payload(&message),
+                    Some(&b"second"[..])
+                );
+            }
+            Ok(d) => assert!(!refused, "{timeout:?}: delivered {d:?}"),
+        }
+        first.await.unwrap().unwrap();
+        producer.close().await;
+    }
+}
+}
+
+for_both! {
+/// When the monitor knows partitions librdkafka does not know yet, the message is re-sent
+/// without a partition; the route reported (returned, and in the delivery) says so.
+async fn the_same_route_after_the_unknown_partition_retry(flavour: &str) {
+    let kafka = MockKafka::start(1).unwrap();
+    kafka.create_topic(TOPIC, 4).unwrap();
+    let collector = Arc::new(ManualCollector::new());
+    collector.set_lags(TOPIC, &[5000, 5000, 5000, 5000, 0, 0, 0, 0]);
+    let (producer, _) = Producer::build(
+        flavour,
+        smart(kafka.client_config()).collector(collector.clone()),
+    );
+    producer.refresh().await;
+    // Let librdkafka learn the topic's real layout first.
+    producer.send(None, "warm-up", Some(0)).await.unwrap();
+    let d = producer.send(None, "v", None).await.unwrap();
+    assert_eq!(d.route, Route::Fallback(Fallback::PartitionUnknownToProducer));
+    assert!((0..4).contains(&d.partition), "{d:?}");
+    producer.close().await;
+}
+}
