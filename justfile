@@ -12,6 +12,10 @@ fmt:
 lint:
     cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
+# Every cargo feature alone, and none (needs `cargo install cargo-hack`).
+features:
+    cargo hack check --each-feature --locked -p kafka-smart-producer -p ksp-producer -p ksp-redis -p ksp-core -p ksp-testkit
+
 test:
     cargo nextest run --workspace --all-features --locked
 

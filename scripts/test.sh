@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Every check CI runs, in CI's order: formatting, lints, tests, doctests, docs.
 # Needs a Rust toolchain (cargo-nextest is used when installed). The tests bring their own Kafka
-# (librdkafka's embedded mock cluster); the Redis tests start their own redis-server on a free
-# loopback port, so the package is installed here when it is missing (Debian/Ubuntu).
+# (librdkafka's embedded mock cluster); the Redis tests start their own redis-server (and a
+# 3-node Redis Cluster with redis-cli) on free loopback ports, so the package is installed here
+# when it is missing (Debian/Ubuntu), and so is cargo-hack, which checks every feature alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "redis-server for the Redis tests"
-if ! command -v redis-server >/dev/null 2>&1; then
+step "redis-server and redis-cli for the Redis tests"
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
   sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
   sudo_if_needed apt-get update -qq
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
@@ -21,6 +22,13 @@ cargo fmt --all -- --check
 
 step "clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+
+step "every feature alone, and none (cargo hack)"
+if ! cargo hack --version >/dev/null 2>&1; then
+  cargo install cargo-hack --locked --quiet
+fi
+cargo hack check --each-feature --locked \
+  -p kafka-smart-producer -p ksp-producer -p ksp-redis -p ksp-core -p ksp-testkit
 
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then

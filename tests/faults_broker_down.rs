@@ -24,16 +24,7 @@ async fn short_outage_loses_nothing_and_routes_around_the_down_broker() {
     for i in 0..2 {
         let tally = run.ledgers[i].tally();
         assert_eq!((tally.pending, tally.failed), (0, 0), "{tally}");
-        let check = run.reconcile(i);
-        assert!(
-            check.lost.is_empty() && check.duplicated.is_empty(),
-            "{check:?}"
-        );
-        assert!(
-            check.misplaced.is_empty() && check.failed_but_written.is_empty(),
-            "{check:?}"
-        );
-        assert_eq!(check.delivered_found, tally.sent);
+        run.reconcile(i).assert_exactly_once(run.ledgers[i].tally());
     }
 
     // Once the monitor has seen the outage (a refresh plus slack), nothing new is routed to
@@ -86,15 +77,7 @@ async fn long_outage_fails_stuck_messages_within_their_timeout_and_hands_them_ba
                 assert!(handed_back, "{entry:?}");
             }
         }
-        let check = run.reconcile(i);
-        assert!(
-            check.lost.is_empty() && check.duplicated.is_empty(),
-            "{check:?}"
-        );
-        assert!(
-            check.misplaced.is_empty() && check.failed_but_written.is_empty(),
-            "{check:?}"
-        );
+        run.reconcile(i).assert_exactly_once(run.ledgers[i].tally());
     }
     eprintln!("messages that timed out on the down broker and were handed back: {failed}");
 }

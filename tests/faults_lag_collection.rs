@@ -44,16 +44,7 @@ async fn run(fault: Fault) -> FaultRun {
 
     // Exactly once.
     for i in 0..2 {
-        let check = run.reconcile(i);
-        assert!(
-            check.lost.is_empty() && check.duplicated.is_empty(),
-            "{check:?}"
-        );
-        assert!(
-            check.misplaced.is_empty() && check.failed_but_written.is_empty(),
-            "{check:?}"
-        );
-        assert_eq!(check.delivered_found, run.ledgers[i].tally().sent);
+        run.reconcile(i).assert_exactly_once(run.ledgers[i].tally());
     }
     let ledgers: usize = run.ledgers.iter().map(|l| l.tally().sent).sum();
     assert_eq!(run.consumed.len(), ledgers + SETUP_MESSAGES);

@@ -24,16 +24,7 @@ async fn leaders_move_twice_during_sends() {
     for i in 0..2 {
         let tally = run.ledgers[i].tally();
         assert_eq!((tally.failed, tally.pending), (0, 0), "{tally}");
-        let check = run.reconcile(i);
-        assert!(
-            check.lost.is_empty() && check.duplicated.is_empty(),
-            "{check:?}"
-        );
-        assert!(
-            check.misplaced.is_empty() && check.failed_but_written.is_empty(),
-            "{check:?}"
-        );
-        assert_eq!(check.delivered_found, tally.sent);
+        run.reconcile(i).assert_exactly_once(run.ledgers[i].tally());
         assert!(
             run.ledgers[i]
                 .entries()

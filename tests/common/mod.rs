@@ -1,5 +1,10 @@
 //! Shared helpers of the integration tests.
-#![allow(dead_code, unreachable_pub)]
+// Each test file uses a part of these helpers; `pub` is for the test files, not a library.
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "each test file uses some of these helpers"
+)]
 
 use std::future::Future;
 use std::time::Duration;

@@ -2,10 +2,8 @@
 //! allocator with a counting one).
 
 use std::fmt::Write as _;
-use std::sync::Arc;
-use std::time::SystemTime;
 
-use ksp_core::{HealthSnapshot, PartitionHealth, PartitionLag, TopicHealth, health_channel};
+use ksp_core::health_channel;
 use ksp_producer::{Partitioner, Router, RouterConfig};
 
 const TOPIC: &str = "orders";
@@ -28,14 +26,9 @@ pub fn table() -> String {
     );
     for partitions in [8, 64, 1024] {
         let (mut publisher, feed) = health_channel();
-        let health = (0..partitions)
-            .map(|p| PartitionHealth::new(PartitionLag::from_lag(p, 0), 1.0, p != 1))
-            .collect();
-        publisher.publish(HealthSnapshot::new([Arc::new(TopicHealth::new(
-            TOPIC,
-            SystemTime::now(),
-            health,
-        ))]));
+        publisher.publish(ksp_core::testing::snapshot_with_unhealthy(
+            TOPIC, partitions, 1,
+        ));
         let router = Router::new(feed, &RouterConfig::default()).expect("valid config");
         let key = |moved: bool| {
             (0..)

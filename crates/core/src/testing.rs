@@ -131,3 +131,21 @@ impl LagCollector for ManualCollector {
         "manual"
     }
 }
+
+/// A snapshot of one topic with `partitions` partitions, all caught up and healthy except
+/// `unhealthy` (lag 0 everywhere, so the shares are even): the fixture of the routing
+/// benchmarks and allocation tests.
+pub fn snapshot_with_unhealthy(
+    topic: &str,
+    partitions: i32,
+    unhealthy: i32,
+) -> crate::HealthSnapshot {
+    let health = (0..partitions)
+        .map(|p| crate::PartitionHealth::new(PartitionLag::from_lag(p, 0), 1.0, p != unhealthy))
+        .collect();
+    crate::HealthSnapshot::new([std::sync::Arc::new(crate::TopicHealth::new(
+        topic,
+        SystemTime::now(),
+        health,
+    ))])
+}

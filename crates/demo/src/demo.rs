@@ -272,7 +272,10 @@ impl LatencySource for NoConsumer {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one phase of the demo: the cluster, its topic and what to measure"
+)]
 async fn run_phase(
     name: &str,
     kafka: &ClientConfig,

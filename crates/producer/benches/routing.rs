@@ -5,12 +5,9 @@
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::SystemTime;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use ksp_core::{
-    HealthPublisher, HealthSnapshot, PartitionHealth, PartitionLag, TopicHealth, health_channel,
-};
+use ksp_core::{HealthPublisher, HealthSnapshot, health_channel};
 use ksp_producer::{Partitioner, Route, Router, RouterConfig};
 
 const TOPIC: &str = "orders";
@@ -18,18 +15,7 @@ const UNHEALTHY: i32 = 1;
 
 /// A snapshot of `partitions` partitions where only partition 1 is unhealthy.
 fn snapshot(partitions: i32) -> HealthSnapshot {
-    let health = (0..partitions)
-        .map(|p| {
-            let lag = if p == UNHEALTHY { 5000 } else { 10 };
-            let healthy = p != UNHEALTHY;
-            PartitionHealth::new(
-                PartitionLag::from_lag(p, lag),
-                if healthy { 0.99 } else { 0.0 },
-                healthy,
-            )
-        })
-        .collect();
-    HealthSnapshot::new([Arc::new(TopicHealth::new(TOPIC, SystemTime::now(), health))])
+    ksp_core::testing::snapshot_with_unhealthy(TOPIC, partitions, UNHEALTHY)
 }
 
 fn setup(partitions: i32) -> (HealthPublisher, Router, Vec<u8>, Vec<u8>) {

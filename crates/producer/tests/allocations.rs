@@ -1,23 +1,15 @@
 //! Heap allocations per routing decision, counted by `allocation-counter`'s global allocator.
 
-use std::sync::Arc;
-use std::time::SystemTime;
-
-use ksp_core::{HealthSnapshot, PartitionHealth, PartitionLag, TopicHealth, health_channel};
+use ksp_core::health_channel;
 use ksp_producer::{Partitioner, Route, Router, RouterConfig};
 
 const TOPIC: &str = "orders";
 
 fn router(partitions: i32) -> (ksp_core::HealthPublisher, Router) {
     let (mut publisher, feed) = health_channel();
-    let health = (0..partitions)
-        .map(|p| PartitionHealth::new(PartitionLag::from_lag(p, 0), 1.0, p != 1))
-        .collect();
-    publisher.publish(HealthSnapshot::new([Arc::new(TopicHealth::new(
-        TOPIC,
-        SystemTime::now(),
-        health,
-    ))]));
+    publisher.publish(ksp_core::testing::snapshot_with_unhealthy(
+        TOPIC, partitions, 1,
+    ));
     (
         publisher,
         Router::new(feed, &RouterConfig::default()).unwrap(),

@@ -165,7 +165,12 @@ impl RedisClient {
         )
     }
 
-    /// Closes the connection.
+    /// Closes the connection. Errors are ignored: the connection is going away either way.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future may leave the connection open until the client is
+    /// dropped.
     pub async fn quit(&self) {
         let _ = self.inner.client.quit().await;
     }

@@ -158,6 +158,10 @@ impl SharedMoves {
     /// # Errors
     ///
     /// An [`L2Error`] when Redis failed or the stored value is not a partition.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: a read changes nothing.
     pub async fn get(&self, topic: &str, key_hash: u64) -> L2Result<Option<i32>> {
         let key = self.key(topic, key_hash);
         let value: Option<String> = self
@@ -174,6 +178,10 @@ impl SharedMoves {
     /// # Errors
     ///
     /// An [`L2Error`] when Redis failed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future may or may not leave the detour written.
     pub async fn put(&self, topic: &str, key_hash: u64, partition: i32) -> L2Result<()> {
         let key = self.key(topic, key_hash);
         let ttl = i64::try_from(self.ttl_ms).unwrap_or(i64::MAX);

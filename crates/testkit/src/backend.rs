@@ -32,7 +32,10 @@ enum KafkaBackend {
     /// Held so the container lives as long as the fixture.
     #[cfg(feature = "testcontainers")]
     Container(
-        #[allow(dead_code)]
+        #[expect(
+            dead_code,
+            reason = "held so that the container lives as long as the fixture"
+        )]
         Box<
             testcontainers_modules::testcontainers::ContainerAsync<
                 testcontainers_modules::kafka::apache::Kafka,
@@ -97,12 +100,7 @@ impl TestKafka {
     #[cfg(feature = "testcontainers")]
     async fn container() -> Result<Self, String> {
         use testcontainers_modules::kafka::apache::{KAFKA_PORT, Kafka};
-        use testcontainers_modules::testcontainers::runners::AsyncRunner;
-        let node = Kafka::default().start().await.map_err(|e| e.to_string())?;
-        let port = node
-            .get_host_port_ipv4(KAFKA_PORT)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (node, port) = start_container(Kafka::default(), KAFKA_PORT).await?;
         Ok(Self {
             bootstrap: format!("127.0.0.1:{port}"),
             backend: KafkaBackend::Container(Box::new(node)),
@@ -198,7 +196,10 @@ enum RedisBackend {
     /// Held so the container lives as long as the fixture.
     #[cfg(feature = "testcontainers")]
     Container(
-        #[allow(dead_code)]
+        #[expect(
+            dead_code,
+            reason = "held so that the container lives as long as the fixture"
+        )]
         Box<
             testcontainers_modules::testcontainers::ContainerAsync<
                 testcontainers_modules::redis::Redis,
@@ -261,12 +262,7 @@ impl TestRedis {
     #[cfg(feature = "testcontainers")]
     async fn container() -> Result<Self, String> {
         use testcontainers_modules::redis::{REDIS_PORT, Redis};
-        use testcontainers_modules::testcontainers::runners::AsyncRunner;
-        let node = Redis::default().start().await.map_err(|e| e.to_string())?;
-        let port = node
-            .get_host_port_ipv4(REDIS_PORT)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (node, port) = start_container(Redis::default(), REDIS_PORT.into()).await?;
         Ok(Self {
             url: format!("redis://127.0.0.1:{port}"),
             backend: RedisBackend::Container(Box::new(node)),
@@ -319,4 +315,26 @@ fn ksp_redis_free_redact(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// Starts a container of `image` and finds the host port that `port` is published on; the
+/// error, rendered, when there is no Docker engine (or anything else goes wrong).
+#[cfg(feature = "testcontainers")]
+async fn start_container<I: testcontainers_modules::testcontainers::Image>(
+    image: I,
+    port: testcontainers_modules::testcontainers::core::ContainerPort,
+) -> Result<
+    (
+        testcontainers_modules::testcontainers::ContainerAsync<I>,
+        u16,
+    ),
+    String,
+> {
+    use testcontainers_modules::testcontainers::runners::AsyncRunner;
+    let node = image.start().await.map_err(|e| e.to_string())?;
+    let port = node
+        .get_host_port_ipv4(port)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((node, port))
 }

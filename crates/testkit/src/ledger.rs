@@ -5,17 +5,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ksp_producer::{AsyncSmartProducer, Route};
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::producer::FutureRecord;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use tokio::task::JoinSet;
+use ksp_producer::Route;
 
-use crate::{TestkitError, TestkitResult, kafka_error};
+use crate::Consumed;
 
 /// What became of one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,17 +83,6 @@ impl fmt::Display for Tally {
     }
 }
 
-/// A message read back from the topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Consumed {
-    /// Partition.
-    pub partition: i32,
-    /// Offset.
-    pub offset: i64,
-    /// Payload.
-    pub payload: Vec<u8>,
-}
-
 /// What reading the topic back found, against the ledger.
 #[derive(Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -139,6 +122,21 @@ impl fmt::Debug for Reconciliation {
 }
 
 impl Reconciliation {
+    /// Panics unless every delivered message was found exactly once, where its report said,
+    /// and no failed message was found: the accounting every fault test checks.
+    #[track_caller]
+    pub fn assert_exactly_once(&self, tally: Tally) {
+        assert!(
+            self.lost.is_empty() && self.duplicated.is_empty(),
+            "{self:?}"
+        );
+        assert!(
+            self.misplaced.is_empty() && self.failed_but_written.is_empty(),
+            "{self:?}"
+        );
+        assert_eq!(self.delivered_found, tally.delivered, "{self:?} {tally}");
+    }
+
     /// No loss, no duplicate, nothing misplaced, nothing foreign.
     pub fn is_exact(&self) -> bool {
         self.lost.is_empty()
@@ -175,7 +173,7 @@ impl Ledger {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn open(&self, sent_at: Duration) -> u64 {
+    pub(crate) fn open(&self, sent_at: Duration) -> u64 {
         let mut entries = self.lock();
         let id = entries.len() as u64;
         entries.insert(
@@ -190,7 +188,7 @@ impl Ledger {
         id
     }
 
-    fn close(&self, id: u64, latency: Duration, route: Route, outcome: Outcome) {
+    pub(crate) fn close(&self, id: u64, latency: Duration, route: Route, outcome: Outcome) {
         if let Some(entry) = self.lock().get_mut(&id) {
             entry.latency = Some(latency);
             entry.route = Some(route);
@@ -254,176 +252,4 @@ impl Ledger {
         }
         result
     }
-}
-
-/// A steady load: `rate` messages per second for `duration`, keyless, or keyed over `keys`
-/// distinct keys.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct Load {
-    /// Topic.
-    pub topic: String,
-    /// Messages per second.
-    pub rate: u32,
-    /// How long.
-    pub duration: Duration,
-    /// `Some(n)`: keyed over `n` keys; `None`: keyless.
-    pub keys: Option<u64>,
-}
-
-impl Load {
-    /// `rate` keyless messages per second to `topic` for `duration`.
-    pub fn new(topic: impl Into<String>, rate: u32, duration: Duration) -> Self {
-        Self {
-            topic: topic.into(),
-            rate,
-            duration,
-            keys: None,
-        }
-    }
-
-    /// Keyed over `keys` distinct keys.
-    #[must_use]
-    pub fn keyed(mut self, keys: u64) -> Self {
-        self.keys = Some(keys);
-        self
-    }
-
-    /// Sends the load through `producer`, recording every message in `ledger`, and waits for
-    /// every `produce` to resolve. Sends are paced every 10 ms and do not wait for each other.
-    pub async fn run(&self, producer: &AsyncSmartProducer, ledger: &Arc<Ledger>) {
-        let started = Instant::now();
-        let steps = (self.duration.as_millis() / 10).max(1) as u64;
-        let per_step = f64::from(self.rate) / 100.0;
-        let mut tick = tokio::time::interval(Duration::from_millis(10));
-        let mut owed = 0.0;
-        let mut sends = JoinSet::new();
-        for _ in 0..steps {
-            tick.tick().await;
-            owed += per_step;
-            while owed >= 1.0 {
-                owed -= 1.0;
-                let id = ledger.open(started.elapsed());
-                let key = self
-                    .keys
-                    .map(|n| format!("key-{}", id.wrapping_mul(0x9e37_79b9) % n.max(1)));
-                let (producer, ledger, topic) =
-                    (producer.clone(), ledger.clone(), self.topic.clone());
-                sends.spawn(async move {
-                    let payload = ledger.payload(id);
-                    let mut record = FutureRecord::to(&topic).payload(&payload);
-                    if let Some(key) = &key {
-                        record = record.key(key);
-                    }
-                    let sent = Instant::now();
-                    let (route, outcome) = match producer.produce(record).await {
-                        Ok(d) => (
-                            d.route,
-                            Outcome::Delivered {
-                                partition: d.partition,
-                                offset: d.offset,
-                            },
-                        ),
-                        Err(e) => (
-                            e.route(),
-                            Outcome::Failed {
-                                error: e.error().to_string(),
-                                handed_back: e
-                                    .message()
-                                    .and_then(|m| m.payload())
-                                    .is_some_and(|p| p == payload.as_bytes()),
-                                queue_full: e.is_queue_full(),
-                            },
-                        ),
-                    };
-                    ledger.close(id, sent.elapsed(), route, outcome);
-                });
-            }
-            while sends.try_join_next().is_some() {}
-        }
-        while sends.join_next().await.is_some() {}
-    }
-}
-
-/// Reads every message of `topic` (all partitions, from the beginning to the high watermark
-/// as it is when called).
-pub async fn read_topic(
-    kafka: &ClientConfig,
-    topic: &str,
-    timeout: Duration,
-) -> TestkitResult<Vec<Consumed>> {
-    let kafka = kafka.clone();
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || read_topic_blocking(&kafka, &topic, timeout))
-        .await
-        .map_err(|e| TestkitError::Demo(format!("reading the topic failed: {e}")))?
-}
-
-fn read_topic_blocking(
-    kafka: &ClientConfig,
-    topic: &str,
-    timeout: Duration,
-) -> TestkitResult<Vec<Consumed>> {
-    let consumer: BaseConsumer = kafka
-        .clone()
-        .set("group.id", "ksp-testkit-reader")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_uncommitted")
-        .create()
-        .map_err(kafka_error("creating the reader"))?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(kafka_error("reading metadata"))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default();
-    let mut ends = HashMap::new();
-    let mut assignment = TopicPartitionList::new();
-    for &p in &partitions {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, p, timeout)
-            .map_err(kafka_error("reading watermarks"))?;
-        ends.insert(p, high);
-        if high > 0 {
-            assignment
-                .add_partition_offset(topic, p, Offset::Beginning)
-                .map_err(kafka_error("building the assignment"))?;
-        }
-    }
-    consumer
-        .assign(&assignment)
-        .map_err(kafka_error("assigning"))?;
-    let deadline = Instant::now() + timeout;
-    let mut messages = Vec::new();
-    let done = |p: i32, offset: i64| ends.get(&p).is_some_and(|&end| offset + 1 >= end);
-    let mut remaining: std::collections::HashSet<i32> = assignment
-        .elements()
-        .iter()
-        .map(|e| e.partition())
-        .collect();
-    while !remaining.is_empty() {
-        if Instant::now() >= deadline {
-            return Err(TestkitError::Demo(format!(
-                "reading `{topic}` timed out; partitions {remaining:?} not read to their end"
-            )));
-        }
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                messages.push(Consumed {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    payload: m.payload().unwrap_or_default().to_vec(),
-                });
-                if done(m.partition(), m.offset()) {
-                    remaining.remove(&m.partition());
-                }
-            }
-            Some(Err(e)) => return Err(kafka_error("reading messages")(e)),
-            None => {}
-        }
-    }
-    Ok(messages)
 }

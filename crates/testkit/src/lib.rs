@@ -16,15 +16,19 @@
 mod backend;
 pub mod faults;
 mod ledger;
+mod load;
 mod mock;
+mod read_back;
 mod redis;
 mod scenario;
 mod skew;
 
 pub use backend::{TestKafka, TestRedis};
 pub use ksp_demo::{DrainingConsumer, DrainingConsumerBuilder, demo};
-pub use ledger::{Consumed, Entry, Ledger, Load, Outcome, Reconciliation, Tally, read_topic};
+pub use ledger::{Entry, Ledger, Outcome, Reconciliation, Tally};
+pub use load::Load;
 pub use mock::{MockKafka, commit_offsets, produce_counts};
+pub use read_back::{Consumed, read_topic};
 pub use redis::{RedisCluster, RedisServer};
 pub use scenario::LagScenario;
 pub use skew::{Skew, SkewedCollector};
