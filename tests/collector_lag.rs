@@ -264,28 +264,9 @@ async fn two_hundred_topics_are_refreshed_within_budget_at_two_ms_rtt() {
     common::init_tracing();
     let kafka = MockKafka::start(3).unwrap();
     let names: Vec<String> = (0..200).map(|i| format!("t{i:03}")).collect();
-    // Created by asking for their metadata (the mock cluster auto-creates them with its
-    // default partition count): its `create_topic` now and then waits for a 1 s poll timeout
-    // per topic, which adds up over 200 topics.
-    {
-        use kafka_smart_producer::rdkafka::producer::{BaseProducer, Producer};
-        let creator: BaseProducer = kafka
-            .client_config()
-            .set("allow.auto.create.topics", "true")
-            .create()
-            .unwrap();
-        let names = names.clone();
-        tokio::task::spawn_blocking(move || {
-            for name in &names {
-                creator
-                    .client()
-                    .fetch_metadata(Some(name), Duration::from_secs(5))
-                    .unwrap();
-            }
-        })
+    ksp_testkit::auto_create_topics(&kafka.client_config(), &names)
         .await
         .unwrap();
-    }
     for broker in 1..=3 {
         kafka
             .cluster()

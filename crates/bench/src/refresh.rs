@@ -14,7 +14,9 @@ const GROUP: &str = "bench-group";
 /// One measured configuration.
 #[derive(Debug, Clone)]
 pub struct Row {
-    /// Partitions of the topic.
+    /// Topics watched.
+    pub topics: usize,
+    /// Partitions of the topic (of each topic, with several).
     pub partitions: i32,
     /// Injected round trip of every broker.
     pub rtt: Duration,
@@ -34,29 +36,49 @@ pub async fn measure(partitions: i32, rtt: Duration, refreshes: u32) -> anyhow::
         .lag(0, 5)
         .create(&kafka, GROUP)
         .await?;
+    measure_on(&kafka, vec![topic], rtt, refreshes).await
+}
+
+/// Measures `refreshes` refreshes of `topics` topics (created by the mock cluster with its
+/// default partition count).
+pub async fn measure_topics(topics: usize, rtt: Duration, refreshes: u32) -> anyhow::Result<Row> {
+    let kafka = MockKafka::start(3)?;
+    let names: Vec<String> = (0..topics).map(|i| format!("topic-{i:04}")).collect();
+    ksp_testkit::auto_create_topics(&kafka.client_config(), &names).await?;
+    measure_on(&kafka, names, rtt, refreshes).await
+}
+
+async fn measure_on(
+    kafka: &MockKafka,
+    topics: Vec<String>,
+    rtt: Duration,
+    refreshes: u32,
+) -> anyhow::Result<Row> {
     for broker in 1..=3 {
         kafka.cluster().broker_round_trip_time(broker, rtt)?;
     }
     let collector = KafkaLagCollector::builder(&kafka.client_config())
         .set("statistics.interval.ms", "100")
         .build()?;
-    let topics = [topic];
     let request = LagRequest::new(GROUP, &topics, Duration::from_secs(10));
     for _ in 0..3 {
         collector.collect(&request).await?;
     }
     let before = settled_counts(&collector).await?;
     let mut times = Vec::new();
+    let mut partitions = 0;
     for _ in 0..refreshes {
         let started = Instant::now();
         let report = collector.collect(&request).await?;
         times.push(started.elapsed());
-        anyhow::ensure!(report[0].partitions.len() == partitions as usize);
+        anyhow::ensure!(report.len() == topics.len(), "every topic reported");
+        partitions = report[0].partitions.len() as i32;
     }
     let after = settled_counts(&collector).await?;
     times.sort();
     let n = f64::from(refreshes);
     Ok(Row {
+        topics: topics.len(),
         partitions,
         rtt,
         p50: times[times.len() / 2],
@@ -85,17 +107,27 @@ async fn settled_counts(collector: &KafkaLagCollector) -> anyhow::Result<Request
     anyhow::bail!("librdkafka statistics never settled")
 }
 
-/// Measures 8, 256 and 1024 partitions (or only `sizes`), with and without 2 ms RTT.
+/// Measures one topic of 8, 256 and 1024 partitions (or only `sizes`), and 200 topics, with
+/// and without 2 ms RTT.
 pub async fn table(sizes: &[i32], refreshes: u32) -> anyhow::Result<String> {
     let mut md = String::from(
-        "| partitions | broker RTT | p50 | p99 | Metadata | OffsetFetch | ListOffsets |\n|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| topics | partitions (each) | broker RTT | p50 | p99 | Metadata | OffsetFetch | ListOffsets |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
+    let mut rows = Vec::new();
     for &partitions in sizes {
         for rtt in [Duration::ZERO, Duration::from_millis(2)] {
-            let row = measure(partitions, rtt, refreshes).await?;
+            rows.push(measure(partitions, rtt, refreshes).await?);
+        }
+    }
+    for rtt in [Duration::ZERO, Duration::from_millis(2)] {
+        rows.push(measure_topics(200, rtt, refreshes).await?);
+    }
+    for row in rows {
+        {
             writeln!(
                 md,
-                "| {} | {:?} | {:.2} ms | {:.2} ms | {:.1} | {:.1} | {:.1} |",
+                "| {} | {} | {:?} | {:.2} ms | {:.2} ms | {:.1} | {:.1} | {:.1} |",
+                row.topics,
                 row.partitions,
                 row.rtt,
                 row.p50.as_secs_f64() * 1e3,

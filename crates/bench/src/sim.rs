@@ -39,8 +39,8 @@ pub struct Scenario {
     pub seconds: u32,
     /// Partitions at the start.
     pub partitions: usize,
-    /// Messages produced per second.
-    pub rate: f64,
+    /// Messages produced per second at time `t` seconds.
+    pub rate: Box<dyn Fn(f64) -> f64 + Send + Sync>,
     /// Consumer speed of `partition` at time `t` seconds, in messages per second.
     pub drain: Box<dyn Fn(usize, f64) -> f64 + Send + Sync>,
     /// At `.0` seconds the partition count becomes `.1`.
@@ -53,6 +53,9 @@ pub struct Scenario {
     pub collect_delay: Duration,
     /// Payload bytes per message (paces sticky batches).
     pub payload: usize,
+    /// How often consumers commit what they consumed (the lag collector sees committed
+    /// offsets, so lag includes what was consumed since the last commit).
+    pub commit_interval: Duration,
     /// The partitions of interest (drawn bold, reported).
     pub watched: Vec<usize>,
 }
@@ -78,15 +81,20 @@ pub enum Policy {
     PythonPeer,
     /// This library, with the given calculator and otherwise default settings.
     Ours(Calc),
+    /// Knows every consumer's true speed at every moment and splits traffic in proportion
+    /// to it (sticky batches of 10 ms, like librdkafka; keys ignored): the practical limit of
+    /// a capacity-aware router, without its measurement delay.
+    Oracle,
 }
 
 impl Policy {
     /// Every policy, in report order.
-    pub const ALL: [Policy; 4] = [
+    pub const ALL: [Policy; 5] = [
         Policy::Librdkafka,
         Policy::PythonPeer,
         Policy::Ours(Calc::Threshold),
         Policy::Ours(Calc::Relative),
+        Policy::Oracle,
     ];
 
     /// A label for tables and plots.
@@ -96,6 +104,7 @@ impl Policy {
             Policy::PythonPeer => "Python peer",
             Policy::Ours(Calc::Threshold) => "ours, threshold calculator",
             Policy::Ours(Calc::Relative) => "ours, relative calculator",
+            Policy::Oracle => "oracle (true speeds, proportional split)",
         }
     }
 }
@@ -164,7 +173,7 @@ impl fmt::Debug for Scenario {
             .field("name", &self.name)
             .field("seconds", &self.seconds)
             .field("partitions", &self.partitions)
-            .field("rate", &self.rate)
+            .field("rate", &(self.rate)(0.0))
             .finish_non_exhaustive()
     }
 }
@@ -238,6 +247,10 @@ enum Decider {
         sticky: i32,
         since_ms: u64,
     },
+    Oracle {
+        sticky: i32,
+        since_ms: u64,
+    },
     Peer {
         healthy: Vec<i32>,
         cache: PeerCache,
@@ -262,6 +275,12 @@ pub fn run(scenario: &Scenario, policy: Policy, ours: &Ours, seed: u64) -> Outco
     let mut partitions = scenario.partitions;
     let final_partitions = scenario.grow.map_or(partitions, |(_, n)| n.max(partitions));
     let mut queues: Vec<VecDeque<u64>> = vec![VecDeque::new(); final_partitions];
+    // High watermarks, consumed offsets, and committed offsets (consumed, as of the last
+    // commit).
+    let mut produced = vec![0u64; final_partitions];
+    let mut consumed = vec![0u64; final_partitions];
+    let mut committed = vec![0u64; final_partitions];
+    let commit_ms = (scenario.commit_interval.as_millis() as u64).max(1);
     let mut budget = vec![0.0f64; final_partitions];
     let mut produced_owed = 0.0;
     let mut latencies: Vec<u32> = Vec::new();
@@ -274,10 +293,14 @@ pub fn run(scenario: &Scenario, policy: Policy, ours: &Ours, seed: u64) -> Outco
     let zipf = scenario.keys.map(Zipf::new);
     let mut last_partition_of_key: HashMap<usize, i32> = HashMap::new();
     let (mut keyed_total, mut keyed_moved) = (0u64, 0u64);
-    let mut pending_publish: VecDeque<(u64, Vec<u64>)> = VecDeque::new();
+    let mut pending_publish: VecDeque<(u64, Vec<(u64, u64)>)> = VecDeque::new();
 
     let mut decider = match policy {
         Policy::Librdkafka => Decider::Librdkafka {
+            sticky: 0,
+            since_ms: 0,
+        },
+        Policy::Oracle => Decider::Oracle {
             sticky: 0,
             since_ms: 0,
         },
@@ -322,12 +345,13 @@ pub fn run(scenario: &Scenario, policy: Policy, ours: &Ours, seed: u64) -> Outco
         {
             partitions = n;
         }
-        // Lag is read at each refresh and published after the collection delay.
+        if now % commit_ms == 0 {
+            committed.copy_from_slice(&consumed);
+        }
+        // Offsets are read at each refresh and published after the collection delay.
         if now % refresh_ms == 0 {
-            let observed = queues
-                .iter()
-                .take(partitions)
-                .map(|q| q.len() as u64)
+            let observed: Vec<(u64, u64)> = (0..partitions)
+                .map(|p| (committed[p], produced[p]))
                 .collect();
             pending_publish.push_back((now + delay_ms, observed));
         }
@@ -338,12 +362,19 @@ pub fn run(scenario: &Scenario, policy: Policy, ours: &Ours, seed: u64) -> Outco
                 observed
                     .iter()
                     .enumerate()
-                    .map(|(p, &lag)| PartitionLag::from_lag(p as i32, lag as i64))
+                    .map(|(p, &(committed, high))| {
+                        PartitionLag::from_offsets(
+                            p as i32,
+                            Some(committed as i64),
+                            None,
+                            high as i64,
+                        )
+                    })
                     .collect(),
                 SystemTime::now(),
             );
             let routable: Vec<bool> = match &mut decider {
-                Decider::Librdkafka { .. } => Vec::new(),
+                Decider::Librdkafka { .. } | Decider::Oracle { .. } => Vec::new(),
                 Decider::Peer { healthy, .. } => {
                     let health = ThresholdCalculator::default().calculate(&report);
                     *healthy = health
@@ -378,7 +409,7 @@ pub fn run(scenario: &Scenario, policy: Policy, ours: &Ours, seed: u64) -> Outco
         }
 
         // Produce.
-        produced_owed += scenario.rate / 1000.0;
+        produced_owed += (scenario.rate)(t) / 1000.0;
         while produced_owed >= 1.0 {
             produced_owed -= 1.0;
             let key = zipf.as_ref().map(|z| z.sample(&mut rng));
@@ -391,9 +422,11 @@ pub fn run(scenario: &Scenario, policy: Policy, ours: &Ours, seed: u64) -> Outco
                 key,
                 key_bytes,
                 scenario.payload,
+                &|p| (scenario.drain)(p, t),
             );
             let p = partition as usize;
             queues[p].push_back(now);
+            produced[p] += 1;
             counts[p] += 1;
             window[p] += 1;
             if let Some(key) = key {
@@ -412,8 +445,9 @@ pub fn run(scenario: &Scenario, policy: Policy, ours: &Ours, seed: u64) -> Outco
             budget[p] += (scenario.drain)(p, t) / 1000.0;
             while budget[p] >= 1.0 {
                 match queues[p].pop_front() {
-                    Some(produced) => {
-                        latencies.push((now - produced) as u32);
+                    Some(produced_at) => {
+                        latencies.push((now - produced_at) as u32);
+                        consumed[p] += 1;
                         budget[p] -= 1.0;
                     }
                     None => {
@@ -493,6 +527,10 @@ fn sticky(
     *current
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one simulated message and what decides it"
+)]
 fn decide(
     decider: &mut Decider,
     rng: &mut fastrand::Rng,
@@ -501,9 +539,30 @@ fn decide(
     key: Option<usize>,
     key_bytes: Option<&[u8]>,
     payload: usize,
+    speed: &dyn Fn(usize) -> f64,
 ) -> i32 {
     let count = partitions as i32;
     match decider {
+        Decider::Oracle {
+            sticky: s,
+            since_ms,
+        } => {
+            if now >= *since_ms + 10 || *s as usize >= partitions {
+                let speeds: Vec<f64> = (0..partitions).map(speed).collect();
+                let total: f64 = speeds.iter().sum();
+                let mut pick = rng.f64() * total;
+                *s = (partitions - 1) as i32;
+                for (p, v) in speeds.iter().enumerate() {
+                    if pick < *v {
+                        *s = p as i32;
+                        break;
+                    }
+                    pick -= v;
+                }
+                *since_ms = now;
+            }
+            *s
+        }
         Decider::Librdkafka {
             sticky: s,
             since_ms,

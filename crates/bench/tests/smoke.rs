@@ -10,7 +10,7 @@ use ksp_bench::{alloc, refresh, simulate, simulation_markdown, throughput};
 fn the_simulator_is_deterministic_and_covers_every_scenario_and_policy() {
     let first = simulate(10, 7);
     let second = simulate(10, 7);
-    assert_eq!(first.len(), 6);
+    assert_eq!(first.len(), 12);
     for (a, b) in first.iter().zip(&second) {
         assert_eq!(a.outcomes.len(), Policy::ALL.len());
         for (x, y) in a.outcomes.iter().zip(&b.outcomes) {

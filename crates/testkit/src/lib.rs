@@ -27,7 +27,7 @@ pub use backend::{TestKafka, TestRedis};
 pub use ksp_demo::{DrainingConsumer, DrainingConsumerBuilder, demo};
 pub use ledger::{Entry, Ledger, Outcome, Reconciliation, Tally};
 pub use load::Load;
-pub use mock::{MockKafka, commit_offsets, produce_counts};
+pub use mock::{MockKafka, auto_create_topics, commit_offsets, produce_counts};
 pub use read_back::{Consumed, read_topic};
 pub use redis::{RedisCluster, RedisServer};
 pub use scenario::LagScenario;

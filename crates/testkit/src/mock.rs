@@ -67,3 +67,28 @@ pub fn commit_offsets(
         .commit(&tpl, CommitMode::Sync)
         .map_err(kafka_error(format!("committing offsets of `{group}`")))
 }
+
+/// Creates `topics` on a mock cluster by asking for their metadata (the mock cluster
+/// auto-creates unknown topics, with its default partition count). Much faster than
+/// [`MockKafka::create_topic`] for many topics: that call now and then waits for the mock
+/// cluster's one-second poll timeout.
+pub async fn auto_create_topics(kafka: &ClientConfig, topics: &[String]) -> TestkitResult<()> {
+    use rdkafka::producer::{BaseProducer, Producer};
+    let creator: BaseProducer = kafka
+        .clone()
+        .set("allow.auto.create.topics", "true")
+        .create()
+        .map_err(kafka_error("creating a metadata client"))?;
+    let topics = topics.to_vec();
+    tokio::task::spawn_blocking(move || {
+        for topic in &topics {
+            creator
+                .client()
+                .fetch_metadata(Some(topic), Duration::from_secs(5))
+                .map_err(kafka_error(format!("creating topic `{topic}`")))?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| crate::TestkitError::Demo(format!("creating topics: {e}")))?
+}
