@@ -5,6 +5,8 @@
 # 3-node Redis Cluster with redis-cli) on free loopback ports, so the package is installed here
 # when it is missing (Debian/Ubuntu), and so is cargo-hack, which checks every feature alone.
 set -euo pipefail
+# CI builds once from clean: incremental state would only cost disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
