@@ -8,7 +8,10 @@
 //!
 //! It starts the embedded cluster, writes a metrics file in which partition 3 lags, and shows
 //! that no keyless message goes there.
-#![allow(clippy::print_stdout)]
+#![expect(
+    clippy::print_stdout,
+    reason = "a program that reports on its standard output"
+)]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

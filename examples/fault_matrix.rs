@@ -8,7 +8,10 @@
 //! ```text
 //! cargo run --release --example fault_matrix
 //! ```
-#![allow(clippy::print_stdout)]
+#![expect(
+    clippy::print_stdout,
+    reason = "a program that reports on its standard output"
+)]
 
 use std::time::Duration;
 

@@ -7,7 +7,10 @@
 //!
 //! Install the recorder before building the producer: the send path registers its counters
 //! once, at build time.
-#![allow(clippy::print_stdout)]
+#![expect(
+    clippy::print_stdout,
+    reason = "a program that reports on its standard output"
+)]
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};

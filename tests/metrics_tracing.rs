@@ -96,6 +96,24 @@ async fn routes_refreshes_and_health_are_counted() {
     );
     assert!(counter("ksp_refreshes_total", ("outcome", "ok")) >= 1);
     assert_eq!(gauge("ksp_healthy_partitions"), Some(7.0));
+    let of_partition = |name: &str, partition: &str| -> Option<f64> {
+        metrics
+            .iter()
+            .find(|(n, labels, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .any(|(k, v)| k == "partition" && v == partition)
+            })
+            .and_then(|(_, _, v)| match v {
+                DebugValue::Gauge(g) => Some(g.into_inner()),
+                _ => None,
+            })
+    };
+    assert_eq!(of_partition("ksp_partition_lag", "3"), Some(5000.0));
+    assert_eq!(of_partition("ksp_partition_lag", "0"), Some(0.0));
+    assert_eq!(of_partition("ksp_partition_keyless_share", "3"), Some(0.0));
+    assert!(of_partition("ksp_partition_keyless_share", "0").is_some_and(|s| s > 0.1));
     assert!(
         metrics
             .iter()

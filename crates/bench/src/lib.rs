@@ -27,13 +27,19 @@ pub struct SimRun {
 
 /// Runs every simulated scenario under every policy.
 pub fn simulate(seconds: u32, seed: u64) -> Vec<SimRun> {
-    let ours = Ours::default();
+    simulate_with(seconds, seed, &Ours::default(), None)
+}
+
+/// Runs the scenarios whose name contains `only` (all if `None`) under every policy, "ours"
+/// with `ours`.
+pub fn simulate_with(seconds: u32, seed: u64, ours: &Ours, only: Option<&str>) -> Vec<SimRun> {
     scenarios::all(seconds)
         .into_iter()
+        .filter(|s| only.is_none_or(|only| s.name.contains(only)))
         .map(|scenario| {
             let outcomes = Policy::ALL
                 .iter()
-                .map(|&policy| sim::run(&scenario, policy, &ours, seed))
+                .map(|&policy| sim::run(&scenario, policy, ours, seed))
                 .collect();
             SimRun { scenario, outcomes }
         })
@@ -47,16 +53,16 @@ pub fn simulation_markdown(runs: &[SimRun], images: Option<&Path>) -> anyhow::Re
         writeln!(md, "#### {}\n", scenario.title)?;
         writeln!(
             md,
-            "| policy | end-to-end p50 | p99 | max | lag of partition {w} at the end | its highest lag | health flips / partition / min (worst) | largest share of a 10 s window (× fair) | keyed messages that changed partition |",
+            "| policy | end-to-end p50 | p99 | max | lag of partition {w} at the end | its highest lag | health flips / partition / min (worst) | largest share of a 10 s window (× fair) | … ÷ its capacity share | keyed messages that changed partition |",
             w = scenario.watched[0]
         )?;
-        writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+        writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
         for o in outcomes {
             let watched = scenario.watched[0];
             let flips = o.flips_per_minute.iter().copied().fold(0.0, f64::max);
             writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} (p{} at {:.0} s) | {} |",
                 o.policy.label(),
                 ms(o.latency.p50),
                 ms(o.latency.p99),
@@ -69,6 +75,9 @@ pub fn simulation_markdown(runs: &[SimRun], images: Option<&Path>) -> anyhow::Re
                     format!("{flips:.1}")
                 },
                 o.max_window_share,
+                o.max_share_over_capacity,
+                o.max_share_over_capacity_at.1,
+                o.max_share_over_capacity_at.0,
                 o.keyed_moved
                     .map_or("–".to_owned(), |m| format!("{:.1} %", m * 100.0)),
             )?;

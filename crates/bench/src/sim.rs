@@ -82,8 +82,9 @@ pub enum Policy {
     /// This library, with the given calculator and otherwise default settings.
     Ours(Calc),
     /// Knows every consumer's true speed at every moment and splits traffic in proportion
-    /// to it (sticky batches of 10 ms, like librdkafka; keys ignored): the practical limit of
-    /// a capacity-aware router, without its measurement delay.
+    /// to it (sticky batches of 10 ms, like librdkafka; keys ignored): a reference for a
+    /// capacity-aware router without a measurement delay, not a bound (a proportional split
+    /// is not the best one).
     Oracle,
 }
 
@@ -136,6 +137,14 @@ pub struct Outcome {
     pub shares: Vec<f64>,
     /// The largest share any partition got in any 10 s window after the first, × fair.
     pub max_window_share: f64,
+    /// The largest share any partition got in any 10 s window after the first, ÷ its share of
+    /// the consumers' capacity, over windows where the consumers together could drain what
+    /// arrived and another partition had room (its consumer drained what it got and kept less
+    /// than a second of backlog), and partitions whose consumer drains at all: above 1, a
+    /// partition got more than its proportional part; far above, herding.
+    pub max_share_over_capacity: f64,
+    /// When (end of the window, seconds) and on which partition that was.
+    pub max_share_over_capacity_at: (f64, usize),
     /// Share of keyed messages that went to another partition than the key's previous
     /// message.
     pub keyed_moved: Option<f64>,
@@ -165,6 +174,8 @@ impl Outcome {
 pub struct Ours {
     /// Flap damping.
     pub damping: DampingConfig,
+    /// Print every published health to stderr.
+    pub trace: bool,
 }
 
 impl fmt::Debug for Scenario {
@@ -288,6 +299,8 @@ pub fn run(scenario: &Scenario, policy: Policy, ours: &Ours, seed: u64) -> Outco
     let mut counts = vec![0u64; final_partitions];
     let mut window = vec![0u64; final_partitions];
     let mut max_window_share = 0.0f64;
+    let mut max_share_over_capacity = 0.0f64;
+    let mut max_share_over_capacity_at = (0.0, 0);
     let mut flips = vec![0u32; final_partitions];
     let mut last_routable: Vec<Option<bool>> = vec![None; final_partitions];
     let zipf = scenario.keys.map(Zipf::new);
@@ -391,11 +404,19 @@ pub fn run(scenario: &Scenario, policy: Policy, ours: &Ours, seed: u64) -> Outco
                     ..
                 } => {
                     let health = tracker
-                        .update(Duration::from_millis(now), report, &**calculator)
+                        .update_with_age(
+                            Duration::from_millis(now),
+                            scenario.collect_delay,
+                            report,
+                            &**calculator,
+                        )
                         .with_sticky_start(rng.u32(..));
                     let routable = (0..health.partition_count())
                         .map(|p| health.is_routable(p))
                         .collect();
+                    if ours.trace {
+                        trace(policy, now, &health);
+                    }
                     publisher.publish(HealthSnapshot::new([Arc::new(health)]));
                     routable
                 }
@@ -476,6 +497,37 @@ pub fn run(scenario: &Scenario, policy: Policy, ours: &Ours, seed: u64) -> Outco
                     max_window_share =
                         max_window_share.max(w as f64 * partitions as f64 / total as f64);
                 }
+                // Capacities over the window, averaged second by second.
+                let capacities: Vec<f64> = (0..partitions)
+                    .map(|p| {
+                        (0..10)
+                            .map(|s| (scenario.drain)(p, t - 9.5 + f64::from(s)))
+                            .sum::<f64>()
+                            / 10.0
+                    })
+                    .collect();
+                let capacity: f64 = capacities.iter().sum();
+                // A partition has room when its consumer drained what it got in the window
+                // and is left with less than a second of backlog.
+                let room: Vec<bool> = (0..partitions)
+                    .map(|q| {
+                        capacities[q] > 0.0
+                            && (window[q] as f64) < capacities[q] * 10.0
+                            && (queues[q].len() as f64) <= capacities[q]
+                    })
+                    .collect();
+                if capacity > total as f64 / 10.0 {
+                    for (p, &w) in window.iter().take(partitions).enumerate() {
+                        let others_have_room = (0..partitions).any(|q| q != p && room[q]);
+                        if capacities[p] > 0.0 && others_have_room {
+                            let ratio = (w as f64 / total as f64) / (capacities[p] / capacity);
+                            if ratio > max_share_over_capacity {
+                                max_share_over_capacity = ratio;
+                                max_share_over_capacity_at = (t, p);
+                            }
+                        }
+                    }
+                }
             }
             window.iter_mut().for_each(|w| *w = 0);
         }
@@ -508,7 +560,38 @@ pub fn run(scenario: &Scenario, policy: Policy, ours: &Ours, seed: u64) -> Outco
             .map(|&c| c as f64 * final_partitions as f64 / total.max(1) as f64)
             .collect(),
         max_window_share,
+        max_share_over_capacity,
+        max_share_over_capacity_at,
         keyed_moved: (keyed_total > 0).then(|| keyed_moved as f64 / keyed_total as f64),
+    }
+}
+
+/// One line per partition of a published health, for `ksp-bench sim --trace`.
+fn trace(policy: Policy, now: u64, health: &ksp_core::TopicHealth) {
+    let shares = health.keyless_shares();
+    eprintln!(
+        "{} t={:.1}s capacity-planned={} absorbs-keys={}",
+        policy.label(),
+        now as f64 / 1000.0,
+        health.is_capacity_planned(),
+        health.can_absorb_moved_keys()
+    );
+    for (p, h) in health.partitions().iter().enumerate() {
+        let r = h.lag.rates.unwrap_or_default();
+        let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
+        eprintln!(
+            "  p{p} lag={} routable={} score={:.2} share={:.3} drain={} capacity={} arrival={} time_lag={} state={}",
+            h.lag.lag.unwrap_or(-1),
+            h.is_routable(),
+            h.score,
+            shares[p],
+            f(r.drain_rate),
+            f(r.capacity),
+            f(r.arrival_rate),
+            r.time_lag
+                .map_or("-".to_owned(), |t| format!("{:.2}", t.as_secs_f64())),
+            r.state.as_str(),
+        );
     }
 }
 

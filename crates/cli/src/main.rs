@@ -2,18 +2,22 @@
 //!
 //! * `ksp lag --bootstrap B --group G --topic T` prints, per partition, the committed offset,
 //!   the high watermark, the lag, the health score and the verdict — what the smart producer
-//!   would see.
+//!   would see. With `--window 10s` it reads twice and adds the consumer's drain rate,
+//!   capacity, the arrival rate, the predicted time-lag and the share of keyless traffic.
 //! * `ksp watch …` redraws that table every `--interval`.
 //! * `ksp demo` runs the embedded demo (a slow consumer, the smart producer vs librdkafka's
 //!   partitioner) without any Kafka to install.
-#![allow(clippy::print_stdout)]
+#![expect(
+    clippy::print_stdout,
+    reason = "a program that reports on its standard output"
+)]
 
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use comfy_table::{Cell, Color, Table};
 use ksp_core::{CalculatorConfig, LagCollector, LagRequest, TopicHealth};
-use ksp_monitor::KafkaLagCollector;
+use ksp_monitor::{KafkaLagCollector, MonitorConfig, TopicTracker};
 use rdkafka::ClientConfig;
 
 #[derive(Debug, Parser)]
@@ -30,7 +34,14 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Print lag and health per partition once.
-    Lag(Target),
+    Lag {
+        #[command(flatten)]
+        target: Target,
+        /// Read twice, this long apart, to show drain and arrival rates and the predicted
+        /// time-lag (e.g. 10s; consumers that commit every 5 s need at least that).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        window: Option<Duration>,
+    },
     /// Redraw the lag table every --interval until interrupted.
     Watch {
         #[command(flatten)]
@@ -88,8 +99,12 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Lag(target) => {
+        Command::Lag { target, window } => {
             let reader = Reader::new(&target)?;
+            if let Some(window) = window {
+                reader.table().await?;
+                tokio::time::sleep(window).await;
+            }
             print!("{}", reader.table().await?);
         }
         Command::Watch {
@@ -138,6 +153,10 @@ struct Reader {
     group: String,
     topics: Vec<String>,
     timeout: Duration,
+    /// What the monitor remembers between rounds (rates, uncommitted partitions, damping),
+    /// per topic: the same health the producer would route by.
+    trackers: std::sync::Mutex<std::collections::HashMap<String, TopicTracker>>,
+    started: std::time::Instant,
 }
 
 impl Reader {
@@ -153,6 +172,8 @@ impl Reader {
             group: target.group.clone(),
             topics: target.topic.clone(),
             timeout: target.timeout,
+            trackers: std::sync::Mutex::default(),
+            started: std::time::Instant::now(),
         })
     }
 
@@ -160,14 +181,21 @@ impl Reader {
         let request = LagRequest::new(&self.group, &self.topics, self.timeout);
         let lags = self.collector.collect(&request).await?;
         let mut out = String::new();
-        for lag in &lags {
-            let health =
-                TopicHealth::new(&lag.topic, lag.collected_at, self.calculator.calculate(lag));
+        let mut reported = Vec::new();
+        for lag in lags {
+            reported.push(lag.topic.clone());
+            let health = {
+                let mut trackers = self.trackers.lock().unwrap_or_else(|e| e.into_inner());
+                trackers
+                    .entry(lag.topic.clone())
+                    .or_insert_with(|| TopicTracker::new(&MonitorConfig::default()))
+                    .update(self.started.elapsed(), lag, self.calculator.as_ref())
+            };
             out.push_str(&render(&self.group, &health));
             out.push('\n');
         }
         for topic in &self.topics {
-            if !lags.iter().any(|l| &l.topic == topic) {
+            if !reported.contains(topic) {
                 out.push_str(&format!("topic {topic}: no lag reported\n"));
             }
         }
@@ -183,11 +211,20 @@ fn render(group: &str, health: &TopicHealth) -> String {
         "committed",
         "high watermark",
         "lag",
+        "time-lag",
+        "drain/s",
+        "capacity/s",
+        "arrival/s",
+        "consumer",
+        "share",
         "score",
         "health",
     ]);
     let show = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
-    for p in health.partitions() {
+    let rate = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
+    let shares = health.keyless_shares();
+    for (p, share) in health.partitions().iter().zip(shares) {
+        let rates = p.lag.rates.unwrap_or_default();
         let verdict = if !p.lag.leader_available {
             Cell::new("no leader").fg(Color::Red)
         } else if p.healthy {
@@ -200,14 +237,29 @@ fn render(group: &str, health: &TopicHealth) -> String {
             Cell::new(show(p.lag.committed)),
             Cell::new(show(p.lag.high_watermark)),
             Cell::new(show(p.lag.lag)),
+            Cell::new(
+                rates
+                    .time_lag
+                    .map_or_else(|| "-".to_owned(), |t| format!("{:.1}s", t.as_secs_f64())),
+            ),
+            Cell::new(rate(rates.drain_rate)),
+            Cell::new(rate(rates.capacity)),
+            Cell::new(rate(rates.arrival_rate)),
+            Cell::new(rates.state.as_str()),
+            Cell::new(format!("{:.0}%", share * 100.0)),
             Cell::new(format!("{:.2}", p.score)),
             verdict,
         ]);
     }
     format!(
-        "topic {} · group {group} · {} of {} partitions routable\n{table}\n",
+        "topic {} · group {group} · {} of {} partitions routable · shares by {}\n{table}\n",
         health.topic(),
         health.routable_partitions().len(),
-        health.partition_count()
+        health.partition_count(),
+        if health.is_capacity_planned() {
+            "capacity"
+        } else {
+            "score"
+        }
     )
 }

@@ -51,6 +51,13 @@ async fn lag_prints_each_partition_with_its_lag_and_verdict() {
         "{out}"
     );
     assert!(row("0").contains("healthy"), "{out}");
+    assert!(
+        out.contains("time-lag") && out.contains("capacity/s") && out.contains("share"),
+        "{out}"
+    );
+    // Nothing is measured yet in one read: shares by score, the hot partition gets none.
+    assert!(out.contains("shares by score"), "{out}");
+    assert!(row("2").contains(" 0% "), "{out}");
 
     let bootstrap = kafka.bootstrap_servers().to_owned();
     let (ok, out, err) = tokio::task::spawn_blocking(move || {

@@ -1,6 +1,7 @@
 //! Turning lag into health: the [`HotPartitionCalculator`] trait and two calculators.
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::error::ConfigError;
 use crate::health::PartitionHealth;
@@ -148,6 +149,15 @@ impl HotPartitionCalculator for ThresholdCalculator {
 /// Score: with `limit = max(factor × mean_of_others, min_lag)`,
 /// `score = 1 − lag / (2 × limit)`, clamped to `[0, 1]`; a partition exactly at the limit
 /// scores 0.5 and is healthy iff `lag ≤ limit`.
+///
+/// **By time, when the monitor knows the rates.** When every partition whose lag is known
+/// also has a predicted time-lag ([`PartitionRates::time_lag`](crate::PartitionRates)), the same
+/// rule is applied to time-lags instead of message counts: a consumer 10 s behind is hot
+/// whatever its count, a fast consumer with many messages waiting is not. Then
+/// `limit = max(factor × mean time-lag of the others, 1 s, 2 × its commit interval)` (below
+/// a second, or within what its commit timing explains, differences are noise), a partition
+/// is still never hot at `min_lag` messages or fewer, and a stalled or gone consumer with a
+/// backlog is hot. The data behind it is in `docs/routing.md`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RelativeCalculator {
     factor: f64,
@@ -201,6 +211,38 @@ impl Default for RelativeCalculator {
 
 impl HotPartitionCalculator for RelativeCalculator {
     fn calculate(&self, lag: &TopicLag) -> Vec<PartitionHealth> {
+        match time_lags(lag) {
+            Some(times) => self.by_time(lag, &times),
+            None => self.by_count(lag),
+        }
+    }
+
+    fn name(&self) -> &str {
+        "relative"
+    }
+}
+
+/// A partition whose predicted time-lag is at most this is never hot by time: below it,
+/// differences are the noise of commit timing and polling.
+pub(crate) const MIN_HOT_TIME_LAG: Duration = Duration::from_secs(1);
+
+/// Each partition's predicted time-lag in seconds (infinite for a consumer that stopped with a
+/// backlog), when every partition whose lag is known has one; else `None`.
+fn time_lags(lag: &TopicLag) -> Option<Vec<Option<f64>>> {
+    lag.partitions
+        .iter()
+        .map(|p| match (p.lag, p.rates) {
+            (None, _) => Some(None),
+            (Some(_), Some(r)) if r.state.is_stopped() => Some(Some(f64::INFINITY)),
+            (Some(_), Some(r)) => r.time_lag.map(|t| Some(t.as_secs_f64())),
+            (Some(_), None) => None,
+        })
+        .collect()
+}
+
+impl RelativeCalculator {
+    /// Offsets: hot past `factor` × the others' mean lag and past `min_lag`.
+    fn by_count(&self, lag: &TopicLag) -> Vec<PartitionHealth> {
         let known: Vec<f64> = lag
             .partitions
             .iter()
@@ -213,29 +255,76 @@ impl HotPartitionCalculator for RelativeCalculator {
             .map(|p| match p.lag {
                 Some(l) => {
                     let l = l.max(0) as f64;
-                    let others = count - 1.0;
-                    let mean_of_others = if others > 0.0 {
-                        (sum - l) / others
-                    } else {
-                        0.0
-                    };
-                    let limit = (self.factor * mean_of_others).max(self.min_lag as f64);
-                    let score = if limit > 0.0 {
-                        1.0 - l / (2.0 * limit)
-                    } else if l > 0.0 {
-                        0.0
-                    } else {
-                        1.0
-                    };
-                    PartitionHealth::new(p.clone(), score, l <= limit)
+                    let limit =
+                        (self.factor * mean_of_others(sum, count, l)).max(self.min_lag as f64);
+                    PartitionHealth::new(p.clone(), score(l, limit), l <= limit)
                 }
                 None => PartitionHealth::new(p.clone(), 0.0, false),
             })
             .collect()
     }
 
-    fn name(&self) -> &str {
-        "relative"
+    /// Time: a consumer 10 s behind is hot whatever its offset count, and a fast consumer
+    /// with many messages waiting is not. Hot past `factor` × the others' mean time-lag, past
+    /// [`MIN_HOT_TIME_LAG`] and twice its own commit interval (lag that commit timing alone
+    /// explains), and past `min_lag` messages.
+    fn by_time(&self, lag: &TopicLag, times: &[Option<f64>]) -> Vec<PartitionHealth> {
+        let finite: Vec<f64> = times
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|t| t.is_finite())
+            .collect();
+        let sum: f64 = finite.iter().sum();
+        let count = finite.len() as f64;
+        lag.partitions
+            .iter()
+            .zip(times)
+            .map(|(p, time)| match (p.lag, *time) {
+                (Some(l), Some(t)) => {
+                    let others = if t.is_finite() {
+                        mean_of_others(sum, count, t)
+                    } else {
+                        sum / count.max(1.0)
+                    };
+                    let commit = p
+                        .rates
+                        .and_then(|r| r.commit_interval)
+                        .map_or(0.0, |c| 2.0 * c.as_secs_f64());
+                    let limit = (self.factor * others)
+                        .max(MIN_HOT_TIME_LAG.as_secs_f64())
+                        .max(commit);
+                    let healthy = t <= limit || l <= self.min_lag;
+                    let score = if healthy {
+                        score(t, limit).max(0.5)
+                    } else {
+                        score(t, limit)
+                    };
+                    PartitionHealth::new(p.clone(), score, healthy)
+                }
+                _ => PartitionHealth::new(p.clone(), 0.0, false),
+            })
+            .collect()
+    }
+}
+
+fn mean_of_others(sum: f64, count: f64, own: f64) -> f64 {
+    let others = count - 1.0;
+    if others > 0.0 {
+        ((sum - own) / others).max(0.0)
+    } else {
+        0.0
+    }
+}
+
+/// `1 − value / (2 × limit)`: 0.5 at the limit.
+fn score(value: f64, limit: f64) -> f64 {
+    if limit > 0.0 {
+        1.0 - value / (2.0 * limit)
+    } else if value > 0.0 {
+        0.0
+    } else {
+        1.0
     }
 }
 
@@ -282,6 +371,83 @@ mod tests {
             .into_iter()
             .map(|h| (h.score, h.healthy))
             .collect()
+    }
+
+    fn timed(lags: &[(i64, f64)]) -> TopicLag {
+        TopicLag::new(
+            "t",
+            lags.iter()
+                .enumerate()
+                .map(|(p, &(l, secs))| {
+                    let mut lag = PartitionLag::from_lag(p as i32, l);
+                    lag.rates = Some(
+                        crate::PartitionRates::new()
+                            .with_drain_rate(100.0)
+                            .with_time_lag(Duration::from_secs_f64(secs)),
+                    );
+                    lag
+                })
+                .collect(),
+            SystemTime::now(),
+        )
+    }
+
+    fn healthy(c: &dyn HotPartitionCalculator, lag: &TopicLag) -> Vec<bool> {
+        c.calculate(lag).into_iter().map(|h| h.healthy).collect()
+    }
+
+    #[test]
+    fn relative_judges_time_lags_when_every_partition_has_one() {
+        let c = RelativeCalculator::default();
+        // Partition 0 holds the most messages but drains them in 0.5 s; partition 2 holds
+        // fewer and needs 20 s. By count 0 is hot, by time 2 is.
+        let lag = timed(&[(5_000, 0.5), (300, 0.6), (2_000, 20.0), (300, 0.4)]);
+        assert_eq!(healthy(&c, &lag), [true, true, false, true]);
+        let mut counted = lag.clone();
+        for p in &mut counted.partitions {
+            p.rates = None;
+        }
+        assert_eq!(healthy(&c, &counted), [false, true, true, true]);
+    }
+
+    #[test]
+    fn relative_time_lags_under_a_second_or_a_commit_interval_are_noise() {
+        let c = RelativeCalculator::default();
+        // 0.9 s against ~0 s elsewhere: under the 1 s floor.
+        assert_eq!(
+            healthy(&c, &timed(&[(500, 0.9), (0, 0.0), (0, 0.0)])),
+            [true, true, true]
+        );
+        // 4 s against ~0, but the consumer commits every 5 s: commit timing explains it.
+        let mut lag = timed(&[(500, 4.0), (0, 0.0), (0, 0.0)]);
+        let r = lag.partitions[0].rates.as_mut().unwrap();
+        r.commit_interval = Some(Duration::from_secs(5));
+        assert_eq!(healthy(&c, &lag), [true, true, true]);
+        // Few messages are never hot, however long they wait.
+        assert_eq!(
+            healthy(&c, &timed(&[(50, 30.0), (0, 0.0), (0, 0.0)])),
+            [true, true, true]
+        );
+    }
+
+    #[test]
+    fn relative_calls_a_stalled_consumer_with_a_backlog_hot() {
+        let c = RelativeCalculator::default();
+        let mut lag = timed(&[(500, 0.0), (10, 0.1), (10, 0.1)]);
+        lag.partitions[0].rates = Some(
+            crate::PartitionRates::new()
+                .with_drain_rate(100.0)
+                .with_state(crate::ConsumerState::Stalled),
+        );
+        assert_eq!(healthy(&c, &lag), [false, true, true]);
+    }
+
+    #[test]
+    fn relative_falls_back_to_counts_when_one_partition_lacks_a_time_lag() {
+        let c = RelativeCalculator::default();
+        let mut lag = timed(&[(5_000, 0.5), (300, 0.6), (2_000, 20.0), (300, 0.4)]);
+        lag.partitions[1].rates = None;
+        assert_eq!(healthy(&c, &lag), [false, true, true, true]);
     }
 
     #[test]

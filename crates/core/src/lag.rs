@@ -4,6 +4,8 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::rates::PartitionRates;
+
 /// How to count the lag of a partition on which the group has never committed an offset.
 ///
 /// Kafka has no committed offset for a partition the group has never consumed (or whose commit
@@ -45,7 +47,7 @@ pub enum UncommittedPolicy {
 /// read, the high watermark is the offset the next produced message will get, the low watermark
 /// the oldest offset still retained. `lag` is `None` when it could not be measured (the
 /// partition's leader is unavailable, or its offsets could not be read this round).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct PartitionLag {
     /// Partition id.
@@ -67,6 +69,10 @@ pub struct PartitionLag {
     /// sends to a partition whose leader is unavailable: such a send waits up to
     /// `message.timeout.ms`.
     pub leader_available: bool,
+    /// Drain and arrival rates, filled in by the monitor from consecutive rounds (see
+    /// [`PartitionRates`]); `None` from collectors and in the first rounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rates: Option<PartitionRates>,
 }
 
 impl PartitionLag {
@@ -93,6 +99,7 @@ impl PartitionLag {
             last_stable_offset: None,
             lag,
             leader_available: true,
+            rates: None,
         }
     }
 
@@ -106,6 +113,7 @@ impl PartitionLag {
             last_stable_offset: None,
             lag: Some(lag),
             leader_available: true,
+            rates: None,
         }
     }
 
@@ -120,12 +128,13 @@ impl PartitionLag {
             last_stable_offset: None,
             lag: None,
             leader_available: false,
+            rates: None,
         }
     }
 }
 
 /// Lag of every partition of one topic for one consumer group, and when it was read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct TopicLag {
     /// Topic name.

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::health::PartitionHealth;
 use crate::lag::{PartitionLag, TopicLag};
-use crate::shares::{MAX_SHARE_OF_FAIR, WEIGHT_SCALE, keyless_shares};
+use crate::shares::{WEIGHT_SCALE, capacity_plan, half_are_routable, keyless_shares};
 use crate::sticky::StickyCursor;
 
 /// Health of every partition of one topic, with the tables the router needs precomputed so that
@@ -29,8 +29,12 @@ pub struct TopicHealth {
     picks: Box<[i32]>,
     /// `cumulative[i]` = sum of the weights of `picks[..=i]`.
     cumulative: Box<[u64]>,
+    /// Weight of each routable partition (same order as `routable`) in the choice of a moved
+    /// key's detour: its headroom under the capacity model, 1 otherwise.
+    detour_weights: Box<[f64]>,
     routable_bits: Box<[u64]>,
     absorbs_moved_keys: bool,
+    by_capacity: bool,
     stale: bool,
     cursor: Arc<StickyCursor>,
 }
@@ -77,9 +81,25 @@ impl TopicHealth {
             routable.push(h.partition);
             routable_bits[h.partition as usize / 64] |= 1 << (h.partition as usize % 64);
         }
-        let eligible = partitions.iter().filter(|h| h.lag.leader_available).count();
-        let absorbs_moved_keys = routable.len() as f64 * MAX_SHARE_OF_FAIR >= eligible as f64;
-        let shares = keyless_shares(&partitions);
+        let (shares, absorbs_moved_keys, detour_weights, by_capacity) =
+            match capacity_plan(&partitions) {
+                Some(plan) => {
+                    let most = routable
+                        .iter()
+                        .map(|&p| plan.headroom[p as usize])
+                        .fold(0.0, f64::max);
+                    let weights = routable
+                        .iter()
+                        .map(|&p| detour_weight(plan.headroom[p as usize], most))
+                        .collect();
+                    (plan.shares, plan.absorbs_moved_keys, weights, true)
+                }
+                None => {
+                    let weights = vec![1.0; routable.len()].into();
+                    let absorbs = half_are_routable(&partitions);
+                    (keyless_shares(&partitions), absorbs, weights, false)
+                }
+            };
         let mut picks = Vec::new();
         let mut cumulative = Vec::new();
         let mut total = 0u64;
@@ -97,20 +117,59 @@ impl TopicHealth {
             routable: routable.into(),
             picks: picks.into(),
             cumulative: cumulative.into(),
+            detour_weights,
             routable_bits: routable_bits.into(),
             absorbs_moved_keys,
+            by_capacity,
             stale: false,
             cursor: Arc::new(StickyCursor::new()),
         }
     }
 
-    /// Whether moving the keys of every unroutable partition onto the routable ones would
-    /// still give each of them at most twice its fair share, that is,
-    /// whether at least half the partitions with a leader are routable. When not, keys stay
-    /// home: herding them onto the few healthy partitions would overload those.
+    /// Whether the keys of unroutable partitions may move onto the routable ones. When not,
+    /// keys stay home: herding them onto the few healthy partitions would overload those.
+    ///
+    /// With drain rates known (see [`is_capacity_planned`](Self::is_capacity_planned)): whether
+    /// the routable partitions' consumers can together drain everything that arrives on the
+    /// topic. Without: whether at least half the partitions with a leader are routable (moving
+    /// every key then gives none more than twice its fair share).
     #[inline]
     pub fn can_absorb_moved_keys(&self) -> bool {
         self.absorbs_moved_keys
+    }
+
+    /// Whether keyless shares and detours follow the consumers' measured drain rates (the
+    /// capacity model of `docs/routing.md`) rather than health scores: true once the monitor
+    /// has seen a consumer under backlog and knows every partition's rates.
+    pub fn is_capacity_planned(&self) -> bool {
+        self.by_capacity
+    }
+
+    /// The detour of a key whose home is unroutable: the routable partition that ranks
+    /// highest for `key_hash` by weighted rendezvous hashing, each partition weighted by its
+    /// headroom (spare drain rate) under the capacity model, relative to the roomiest and
+    /// rounded down to a power of two (1, 1/2 … 1/16), all alike otherwise. `None` when nothing
+    /// is routable.
+    ///
+    /// Every process computes the same detour from the same health, and from health whose
+    /// rates differ by less than the rounding; when a partition leaves or joins the routable
+    /// set, only the keys that ranked it highest move; a partition with twice the weight draws
+    /// twice the keys.
+    pub fn detour(&self, key_hash: u64) -> Option<i32> {
+        let mut best: Option<(f64, i32)> = None;
+        for (&p, &w) in self.routable.iter().zip(self.detour_weights.iter()) {
+            // Weighted rendezvous (Schindelhauer & Schomaker): score w / −ln(u) with u uniform
+            // in (0, 1) from the key and the partition; the highest score wins, partition p with
+            // probability w_p / Σ w.
+            let h = mix64(key_hash ^ (p as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            // 52 bits and a half step: strictly inside (0, 1), so −ln u is finite and positive.
+            let u = ((h >> 12) as f64 + 0.5) * (1.0 / (1u64 << 52) as f64);
+            let score = w / -u.ln();
+            if best.is_none_or(|(b, _)| score > b) {
+                best = Some((score, p));
+            }
+        }
+        best.map(|(_, p)| p)
     }
 
     /// Builds the health of a topic by running `calculate` over its lag report.
@@ -132,8 +191,10 @@ impl TopicHealth {
             routable: self.routable.clone(),
             picks: self.picks.clone(),
             cumulative: self.cumulative.clone(),
+            detour_weights: self.detour_weights.clone(),
             routable_bits: self.routable_bits.clone(),
             absorbs_moved_keys: self.absorbs_moved_keys,
+            by_capacity: self.by_capacity,
             stale: true,
             cursor: self.cursor.clone(),
         }
@@ -261,6 +322,26 @@ impl TopicHealth {
     pub fn cursor(&self) -> &Arc<StickyCursor> {
         &self.cursor
     }
+}
+
+/// SplitMix64's finalizer: a fast, well-mixed 64-bit permutation.
+#[inline]
+/// A routable partition's weight in the choice of detours: its headroom relative to the
+/// roomiest one, rounded down to a power of two between 1/16 and 1. Rounded, so that the
+/// small differences between two instances' rate estimates (or between two refreshes) do not
+/// change a key's detour; floored, so that a partition with no room left still ranks.
+fn detour_weight(headroom: f64, most: f64) -> f64 {
+    if most.is_nan() || most <= 0.0 || !headroom.is_finite() {
+        return 1.0;
+    }
+    let relative = (headroom / most).clamp(1.0 / 16.0, 1.0);
+    relative.log2().floor().exp2()
+}
+
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// A hash of a topic name that is the same wherever it is computed in this process.
@@ -435,5 +516,82 @@ mod tests {
         assert!(!t.is_stale());
         assert_eq!(s.routable_partitions(), t.routable_partitions());
         assert_eq!(s.topic_hash(), t.topic_hash());
+    }
+
+    /// Partitions with the given capacities, each with 100 msg/s arriving; those in `hot`
+    /// unroutable.
+    fn by_capacity(capacities: &[f64], hot: &[i32]) -> TopicHealth {
+        let parts = capacities
+            .iter()
+            .enumerate()
+            .map(|(p, &capacity)| {
+                let mut lag = PartitionLag::from_lag(p as i32, 0);
+                lag.rates = Some(
+                    crate::PartitionRates::new()
+                        .with_capacity(capacity)
+                        .with_drain_rate(100.0)
+                        .with_arrival_rate(100.0)
+                        .with_time_lag(Duration::ZERO),
+                );
+                let healthy = !hot.contains(&(p as i32));
+                PartitionHealth::new(lag, 1.0, healthy)
+            })
+            .collect();
+        TopicHealth::new("t", SystemTime::now(), parts)
+    }
+
+    #[test]
+    fn detours_are_weighted_by_headroom() {
+        // Headroom 300, 100, 100 on the routable three; partition 3 is the hot home.
+        let t = by_capacity(&[400.0, 200.0, 200.0, 200.0], &[3]);
+        assert!(t.is_capacity_planned());
+        let mut counts = [0u32; 4];
+        for key in 0..100_000u64 {
+            counts[t.detour(mix64(key)).unwrap() as usize] += 1;
+        }
+        assert_eq!(counts[3], 0);
+        // Headroom 3 : 1 : 1, weights rounded to powers of two: 1 : 1/4 : 1/4 → 2/3, 1/6, 1/6,
+        // within 1 %.
+        assert!(counts[0].abs_diff(66_667) < 1_000, "{counts:?}");
+        assert!(counts[1].abs_diff(16_667) < 1_000, "{counts:?}");
+        // Without rates, alike.
+        let parts = (0..4).map(|p| health(p, 1.0, p != 3)).collect();
+        let t = TopicHealth::new("t", SystemTime::now(), parts);
+        assert!(!t.is_capacity_planned());
+        let mut counts = [0u32; 4];
+        for key in 0..90_000u64 {
+            counts[t.detour(mix64(key)).unwrap() as usize] += 1;
+        }
+        assert!(
+            counts[..3].iter().all(|c| c.abs_diff(30_000) < 1_000),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn only_the_keys_of_a_partition_that_leaves_change_detour() {
+        let before = by_capacity(&[400.0, 200.0, 300.0, 200.0], &[3]);
+        let after = by_capacity(&[400.0, 200.0, 300.0, 200.0], &[3, 2]);
+        let mut moved = 0;
+        for key in 0..20_000u64 {
+            let (b, a) = (before.detour(key).unwrap(), after.detour(key).unwrap());
+            if b != 2 {
+                assert_eq!(a, b, "key {key} moved off a partition that stayed");
+            } else {
+                moved += 1;
+                assert_ne!(a, 2);
+            }
+        }
+        assert!(moved > 0);
+        // The same health gives the same detours, in any process.
+        let again = by_capacity(&[400.0, 200.0, 300.0, 200.0], &[3]);
+        assert!((0..1_000u64).all(|k| before.detour(k) == again.detour(k)));
+    }
+
+    #[test]
+    fn detours_do_not_follow_small_changes_of_the_rates() {
+        let before = by_capacity(&[400.0, 200.0, 200.0, 200.0], &[3]);
+        let after = by_capacity(&[410.0, 195.0, 205.0, 200.0], &[3]);
+        assert!((0..20_000u64).all(|k| before.detour(k) == after.detour(k)));
     }
 }

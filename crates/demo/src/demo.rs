@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use ksp_core::{HealthFeed, LagCollector, LagRequest, RelativeCalculator, TopicLag};
+use ksp_core::{ConsumerState, HealthFeed, LagCollector, LagRequest, RelativeCalculator, TopicLag};
 use ksp_monitor::{HealthMonitor, KafkaLagCollector, MonitorConfig, MonitorHandle};
 use ksp_producer::AsyncSmartProducer;
 use rdkafka::ClientConfig;
@@ -31,12 +31,31 @@ pub struct DemoConfig {
     pub consumer_rate: f64,
     /// The slow consumer's speed relative to the others. Default 0.1.
     pub slow_factor: f64,
+    /// Each partition's consumer speed in messages per second, when not empty: overrides
+    /// `consumer_rate` and `slow_factor` (`slow_partition` is then only the partition the
+    /// summary reports on). Partitions beyond the list read at `consumer_rate`.
+    pub consumer_rates: Vec<f64>,
     /// The monitor's refresh interval. Default 1 s.
     pub refresh_interval: Duration,
     /// Payload size in bytes. Default 100.
     pub payload_bytes: usize,
     /// Send keyed messages (10 000 distinct keys) instead of keyless ones.
     pub keyed: bool,
+}
+
+impl DemoConfig {
+    /// Each partition's consumer speed in messages per second.
+    pub fn consumer_rates(&self) -> Vec<f64> {
+        (0..self.partitions.max(0) as usize)
+            .map(|p| match self.consumer_rates.get(p) {
+                Some(&rate) => rate,
+                None if self.consumer_rates.is_empty() && p as i32 == self.slow_partition => {
+                    self.consumer_rate * self.slow_factor
+                }
+                None => self.consumer_rate,
+            })
+            .collect()
+    }
 }
 
 impl Default for DemoConfig {
@@ -48,6 +67,7 @@ impl Default for DemoConfig {
             slow_partition: 3,
             consumer_rate: 500.0,
             slow_factor: 0.1,
+            consumer_rates: Vec::new(),
             refresh_interval: Duration::from_secs(1),
             payload_bytes: 100,
             keyed: false,
@@ -68,6 +88,69 @@ pub struct PhaseResult {
     /// End-to-end latency (produce to consume) of the messages consumed during the phase,
     /// 50th and 99th percentile and maximum, in milliseconds.
     pub latency_ms: (u32, u32, u32),
+    /// How well the monitor's predicted time-lag matched what messages then waited.
+    pub calibration: Calibration,
+}
+
+/// The monitor's predicted time-lag of a partition, once a second while its consumer works
+/// through a backlog (state `draining`, capacity measured), against the measured wait
+/// (produce → consumed, median) of the messages produced to it within 250 ms of that moment.
+/// Only moments where the measured wait is at least 250 ms count: below that, the wait is
+/// polling and commit timing, not a backlog, and a relative error means nothing.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Calibration {
+    /// Moments compared.
+    pub samples: usize,
+    /// Median and 90th percentile of |predicted − measured| ÷ measured.
+    pub relative_error: Option<(f64, f64)>,
+}
+
+impl Calibration {
+    /// Compares `predictions` (time in ms since the epoch, partition, predicted seconds) with
+    /// the messages `consumed`.
+    pub fn new(predictions: &[(i64, i32, f64)], consumed: &[crate::Consumed]) -> Self {
+        let mut errors = Vec::new();
+        for &(at, partition, predicted) in predictions {
+            let mut waits: Vec<u32> = consumed
+                .iter()
+                .filter(|c| c.partition == partition && (c.produced_at_ms - at).abs() <= 250)
+                .map(|c| c.latency_ms)
+                .collect();
+            if waits.is_empty() {
+                continue;
+            }
+            waits.sort_unstable();
+            let measured = f64::from(waits[waits.len() / 2]) / 1000.0;
+            if measured >= 0.25 {
+                errors.push((predicted - measured).abs() / measured);
+            }
+        }
+        errors.sort_by(f64::total_cmp);
+        let at = |q: f64| errors[((errors.len() as f64 * q) as usize).min(errors.len() - 1)];
+        Self {
+            samples: errors.len(),
+            relative_error: (!errors.is_empty()).then(|| (at(0.5), at(0.9))),
+        }
+    }
+}
+
+impl fmt::Display for Calibration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.relative_error {
+            Some((p50, p90)) => write!(
+                f,
+                "predicted time-lag vs measured wait: relative error p50 {:.0} %, p90 {:.0} % over {} moments",
+                p50 * 100.0,
+                p90 * 100.0,
+                self.samples
+            ),
+            None => write!(
+                f,
+                "predicted time-lag vs measured wait: no moment with a backlog"
+            ),
+        }
+    }
 }
 
 impl PhaseResult {
@@ -111,11 +194,13 @@ impl fmt::Display for DemoSummary {
         let p = self.slow_partition;
         write!(
             f,
-            "summary: slow_partition={p} smart_share={:.4} plain_share={:.4} smart_final_lag={} plain_final_lag={}",
+            "summary: slow_partition={p} smart_share={:.4} plain_share={:.4} smart_final_lag={} plain_final_lag={} smart_p99_ms={} plain_p99_ms={}",
             self.smart.share(p),
             self.plain.share(p),
             self.smart.final_lag(p),
             self.plain.final_lag(p),
+            self.smart.latency_ms.1,
+            self.plain.latency_ms.1,
         )
     }
 }
@@ -150,22 +235,21 @@ async fn embedded_phase(
     let topic = format!("demo-{name}");
     kafka.create_topic(&topic, config.partitions)?;
     let client = kafka.client_config();
-    let consumer = DrainingConsumer::builder(&client, group, &topic, config.partitions)
-        .rate(config.consumer_rate)
-        .partition_rate(
-            config.slow_partition,
-            config.consumer_rate * config.slow_factor,
-        )
-        .start()?;
+    let rates = config.consumer_rates();
+    let mut consumer = DrainingConsumer::builder(&client, group, &topic, config.partitions);
+    for (p, &rate) in rates.iter().enumerate() {
+        consumer = consumer.partition_rate(p as i32, rate);
+    }
+    let consumer = consumer.start()?;
+    let speeds = rates
+        .iter()
+        .map(|r| format!("{r:.0}"))
+        .collect::<Vec<_>>()
+        .join(" ");
     out(&format!(
-        "\n{name}: {} msg/s for {:?} to `{topic}` ({} partitions); consumers read {} msg/s per \
-         partition, partition {} only {}",
-        config.rate,
-        config.duration,
-        config.partitions,
-        config.consumer_rate,
-        config.slow_partition,
-        config.consumer_rate * config.slow_factor
+        "\n{name}: {} msg/s for {:?} to `{topic}` ({} partitions); consumers read [{speeds}] \
+         msg/s",
+        config.rate, config.duration, config.partitions,
     ));
     let sender = if smart {
         Sender::Smart(
@@ -255,21 +339,47 @@ impl Sender {
 
 /// Where latencies come from.
 trait LatencySource {
-    fn take_latencies_ms(&self) -> Vec<u32>;
+    fn take_consumed(&self) -> Vec<crate::Consumed>;
 }
 
 impl LatencySource for DrainingConsumer {
-    fn take_latencies_ms(&self) -> Vec<u32> {
-        DrainingConsumer::take_latencies_ms(self)
+    fn take_consumed(&self) -> Vec<crate::Consumed> {
+        DrainingConsumer::take_consumed(self)
     }
 }
 
 struct NoConsumer;
 
 impl LatencySource for NoConsumer {
-    fn take_latencies_ms(&self) -> Vec<u32> {
+    fn take_consumed(&self) -> Vec<crate::Consumed> {
         Vec::new()
     }
+}
+
+/// Each partition's predicted time-lag in the current health, stamped now.
+fn predicted_time_lags(feed: &HealthFeed, topic: &str) -> Vec<(i64, i32, f64)> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let snapshot = feed.load_full();
+    let Some(health) = snapshot.topic(topic).filter(|h| !h.is_stale()) else {
+        return Vec::new();
+    };
+    health
+        .partitions()
+        .iter()
+        .filter_map(|h| {
+            // Only where the model speaks: a consumer working through a backlog, its capacity
+            // measured. A caught-up consumer's wait is polling and commit timing.
+            let rates = h.lag.rates?;
+            let time_lag = rates.time_lag?;
+            (rates.state == ConsumerState::Draining && rates.capacity.is_some()).then_some((
+                now_ms,
+                h.partition,
+                time_lag.as_secs_f64(),
+            ))
+        })
+        .collect()
 }
 
 #[expect(
@@ -300,7 +410,8 @@ async fn run_phase(
         Arc::new((0..partitions).map(|_| AtomicU64::new(0)).collect());
     let failed = Arc::new(AtomicU64::new(0));
     let mut totals = vec![0u64; partitions];
-    let _ = consumer.take_latencies_ms();
+    let mut predictions = Vec::new();
+    let _ = consumer.take_consumed();
 
     let generator = tokio::spawn(generate(
         sender.clone(),
@@ -322,6 +433,7 @@ async fn run_phase(
         for (total, n) in totals.iter_mut().zip(&window) {
             *total += n;
         }
+        predictions.extend(predicted_time_lags(&feed, topic));
         out(&table(second, &window, &feed, topic, partitions));
     }
     generator
@@ -333,7 +445,9 @@ async fn run_phase(
 
     // The lag the moment production stopped, read directly.
     let final_lags = read_lags(kafka, group, topic).await?;
-    let mut latencies = consumer.take_latencies_ms();
+    let consumed = consumer.take_consumed();
+    let calibration = Calibration::new(&predictions, &consumed);
+    let mut latencies: Vec<u32> = consumed.iter().map(|c| c.latency_ms).collect();
     latencies.sort_unstable();
     let pct = |q: f64| {
         latencies
@@ -353,6 +467,7 @@ async fn run_phase(
         delivered: totals,
         failed: failed.load(Ordering::Relaxed),
         latency_ms: (pct(0.5), pct(0.99), latencies.last().copied().unwrap_or(0)),
+        calibration,
     };
     out(&format!(
         "{name}: delivered {} (failed {}), end-to-end latency p50 {} ms, p99 {} ms, max {} ms",
@@ -474,6 +589,7 @@ fn table(second: u64, window: &[u64], feed: &HealthFeed, topic: &str, partitions
     let total: u64 = window.iter().sum::<u64>().max(1);
     let mut lag = format!("{:>6}s   {:<9}", second, "lag");
     let mut score = format!("{:<9}{:<9}", "", "health");
+    let mut time_lag = format!("{:<9}{:<9}", "", "time-lag");
     let mut share = format!("{:<9}{:<9}", "", "share");
     for (p, sent) in window.iter().enumerate().take(partitions) {
         let h = health.and_then(|t| t.partition(p as i32));
@@ -490,7 +606,12 @@ fn table(second: u64, window: &[u64], feed: &HealthFeed, topic: &str, partitions
                 if h.is_routable() { " " } else { "✗" }
             ))
         ));
+        time_lag.push_str(&format!(
+            "{:>9}",
+            h.and_then(|h| h.lag.rates?.time_lag)
+                .map_or("-".into(), |t| format!("{:.1}s", t.as_secs_f64()))
+        ));
         share.push_str(&format!("{:>8.1}%", *sent as f64 * 100.0 / total as f64));
     }
-    format!("{lag}\n{score}\n{share}")
+    format!("{lag}\n{time_lag}\n{score}\n{share}")
 }

@@ -31,8 +31,20 @@ pub struct DrainingConsumer {
 
 struct DrainStats {
     consumed: Vec<AtomicU64>,
-    /// End-to-end latency of each message read: produce timestamp → read, in milliseconds.
-    latencies_ms: Mutex<Vec<u32>>,
+    /// Each message read: where, when produced, and how long it waited.
+    samples: Mutex<Vec<Consumed>>,
+}
+
+/// One message read by a [`DrainingConsumer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Consumed {
+    /// Its partition.
+    pub partition: i32,
+    /// Its produce timestamp, in milliseconds since the Unix epoch.
+    pub produced_at_ms: i64,
+    /// End-to-end latency: produce timestamp → read, in milliseconds.
+    pub latency_ms: u32,
 }
 
 impl DrainingConsumer {
@@ -64,10 +76,15 @@ impl DrainingConsumer {
     /// End-to-end latencies (produce timestamp to read) seen so far, in milliseconds, and
     /// clears them.
     pub fn take_latencies_ms(&self) -> Vec<u32> {
+        self.take_consumed().iter().map(|c| c.latency_ms).collect()
+    }
+
+    /// Every message read so far (partition, produce time, latency), and clears them.
+    pub fn take_consumed(&self) -> Vec<Consumed> {
         std::mem::take(
             &mut *self
                 .stats
-                .latencies_ms
+                .samples
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         )
@@ -166,7 +183,7 @@ impl DrainingConsumerBuilder {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(DrainStats {
             consumed: self.rates.iter().map(|_| AtomicU64::new(0)).collect(),
-            latencies_ms: Mutex::default(),
+            samples: Mutex::default(),
         });
         let thread = {
             let stop = stop.clone();
@@ -222,9 +239,13 @@ impl DrainingConsumerBuilder {
                                             let now_ms = SystemTime::now()
                                                 .duration_since(UNIX_EPOCH)
                                                 .map_or(0, |d| d.as_millis() as i64);
-                                            latencies
-                                                .push((now_ms - ts).clamp(0, i64::from(u32::MAX))
-                                                    as u32);
+                                            latencies.push(Consumed {
+                                                partition: p as i32,
+                                                produced_at_ms: ts,
+                                                latency_ms: (now_ms - ts)
+                                                    .clamp(0, i64::from(u32::MAX))
+                                                    as u32,
+                                            });
                                         }
                                     }
                                     _ => break,
@@ -232,7 +253,7 @@ impl DrainingConsumerBuilder {
                             }
                             if !latencies.is_empty() {
                                 stats
-                                    .latencies_ms
+                                    .samples
                                     .lock()
                                     .unwrap_or_else(PoisonError::into_inner)
                                     .extend(latencies);

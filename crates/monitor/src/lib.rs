@@ -16,6 +16,7 @@ mod damping;
 mod error;
 mod handle;
 mod kafka;
+mod rates;
 mod task;
 mod tracker;
 

@@ -448,6 +448,31 @@ fn record_gauges(group: &str, snapshot: &HealthSnapshot) {
         metrics::gauge!("ksp_partitions", &labels).set(f64::from(topic.partition_count()));
         metrics::gauge!("ksp_health_age_seconds", &labels).set(topic.age().as_secs_f64());
         metrics::gauge!("ksp_health_stale", &labels).set(f64::from(u8::from(topic.is_stale())));
+        // Per partition: what a dashboard needs to see which consumer falls behind and why
+        // (one series per partition and figure; a partition without rates sets none).
+        let shares = topic.keyless_shares();
+        for (p, share) in topic.partitions().iter().zip(shares) {
+            let labels = [
+                ("group", group.to_owned()),
+                ("topic", topic.topic().to_owned()),
+                ("partition", p.partition.to_string()),
+            ];
+            if let Some(lag) = p.lag.lag {
+                metrics::gauge!("ksp_partition_lag", &labels).set(lag as f64);
+            }
+            metrics::gauge!("ksp_partition_keyless_share", &labels).set(share);
+            let Some(rates) = p.lag.rates else { continue };
+            // A figure that became unknown (a stalled consumer has no time-lag) reads NaN
+            // rather than keeping its last value.
+            metrics::gauge!("ksp_partition_time_lag_seconds", &labels)
+                .set(rates.time_lag.map_or(f64::NAN, |t| t.as_secs_f64()));
+            metrics::gauge!("ksp_partition_drain_rate", &labels)
+                .set(rates.drain_rate.unwrap_or(f64::NAN));
+            metrics::gauge!("ksp_partition_capacity", &labels)
+                .set(rates.capacity.unwrap_or(f64::NAN));
+            metrics::gauge!("ksp_partition_consumer_stopped", &labels)
+                .set(f64::from(u8::from(rates.state.is_stopped())));
+        }
     }
 }
 

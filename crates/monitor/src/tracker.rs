@@ -1,16 +1,18 @@
 //! [`TopicTracker`]: what the monitor remembers about one topic between rounds.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use ksp_core::{HotPartitionCalculator, StickyCursor, TopicHealth, TopicLag, UncommittedPolicy};
 
 use crate::config::MonitorConfig;
 use crate::damping::Damper;
+use crate::rates::RateMemory;
 
 /// Turns one topic's successive lag reports into health: applies the [`UncommittedPolicy`],
-/// runs the calculator, damps flapping verdicts, and builds the [`TopicHealth`] the router
-/// reads.
+/// estimates each partition's drain and arrival rates from the previous rounds (see
+/// [`ksp_core::PartitionRates`]), runs the calculator, damps flapping verdicts, and builds the
+/// [`TopicHealth`] the router reads.
 ///
 /// The monitor keeps one per watched topic. It is public so that a simulation can drive the
 /// monitor's exact logic round by round without a task or a clock of its own.
@@ -36,6 +38,9 @@ pub struct TopicTracker {
     partitions: Vec<Memory>,
     /// The topic's sticky cursor, handed from one health to the next.
     cursor: Option<Arc<StickyCursor>>,
+    /// The previous round's report time and the smoothed time between rounds, in seconds.
+    last_round: Option<f64>,
+    round_interval: Option<f64>,
 }
 
 /// What is remembered of one partition.
@@ -50,6 +55,8 @@ struct Memory {
     healthy: bool,
     /// The last stable offset seen last round, and since when it has been there.
     last_stable: Option<(i64, Duration)>,
+    /// Offsets of the previous rounds, for rates.
+    rates: RateMemory,
 }
 
 /// A `read_committed` consumer waiting at a last stable offset that has not moved for this long
@@ -66,18 +73,37 @@ impl TopicTracker {
             damper: Damper::new(config.damping),
             partitions: Vec::new(),
             cursor: None,
+            last_round: None,
+            round_interval: None,
         }
     }
 
     /// One round: `report` becomes the topic's health. `now` is the time of the round on any
-    /// monotonic clock (the same origin every call); it paces the damping holds.
+    /// monotonic clock (the same origin every call); it paces the damping holds and, less the
+    /// report's age (`SystemTime::now()` − its `collected_at`), times the rates.
     pub fn update(
         &mut self,
         now: Duration,
+        report: TopicLag,
+        calculator: &dyn HotPartitionCalculator,
+    ) -> TopicHealth {
+        let age = SystemTime::now()
+            .duration_since(report.collected_at)
+            .unwrap_or_default();
+        self.update_with_age(now, age, report, calculator)
+    }
+
+    /// [`update`](Self::update) with the report's age given rather than read from the
+    /// system clock: for simulations, which run faster than time.
+    pub fn update_with_age(
+        &mut self,
+        now: Duration,
+        age: Duration,
         mut report: TopicLag,
         calculator: &dyn HotPartitionCalculator,
     ) -> TopicHealth {
         self.count_uncommitted(&mut report);
+        self.estimate_rates(now, age, &mut report);
         let blocked = self.blocked_by_transactions(now, &report);
         let mut health = calculator.calculate(&report);
         for h in health.iter_mut().filter(|h| blocked.contains(&h.partition)) {
@@ -135,6 +161,36 @@ impl TopicTracker {
             }
         }
         blocked
+    }
+
+    /// Fills in each partition's rates (unless the collector did), from this report and the
+    /// previous ones.
+    fn estimate_rates(&mut self, now: Duration, age: Duration, report: &mut TopicLag) {
+        // The report was read `age` ago: rates are timed by when offsets were read, which for
+        // a report shared by another instance is not when this one received it.
+        let age = age.min(now).as_secs_f64();
+        let at = now.as_secs_f64() - age;
+        // A report read twice (a fleet follower adopting the same snapshot) is no round.
+        if let Some(last) = self.last_round
+            && at > last + 0.01
+        {
+            let dt = at - last;
+            self.round_interval = Some(self.round_interval.map_or(dt, |i| i + 0.3 * (dt - i)));
+            self.last_round = Some(at);
+        } else if self.last_round.is_none() {
+            self.last_round = Some(at);
+        }
+        // Health built now is used until the next round: predict backlogs for halfway through.
+        let lookahead = age + self.round_interval.unwrap_or(0.0) / 2.0;
+        for p in &mut report.partitions {
+            let Some(memory) = self.memory(p.partition) else {
+                continue;
+            };
+            let rates = memory.rates.observe(at, lookahead, p);
+            if p.rates.is_none() {
+                p.rates = Some(rates);
+            }
+        }
     }
 
     /// Fills in the lag of partitions the collector left unknown for want of a committed
@@ -318,5 +374,60 @@ mod tests {
             &ThresholdCalculator::default(),
         );
         assert_eq!(health.partition(0).unwrap().lag.lag, Some(7000));
+    }
+
+    #[test]
+    fn rates_come_from_consecutive_rounds_and_a_collectors_own_are_kept() {
+        let mut t = tracker(UncommittedPolicy::CaughtUp);
+        let calculator = ThresholdCalculator::default();
+        // Partition 0: 100 msg/s arrive and its consumer keeps up. Partition 1: 100 msg/s,
+        // drained at 50 with a growing backlog. Partition 2: the collector's own rates.
+        let mut last = None;
+        for second in 0..10i64 {
+            let mut own = PartitionLag::from_offsets(2, Some(0), None, 10);
+            own.rates = Some(ksp_core::PartitionRates::new().with_capacity(7.0));
+            let report = TopicLag::new(
+                "t",
+                vec![
+                    PartitionLag::from_offsets(0, Some(second * 100), None, second * 100 + 20),
+                    PartitionLag::from_offsets(1, Some(second * 50), None, second * 100 + 20),
+                    own,
+                ],
+                SystemTime::now(),
+            );
+            last = Some(t.update_with_age(
+                Duration::from_secs(second as u64),
+                Duration::ZERO,
+                report,
+                &calculator,
+            ));
+        }
+        let health = last.unwrap();
+        let rates = |p: i32| health.partition(p).unwrap().lag.rates.unwrap();
+        assert!(
+            (rates(0).arrival_rate.unwrap() - 100.0).abs() < 1.0,
+            "{:?}",
+            rates(0)
+        );
+        assert!(
+            (rates(0).drain_rate.unwrap() - 100.0).abs() < 1.0,
+            "{:?}",
+            rates(0)
+        );
+        assert_eq!(
+            rates(1).state,
+            ksp_core::ConsumerState::Draining,
+            "{:?}",
+            rates(1)
+        );
+        assert!(
+            (rates(1).capacity.unwrap() - 50.0).abs() < 1.0,
+            "{:?}",
+            rates(1)
+        );
+        // 470 waiting at 50 msg/s, growing by 50/s for half a round: about 9.9 s.
+        let secs = rates(1).time_lag.unwrap().as_secs_f64();
+        assert!((9.0..11.0).contains(&secs), "{:?}", rates(1));
+        assert_eq!(rates(2), ksp_core::PartitionRates::new().with_capacity(7.0));
     }
 }

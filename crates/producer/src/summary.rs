@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ksp_core::TopicHealth;
+use ksp_core::{ConsumerState, TopicHealth};
 use serde::{Serialize, Serializer};
 
 /// The health of one topic as the router sees it.
@@ -22,6 +22,9 @@ pub struct TopicSummary {
     pub routable: Vec<i32>,
     /// Sum of the known lags.
     pub total_lag: i64,
+    /// Whether keyless shares and detours follow the consumers' measured capacities (else
+    /// health scores).
+    pub capacity_planned: bool,
     /// Every partition.
     pub partitions: Vec<PartitionSummary>,
 }
@@ -46,11 +49,25 @@ pub struct PartitionSummary {
     pub leader_available: bool,
     /// Whether new messages may go there (healthy and leader available).
     pub routable: bool,
+    /// Share of keyless traffic the router sends there, in `[0, 1]`.
+    pub keyless_share: f64,
+    /// Predicted time for its consumer to drain what waits.
+    #[serde(rename = "time_lag_seconds", serialize_with = "optional_seconds")]
+    pub time_lag: Option<Duration>,
+    /// Messages committed per second.
+    pub drain_rate: Option<f64>,
+    /// Messages per second its consumer can drain, measured under backlog.
+    pub capacity: Option<f64>,
+    /// Messages arriving per second.
+    pub arrival_rate: Option<f64>,
+    /// What its consumer is doing.
+    pub consumer: ConsumerState,
 }
 
 impl TopicSummary {
     /// Summarizes one topic's health.
     pub fn new(snapshot_version: u64, health: &TopicHealth) -> Self {
+        let shares = health.keyless_shares();
         Self {
             topic: health.topic().to_owned(),
             snapshot_version,
@@ -62,10 +79,12 @@ impl TopicSummary {
                 .iter()
                 .filter_map(|p| p.lag.lag)
                 .fold(0, i64::saturating_add),
+            capacity_planned: health.is_capacity_planned(),
             partitions: health
                 .partitions()
                 .iter()
-                .map(|p| PartitionSummary {
+                .zip(&shares)
+                .map(|(p, &keyless_share)| PartitionSummary {
                     partition: p.partition,
                     lag: p.lag.lag,
                     committed: p.lag.committed,
@@ -74,6 +93,12 @@ impl TopicSummary {
                     healthy: p.healthy,
                     leader_available: p.lag.leader_available,
                     routable: p.is_routable(),
+                    keyless_share,
+                    time_lag: p.lag.rates.and_then(|r| r.time_lag),
+                    drain_rate: p.lag.rates.and_then(|r| r.drain_rate),
+                    capacity: p.lag.rates.and_then(|r| r.capacity),
+                    arrival_rate: p.lag.rates.and_then(|r| r.arrival_rate),
+                    consumer: p.lag.rates.map_or(ConsumerState::Unknown, |r| r.state),
                 })
                 .collect(),
         }
@@ -82,4 +107,11 @@ impl TopicSummary {
 
 fn seconds<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
+}
+
+fn optional_seconds<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_f64(d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
 }

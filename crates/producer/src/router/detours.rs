@@ -34,16 +34,6 @@ impl RoutabilityTracker {
     }
 }
 
-/// The routable partition that ranks highest for a key (rendezvous, or highest-random-weight,
-/// hashing). Deterministic across processes; when a partition leaves or joins the set, only
-/// the keys that ranked it highest move.
-pub(crate) fn rendezvous(routable: &[i32], key_hash: u64) -> Option<i32> {
-    routable
-        .iter()
-        .copied()
-        .max_by_key(|&p| mix64(key_hash ^ (p as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)))
-}
-
 /// SplitMix64's finalizer: a fast, well-mixed 64-bit permutation.
 #[inline]
 pub(crate) fn mix64(mut z: u64) -> u64 {

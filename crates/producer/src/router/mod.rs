@@ -15,7 +15,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 pub use self::config::{KeyCacheConfig, RouterConfig};
 pub use self::decision::{Decision, Fallback, Route};
-use self::detours::{RoutabilityTracker, mix64, rendezvous};
+use self::detours::{RoutabilityTracker, mix64};
 pub use self::partitioner::Partitioner;
 
 /// A remembered detour.
@@ -166,7 +166,7 @@ impl Router {
     pub fn detour_now(&self, topic: &str, detour: &NewDetour) -> Option<i32> {
         let snapshot = self.feed.load();
         let health = snapshot.topic(topic).filter(|t| !t.is_stale())?;
-        rendezvous(health.routable_partitions(), detour.key_hash)
+        health.detour(detour.key_hash)
     }
 
     #[inline]
@@ -220,7 +220,7 @@ impl Router {
             };
             return (moved, None);
         }
-        let Some(partition) = rendezvous(health.routable_partitions(), key_hash) else {
+        let Some(partition) = health.detour(key_hash) else {
             return (Decision::fallback(Fallback::NoRoutablePartition), None);
         };
         let detour = NewDetour {

@@ -277,8 +277,8 @@ impl FleetCollectorBuilder {
     }
 
     /// Scores published beside the lags, for readers that want them (informational).
-    pub fn calculator(mut self, calculator: Arc<dyn HotPartitionCalculator>) -> Self {
-        self.calculator = Some(calculator);
+    pub fn calculator(mut self, calculator: impl HotPartitionCalculator) -> Self {
+        self.calculator = Some(Arc::new(calculator));
         self
     }
 
