@@ -33,3 +33,16 @@ demo:
 bench:
     cargo bench -p ksp-producer --bench routing
     cargo run --release -p ksp-bench -- all
+
+# The declared rust-version (1.88) with the newest dependencies that support it, in a
+# throw-away worktree (the committed Cargo.lock pins some that need a newer compiler).
+msrv:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    dir="$(mktemp -d)"
+    trap 'git worktree remove --force "$dir"' EXIT
+    git worktree add -q "$dir" HEAD
+    cd "$dir"
+    rustup toolchain install 1.88.0 --profile minimal
+    CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS=fallback cargo update
+    cargo +1.88.0 check --workspace --all-features
