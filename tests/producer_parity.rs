@@ -13,7 +13,7 @@ use kafka_smart_producer::rdkafka::producer::{BaseRecord, FutureRecord};
 use kafka_smart_producer::routing::{Fallback, Partitioner, Route};
 use kafka_smart_producer::{AsyncSmartProducer, AsyncSmartProducerBuilder, Delivery, ProduceError};
 use ksp_core::testing::ManualCollector;
-use ksp_testkit::{LagScenario, MockKafka};
+use ksp_testkit::MockKafka;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
 const GROUP: &str = "processors";
@@ -124,13 +124,7 @@ macro_rules! for_both {
 }
 
 async fn cluster() -> MockKafka {
-    let kafka = MockKafka::start(1).unwrap();
-    LagScenario::new(TOPIC, 8)
-        .lag(SLOW as usize, 5000)
-        .create(&kafka, GROUP)
-        .await
-        .unwrap();
-    kafka
+    common::cluster_with_slow_partition(1, TOPIC, GROUP, SLOW as usize).await
 }
 
 fn smart(kafka: ClientConfig) -> AsyncSmartProducerBuilder {

@@ -20,13 +20,7 @@ const TOPIC: &str = "orders";
 
 /// A mock cluster with an 8-partition topic whose partition `slow` lags 5000 messages.
 async fn cluster_with_slow_partition(slow: usize) -> MockKafka {
-    let kafka = MockKafka::start(3).unwrap();
-    LagScenario::new(TOPIC, 8)
-        .lag(slow, 5000)
-        .create(&kafka, GROUP)
-        .await
-        .unwrap();
-    kafka
+    common::cluster_with_slow_partition(3, TOPIC, GROUP, slow).await
 }
 
 async fn smart_producer(kafka: &ClientConfig) -> AsyncSmartProducer {

@@ -18,7 +18,7 @@ use kafka_smart_producer::redis::{
     BreakerConfig, BreakerState, FleetCollector, RedisClient, RedisConfig, SharedMoves, wire,
 };
 use kafka_smart_producer::routing::{Partitioner, Route};
-use ksp_testkit::{LagScenario, MockKafka, RedisCluster, RedisServer};
+use ksp_testkit::{MockKafka, RedisCluster, RedisServer};
 
 const GROUP: &str = "processors";
 const TOPIC: &str = "orders";
@@ -27,13 +27,7 @@ const LEASE_TTL: Duration = Duration::from_millis(1000);
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(150);
 
 async fn cluster() -> MockKafka {
-    let kafka = MockKafka::start(3).unwrap();
-    LagScenario::new(TOPIC, 8)
-        .lag(SLOW as usize, 5000)
-        .create(&kafka, GROUP)
-        .await
-        .unwrap();
-    kafka
+    common::cluster_with_slow_partition(3, TOPIC, GROUP, SLOW as usize).await
 }
 
 /// The Redis a test runs against.

@@ -76,3 +76,20 @@ pub fn capture_logs() -> Logs {
     })
     .clone()
 }
+
+/// An embedded cluster of `brokers` brokers with `topic` (8 partitions) on which `group` is
+/// 5000 messages behind on partition `slow` and caught up elsewhere.
+pub async fn cluster_with_slow_partition(
+    brokers: i32,
+    topic: &str,
+    group: &str,
+    slow: usize,
+) -> ksp_testkit::MockKafka {
+    let kafka = ksp_testkit::MockKafka::start(brokers).unwrap();
+    ksp_testkit::LagScenario::new(topic, 8)
+        .lag(slow, 5000)
+        .create(&kafka, group)
+        .await
+        .unwrap();
+    kafka
+}

@@ -109,7 +109,7 @@ pub struct Calibration {
 impl Calibration {
     /// Compares `predictions` (time in ms since the epoch, partition, predicted seconds) with
     /// the messages `consumed`.
-    pub fn new(predictions: &[(i64, i32, f64)], consumed: &[crate::Consumed]) -> Self {
+    pub fn new(predictions: &[(i64, i32, f64)], consumed: &[crate::ReadSample]) -> Self {
         let mut errors = Vec::new();
         for &(at, partition, predicted) in predictions {
             let mut waits: Vec<u32> = consumed
@@ -339,11 +339,11 @@ impl Sender {
 
 /// Where latencies come from.
 trait LatencySource {
-    fn take_consumed(&self) -> Vec<crate::Consumed>;
+    fn take_consumed(&self) -> Vec<crate::ReadSample>;
 }
 
 impl LatencySource for DrainingConsumer {
-    fn take_consumed(&self) -> Vec<crate::Consumed> {
+    fn take_consumed(&self) -> Vec<crate::ReadSample> {
         DrainingConsumer::take_consumed(self)
     }
 }
@@ -351,7 +351,7 @@ impl LatencySource for DrainingConsumer {
 struct NoConsumer;
 
 impl LatencySource for NoConsumer {
-    fn take_consumed(&self) -> Vec<crate::Consumed> {
+    fn take_consumed(&self) -> Vec<crate::ReadSample> {
         Vec::new()
     }
 }

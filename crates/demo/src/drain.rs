@@ -32,13 +32,13 @@ pub struct DrainingConsumer {
 struct DrainStats {
     consumed: Vec<AtomicU64>,
     /// Each message read: where, when produced, and how long it waited.
-    samples: Mutex<Vec<Consumed>>,
+    samples: Mutex<Vec<ReadSample>>,
 }
 
 /// One message read by a [`DrainingConsumer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct Consumed {
+pub struct ReadSample {
     /// Its partition.
     pub partition: i32,
     /// Its produce timestamp, in milliseconds since the Unix epoch.
@@ -80,7 +80,7 @@ impl DrainingConsumer {
     }
 
     /// Every message read so far (partition, produce time, latency), and clears them.
-    pub fn take_consumed(&self) -> Vec<Consumed> {
+    pub fn take_consumed(&self) -> Vec<ReadSample> {
         std::mem::take(
             &mut *self
                 .stats
@@ -239,7 +239,7 @@ impl DrainingConsumerBuilder {
                                             let now_ms = SystemTime::now()
                                                 .duration_since(UNIX_EPOCH)
                                                 .map_or(0, |d| d.as_millis() as i64);
-                                            latencies.push(Consumed {
+                                            latencies.push(ReadSample {
                                                 partition: p as i32,
                                                 produced_at_ms: ts,
                                                 latency_ms: (now_ms - ts)

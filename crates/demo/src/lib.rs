@@ -12,7 +12,7 @@ pub mod demo;
 mod drain;
 mod embedded;
 
-pub use drain::{Consumed, DrainingConsumer, DrainingConsumerBuilder};
+pub use drain::{DrainingConsumer, DrainingConsumerBuilder, ReadSample};
 pub use embedded::MockKafka;
 
 /// Why the demo or a fixture failed.

@@ -33,36 +33,9 @@ pub use redis::{RedisCluster, RedisServer};
 pub use scenario::LagScenario;
 pub use skew::{Skew, SkewedCollector};
 
-/// Errors of the fixtures.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TestkitError {
-    /// A Kafka client call failed.
-    #[error("{context}")]
-    Kafka {
-        /// What was being done.
-        context: String,
-        /// librdkafka's error.
-        #[source]
-        source: rdkafka::error::KafkaError,
-    },
-    /// The demo could not run.
-    #[error("demo: {0}")]
-    Demo(String),
-    /// A fixture thread could not be started.
-    #[error("starting a fixture thread")]
-    Io(#[from] std::io::Error),
-}
-
-impl From<ksp_demo::DemoError> for TestkitError {
-    fn from(e: ksp_demo::DemoError) -> Self {
-        match e {
-            ksp_demo::DemoError::Kafka { context, source } => Self::Kafka { context, source },
-            ksp_demo::DemoError::Io(e) => Self::Io(e),
-            other => Self::Demo(other.to_string()),
-        }
-    }
-}
+/// Errors of the fixtures: the demo crate's, which the fixtures share (a Kafka call, a
+/// fixture that could not run, a thread that could not start).
+pub use ksp_demo::DemoError as TestkitError;
 
 /// Result of the fixtures.
 pub type TestkitResult<T> = Result<T, TestkitError>;
