@@ -43,3 +43,5 @@ pub use rates::{ConsumerState, PartitionRates};
 pub use snapshot::HealthSnapshot;
 pub use sticky::StickyCursor;
 pub use topic::TopicHealth;
+#[doc(hidden)]
+pub use topic::mix64;

@@ -338,7 +338,11 @@ fn detour_weight(headroom: f64, most: f64) -> f64 {
     relative.log2().floor().exp2()
 }
 
-fn mix64(mut z: u64) -> u64 {
+/// SplitMix64's finalizer: a fast, well-mixed 64-bit permutation. Shared with the router,
+/// which derives key fingerprints with it; not part of the API.
+#[doc(hidden)]
+#[inline]
+pub fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)

@@ -34,14 +34,6 @@ impl RoutabilityTracker {
     }
 }
 
-/// SplitMix64's finalizer: a fast, well-mixed 64-bit permutation.
-#[inline]
-pub(crate) fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::SystemTime;

@@ -15,8 +15,9 @@ use xxhash_rust::xxh3::xxh3_64;
 
 pub use self::config::{KeyCacheConfig, RouterConfig};
 pub use self::decision::{Decision, Fallback, Route};
-use self::detours::{RoutabilityTracker, mix64};
+use self::detours::RoutabilityTracker;
 pub use self::partitioner::Partitioner;
+use ksp_core::mix64;
 
 /// A remembered detour.
 #[derive(Debug, Clone, Copy)]
