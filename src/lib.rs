@@ -44,7 +44,8 @@ pub mod blocking {
 pub mod routing {
     #[doc(inline)]
     pub use ksp_producer::{
-        Decision, Fallback, KeyCacheConfig, NewDetour, Partitioner, Route, Router, RouterConfig,
+        Decision, Fallback, KeyCacheConfig, KeyOrder, KeyOrderConfig, KeyStep, NewDetour,
+        Partitioner, Route, Router, RouterConfig,
     };
 }
 
@@ -75,8 +76,8 @@ pub mod config {
     pub use ksp_core::{BoxError, CalculatorConfig, ConfigError};
     #[doc(inline)]
     pub use ksp_producer::{
-        CacheSection, ConfigFileError, Format, HealthMonitorSection, ProducerSection,
-        SmartProducerConfig,
+        CacheSection, ConfigFileError, Format, HealthMonitorSection, KeyOrderSection,
+        ProducerSection, SmartProducerConfig,
     };
 }
 

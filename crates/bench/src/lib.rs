@@ -3,6 +3,7 @@
 
 pub mod alloc;
 pub mod fleet;
+pub mod order;
 pub mod plot;
 pub mod refresh;
 pub mod report;

@@ -42,6 +42,16 @@ enum Command {
         #[arg(long)]
         trace: bool,
     },
+    /// Per-key order in the simulator: reorderings, the slow partition's share and strict
+    /// key order's waits, per policy.
+    Order {
+        /// Simulated seconds per scenario.
+        #[arg(long, default_value_t = 300)]
+        seconds: u32,
+        /// Seed of every random choice.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Smart producer vs plain FutureProducer on the embedded cluster.
     Throughput {
         /// Messages per round and producer.
@@ -110,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
             let runs = ksp_bench::simulate_with(seconds, seed, &ours, scenario.as_deref());
             print!("{}", simulation_markdown(&runs, images.as_deref())?);
         }
+        Command::Order { seconds, seed } => print!("{}", ksp_bench::order::table(seconds, seed)),
         Command::Throughput {
             messages,
             rounds,
@@ -147,6 +158,17 @@ async fn main() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// What the key-order table shows (docs/benchmarks.md).
+const ORDER_INTRO: &str = "`cargo run --release -p ksp-bench -- order` (300 simulated seconds \
+    per scenario, seed 1): the simulator above with keyed traffic (10 000 keys), every consumed \
+    message checked against its key's sequence. *Reordered*: messages consumed after a newer \
+    message of their key. *Slow share ÷ capacity share*: partition 3's share of all messages \
+    over the run divided by its share of the consumers' capacity. *Waited*: share of keyed \
+    messages that waited in the producer under strict key order, and how long (ms). *Pinned*: \
+    messages sent to their key's old partition because a bound was hit (`max_hold` 30 s by \
+    default; the last row of each scenario with 1 s, shorter than the slow partition takes to \
+    drain).";
 
 async fn all(root: &Path) -> anyhow::Result<()> {
     let docs = root.join("docs");
@@ -186,6 +208,8 @@ async fn all(root: &Path) -> anyhow::Result<()> {
         validate::table(&validation, &one_slow),
         validate::table(&fast_validation, &fast_one)
     );
+    eprintln!("simulating key order…");
+    let order_md = ksp_bench::order::table(sim_seconds, 1);
     eprintln!("measuring the Redis L2…");
     let fleet_md = fleet::table(10, 2000).await?;
     let (routing_md, routing_worst) = report::routing_table(&target);
@@ -393,6 +417,7 @@ async fn all(root: &Path) -> anyhow::Result<()> {
          far above 1 means herding onto that partition.\n\n\
          Plots: lag of every partition over time, one panel per policy (each with its own \
          scale), the scenario's partition of interest in red.\n\n{sim_md}\n\
+         ## Key order (simulated)\n\n{ORDER_INTRO}\n\n{order_md}\n\
          ## 5. Validation on the embedded cluster\n\n{validate_md}\n\
          ## Redis L2\n\n\
          `cargo run --release -p ksp-bench -- fleet` (needs `redis-server`): requests the \

@@ -16,7 +16,7 @@ use ksp_core::{
     ThresholdCalculator, TopicLag, health_channel,
 };
 use ksp_monitor::{DampingConfig, MonitorConfig, TopicTracker};
-use ksp_producer::{Partitioner, Router, RouterConfig};
+use ksp_producer::{KeyOrderConfig, KeyStep, Partitioner, Router, RouterConfig};
 
 const TOPIC: &str = "sim";
 
@@ -81,6 +81,9 @@ pub enum Policy {
     PythonPeer,
     /// This library, with the given calculator and otherwise default settings.
     Ours(Calc),
+    /// This library under strict key order (`KeyOrder::Strict`, default bounds): a key whose
+    /// partition changes waits until its old partition's consumer committed past it.
+    OursStrict(Calc),
     /// Knows every consumer's true speed at every moment and splits traffic in proportion
     /// to it (sticky batches of 10 ms, like librdkafka; keys ignored): a reference for a
     /// capacity-aware router without a measurement delay, not a bound (a proportional split
@@ -105,6 +108,8 @@ impl Policy {
             Policy::PythonPeer => "Python peer",
             Policy::Ours(Calc::Threshold) => "ours, threshold calculator",
             Policy::Ours(Calc::Relative) => "ours, relative calculator",
+            Policy::OursStrict(Calc::Threshold) => "ours strict key order, threshold",
+            Policy::OursStrict(Calc::Relative) => "ours strict key order, relative",
             Policy::Oracle => "oracle (true speeds, proportional split)",
         }
     }
@@ -148,6 +153,15 @@ pub struct Outcome {
     /// Share of keyed messages that went to another partition than the key's previous
     /// message.
     pub keyed_moved: Option<f64>,
+    /// Keyed messages consumed before an older message of the same key (each one counted
+    /// once, when consumed after a newer one).
+    pub reorderings: u64,
+    /// Keyed messages that waited in the producer (strict key order).
+    pub held: u64,
+    /// How long those waited, in milliseconds.
+    pub hold_wait: Latency,
+    /// Keyed messages sent to their key's old partition because a bound was hit.
+    pub pinned: u64,
 }
 
 impl Outcome {
@@ -176,6 +190,8 @@ pub struct Ours {
     pub damping: DampingConfig,
     /// Print every published health to stderr.
     pub trace: bool,
+    /// Strict key order's `max_hold` (default 30 s).
+    pub max_hold: Option<Duration>,
 }
 
 impl fmt::Debug for Scenario {
@@ -270,6 +286,8 @@ enum Decider {
     },
     Ours {
         router: Router,
+        /// Strict key order: the bounds of the waits.
+        strict: Option<KeyOrderConfig>,
         publisher: HealthPublisher,
         mock: Arc<quanta::Mock>,
         calculator: Arc<dyn HotPartitionCalculator>,
@@ -285,7 +303,7 @@ pub fn run(scenario: &Scenario, policy: Policy, ours: &Ours, seed: u64) -> Outco
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut partitions = scenario.partitions;
     let final_partitions = scenario.grow.map_or(partitions, |(_, n)| n.max(partitions));
-    let mut queues: Vec<VecDeque<u64>> = vec![VecDeque::new(); final_partitions];
+    let mut queues: Vec<VecDeque<Msg>> = vec![VecDeque::new(); final_partitions];
     // High watermarks, consumed offsets, and committed offsets (consumed, as of the last
     // commit).
     let mut produced = vec![0u64; final_partitions];
@@ -307,6 +325,16 @@ pub fn run(scenario: &Scenario, policy: Policy, ours: &Ours, seed: u64) -> Outco
     let mut last_partition_of_key: HashMap<usize, i32> = HashMap::new();
     let (mut keyed_total, mut keyed_moved) = (0u64, 0u64);
     let mut pending_publish: VecDeque<(u64, Vec<(u64, u64)>)> = VecDeque::new();
+    let key_count = scenario.keys.map_or(0, |k| k.count);
+    let mut next_seq = vec![0u32; key_count];
+    let mut last_consumed: Vec<Option<u32>> = vec![None; key_count];
+    let mut reorderings = 0u64;
+    // Strict key order: each waiting key's messages (produced at, sequence) and since when.
+    let mut held: std::collections::BTreeMap<u32, (u64, VecDeque<(u64, u32)>)> =
+        std::collections::BTreeMap::new();
+    let mut held_now = 0u64;
+    let (mut held_total, mut pinned) = (0u64, 0u64);
+    let mut hold_waits: Vec<u32> = Vec::new();
 
     let mut decider = match policy {
         Policy::Librdkafka => Decider::Librdkafka {
@@ -325,18 +353,27 @@ pub fn run(scenario: &Scenario, policy: Policy, ours: &Ours, seed: u64) -> Outco
             sticky: 0,
             since_ms: 0,
         },
-        Policy::Ours(calc) => {
+        Policy::Ours(calc) | Policy::OursStrict(calc) => {
             let calculator: Arc<dyn HotPartitionCalculator> = match calc {
                 Calc::Threshold => Arc::new(ThresholdCalculator::default()),
                 Calc::Relative => Arc::new(RelativeCalculator::default()),
             };
             let (publisher, feed) = health_channel();
             let (clock, mock) = quanta::Clock::mock();
+            let strict = matches!(policy, Policy::OursStrict(_)).then(|| {
+                let strict = KeyOrderConfig::strict();
+                match ours.max_hold {
+                    Some(max_hold) => strict.with_max_hold(max_hold),
+                    None => strict,
+                }
+            });
             let config = RouterConfig::default()
                 .with_sticky_batch_bytes(1_000_000)
-                .with_sticky_linger(Duration::from_millis(10));
+                .with_sticky_linger(Duration::from_millis(10))
+                .with_key_order(strict.clone().unwrap_or_default());
             Decider::Ours {
                 router: Router::with_clock(feed, &config, clock).expect("valid router config"),
+                strict,
                 publisher,
                 mock,
                 calculator,
@@ -368,8 +405,13 @@ pub fn run(scenario: &Scenario, policy: Policy, ours: &Ours, seed: u64) -> Outco
                 .collect();
             pending_publish.push_back((now + delay_ms, observed));
         }
+        let mut changed = false;
         while pending_publish.front().is_some_and(|(at, _)| *at <= now) {
-            let (_, observed) = pending_publish.pop_front().unwrap_or_default();
+            changed = true;
+            let (at, observed) = pending_publish.pop_front().unwrap_or_default();
+            // Simulated time, not the wall clock: strict key order tells collections apart by
+            // when their lag was read.
+            let read_at = SystemTime::UNIX_EPOCH + Duration::from_millis(at - delay_ms);
             let report = TopicLag::new(
                 TOPIC,
                 observed
@@ -384,7 +426,7 @@ pub fn run(scenario: &Scenario, policy: Policy, ours: &Ours, seed: u64) -> Outco
                         )
                     })
                     .collect(),
-                SystemTime::now(),
+                read_at,
             );
             let routable: Vec<bool> = match &mut decider {
                 Decider::Librdkafka { .. } | Decider::Oracle { .. } => Vec::new(),
@@ -418,6 +460,7 @@ pub fn run(scenario: &Scenario, policy: Policy, ours: &Ours, seed: u64) -> Outco
                         trace(policy, now, &health);
                     }
                     publisher.publish(HealthSnapshot::new([Arc::new(health)]));
+                    router_of(&decider).observe_health();
                     routable
                 }
             };
@@ -429,12 +472,121 @@ pub fn run(scenario: &Scenario, policy: Policy, ours: &Ours, seed: u64) -> Outco
             }
         }
 
+        // Sends a message to partition `$p` (what the broker appends).
+        macro_rules! append {
+            ($p:expr, $msg:expr) => {{
+                let p = $p as usize;
+                let msg: Msg = $msg;
+                queues[p].push_back(msg);
+                produced[p] += 1;
+                counts[p] += 1;
+                window[p] += 1;
+                if msg.key != NO_KEY {
+                    keyed_total += 1;
+                    if last_partition_of_key
+                        .insert(msg.key as usize, $p)
+                        .is_some_and(|previous| previous != $p)
+                    {
+                        keyed_moved += 1;
+                    }
+                }
+            }};
+        }
+
+        // Strict key order: waiting keys go when their old partition drained (checked when
+        // health changes, and every 100 ms for the time bound).
+        if let Decider::Ours {
+            router,
+            strict: Some(bounds),
+            ..
+        } = &decider
+            && !held.is_empty()
+            && (changed || now % 100 == 0)
+        {
+            let max_hold = bounds.max_hold.as_millis() as u64;
+            let keys: Vec<u32> = held.keys().copied().collect();
+            for key in keys {
+                let name = &zipf
+                    .as_ref()
+                    .map(|z| z.names[key as usize].clone())
+                    .unwrap_or_default();
+                let since = held[&key].0;
+                let target = match router.route_in_order(TOPIC, name) {
+                    KeyStep::Go(decision) => decision.partition.or_else(|| {
+                        Partitioner::ConsistentRandom.home(Some(name), partitions as i32)
+                    }),
+                    KeyStep::Wait { partition } if now >= since + max_hold => {
+                        pinned += held[&key].1.len() as u64;
+                        Some(
+                            router
+                                .pin(TOPIC, name, partition)
+                                .partition
+                                .unwrap_or(partition),
+                        )
+                    }
+                    KeyStep::Wait { .. } => None,
+                };
+                if let Some(p) = target
+                    && let Some((_, messages)) = held.remove(&key)
+                {
+                    held_now -= messages.len() as u64;
+                    for (at, seq) in messages {
+                        hold_waits.push((now - at) as u32);
+                        append!(p, Msg { at, key, seq });
+                    }
+                }
+            }
+        }
+
         // Produce.
         produced_owed += (scenario.rate)(t) / 1000.0;
         while produced_owed >= 1.0 {
             produced_owed -= 1.0;
             let key = zipf.as_ref().map(|z| z.sample(&mut rng));
             let key_bytes = key.and_then(|k| zipf.as_ref().map(|z| z.names[k].as_slice()));
+            let msg = Msg {
+                at: now,
+                key: key.map_or(NO_KEY, |k| k as u32),
+                seq: key.map_or(0, |k| {
+                    next_seq[k] += 1;
+                    next_seq[k]
+                }),
+            };
+            if let (
+                Decider::Ours {
+                    router,
+                    strict: Some(bounds),
+                    ..
+                },
+                Some(name),
+            ) = (&decider, key_bytes)
+            {
+                if let Some((_, waiting)) = held.get_mut(&msg.key) {
+                    waiting.push_back((msg.at, msg.seq));
+                    held_total += 1;
+                    held_now += 1;
+                    continue;
+                }
+                match router.route_in_order(TOPIC, name) {
+                    KeyStep::Go(decision) => {
+                        let p = decision.partition.or_else(|| {
+                            Partitioner::ConsistentRandom.home(Some(name), partitions as i32)
+                        });
+                        append!(p.unwrap_or(0), msg);
+                    }
+                    KeyStep::Wait { partition } if held_now >= bounds.max_held_messages => {
+                        pinned += 1;
+                        router.pin(TOPIC, name, partition);
+                        append!(partition, msg);
+                    }
+                    KeyStep::Wait { .. } => {
+                        held.insert(msg.key, (now, VecDeque::from([(msg.at, msg.seq)])));
+                        held_total += 1;
+                        held_now += 1;
+                    }
+                }
+                continue;
+            }
             let partition = decide(
                 &mut decider,
                 &mut rng,
@@ -445,20 +597,7 @@ pub fn run(scenario: &Scenario, policy: Policy, ours: &Ours, seed: u64) -> Outco
                 scenario.payload,
                 &|p| (scenario.drain)(p, t),
             );
-            let p = partition as usize;
-            queues[p].push_back(now);
-            produced[p] += 1;
-            counts[p] += 1;
-            window[p] += 1;
-            if let Some(key) = key {
-                keyed_total += 1;
-                if last_partition_of_key
-                    .insert(key, partition)
-                    .is_some_and(|previous| previous != partition)
-                {
-                    keyed_moved += 1;
-                }
-            }
+            append!(partition, msg);
         }
 
         // Consume.
@@ -466,8 +605,16 @@ pub fn run(scenario: &Scenario, policy: Policy, ours: &Ours, seed: u64) -> Outco
             budget[p] += (scenario.drain)(p, t) / 1000.0;
             while budget[p] >= 1.0 {
                 match queues[p].pop_front() {
-                    Some(produced_at) => {
-                        latencies.push((now - produced_at) as u32);
+                    Some(msg) => {
+                        latencies.push((now - msg.at) as u32);
+                        if msg.key != NO_KEY {
+                            let last = &mut last_consumed[msg.key as usize];
+                            if last.is_some_and(|l| l > msg.seq) {
+                                reorderings += 1;
+                            } else {
+                                *last = Some(msg.seq);
+                            }
+                        }
                         consumed[p] += 1;
                         budget[p] -= 1.0;
                     }
@@ -536,23 +683,19 @@ pub fn run(scenario: &Scenario, policy: Policy, ours: &Ours, seed: u64) -> Outco
         }
     }
     for queue in &queues {
-        latencies.extend(queue.iter().map(|&produced| (end_ms - produced) as u32));
+        latencies.extend(queue.iter().map(|m| (end_ms - m.at) as u32));
     }
+    for (_, waiting) in held.values() {
+        latencies.extend(waiting.iter().map(|&(at, _)| (end_ms - at) as u32));
+        hold_waits.extend(waiting.iter().map(|&(at, _)| (end_ms - at) as u32));
+    }
+    hold_waits.sort_unstable();
     latencies.sort_unstable();
-    let at = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-            .map_or(0.0, |&v| f64::from(v))
-    };
     let total: u64 = counts.iter().sum();
     let minutes = f64::from(scenario.seconds) / 60.0;
     Outcome {
         policy,
-        latency: Latency {
-            p50: at(0.5),
-            p99: at(0.99),
-            max: latencies.last().map_or(0.0, |&v| f64::from(v)),
-        },
+        latency: percentiles(&latencies),
         lags,
         flips_per_minute: flips.iter().map(|&f| f64::from(f) / minutes).collect(),
         shares: counts
@@ -563,6 +706,43 @@ pub fn run(scenario: &Scenario, policy: Policy, ours: &Ours, seed: u64) -> Outco
         max_share_over_capacity,
         max_share_over_capacity_at,
         keyed_moved: (keyed_total > 0).then(|| keyed_moved as f64 / keyed_total as f64),
+        reorderings,
+        held: held_total,
+        hold_wait: percentiles(&hold_waits),
+        pinned,
+    }
+}
+
+/// A message in a simulated partition.
+#[derive(Debug, Clone, Copy)]
+struct Msg {
+    /// When it was produced (ms).
+    at: u64,
+    /// Its key, or [`NO_KEY`].
+    key: u32,
+    /// Its number among its key's messages, from 1.
+    seq: u32,
+}
+
+const NO_KEY: u32 = u32::MAX;
+
+fn router_of(decider: &Decider) -> &Router {
+    match decider {
+        Decider::Ours { router, .. } => router,
+        _ => unreachable!("only ours publishes health"),
+    }
+}
+
+fn percentiles(sorted: &[u32]) -> Latency {
+    let at = |q: f64| {
+        sorted
+            .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
+            .map_or(0.0, |&v| f64::from(v))
+    };
+    Latency {
+        p50: at(0.5),
+        p99: at(0.99),
+        max: sorted.last().map_or(0.0, |&v| f64::from(v)),
     }
 }
 

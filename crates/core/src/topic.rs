@@ -172,6 +172,21 @@ impl TopicHealth {
         best.map(|(_, p)| p)
     }
 
+    /// The detour of a key whose home is unroutable, by plain rendezvous hashing over the
+    /// routable partitions (every partition weighted alike): it changes only when the set of
+    /// routable partitions does, not when their rates do. The producer's strict key order
+    /// moves keys by it, since every move costs a wait there. `None` when nothing is
+    /// routable.
+    #[inline]
+    pub fn stable_detour(&self, key_hash: u64) -> Option<i32> {
+        self.routable.iter().copied().max_by_key(|&p| {
+            (
+                mix64(key_hash ^ (p as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                p,
+            )
+        })
+    }
+
     /// Builds the health of a topic by running `calculate` over its lag report.
     pub fn from_lag(
         lag: &TopicLag,

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use ksp_core::{HealthPublisher, HealthSnapshot, health_channel};
-use ksp_producer::{Partitioner, Route, Router, RouterConfig};
+use ksp_producer::{KeyOrderConfig, KeyStep, Partitioner, Route, Router, RouterConfig};
 
 const TOPIC: &str = "orders";
 const UNHEALTHY: i32 = 1;
@@ -92,5 +92,49 @@ fn decisions_during_swaps(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decisions, decisions_during_swaps);
+/// Keyed decisions under strict key order: a key at home while every partition is healthy, a
+/// key at home while another partition's keys wait (one transition open), and a key that waits.
+fn strict_decisions(c: &mut Criterion) {
+    let mut group = c.benchmark_group("route_strict");
+    for partitions in [8, 64, 1024] {
+        let (mut publisher, feed) = health_channel();
+        let config = RouterConfig::default().with_key_order(KeyOrderConfig::strict());
+        let router = Router::new(feed, &config).unwrap();
+        let all_healthy = ksp_core::testing::snapshot_with_unhealthy(TOPIC, partitions, -1);
+        publisher.publish(all_healthy);
+        router.observe_health();
+        let (_, _, home, moved) = setup(partitions);
+        assert!(matches!(
+            router.route_in_order(TOPIC, &home),
+            KeyStep::Go(d) if d.route == Route::Home
+        ));
+        group.bench_with_input(
+            BenchmarkId::new("keyed_home_nothing_moving", partitions),
+            &router,
+            |b, r| b.iter(|| r.route_in_order(black_box(TOPIC), black_box(&home))),
+        );
+        // Partition 1 turns unhealthy; its consumer never commits, so its keys keep waiting.
+        publisher.publish(snapshot(partitions));
+        router.observe_health();
+        assert!(matches!(
+            router.route_in_order(TOPIC, &moved),
+            KeyStep::Wait {
+                partition: UNHEALTHY
+            }
+        ));
+        group.bench_with_input(
+            BenchmarkId::new("keyed_home_during_a_move", partitions),
+            &router,
+            |b, r| b.iter(|| r.route_in_order(black_box(TOPIC), black_box(&home))),
+        );
+        group.bench_with_input(
+            BenchmarkId::new("keyed_waiting", partitions),
+            &router,
+            |b, r| b.iter(|| r.route_in_order(black_box(TOPIC), black_box(&moved))),
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decisions, decisions_during_swaps, strict_decisions);
 criterion_main!(benches);

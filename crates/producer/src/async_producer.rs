@@ -136,6 +136,10 @@ impl AsyncSmartProducer {
                         let key = key.unwrap_or_default();
                         Box::pin(routing.route_in_line(topic, key, size)).await
                     }
+                    Pending::Held => {
+                        let key = key.unwrap_or_default();
+                        Box::pin(routing.route_held(topic, key, size)).await
+                    }
                     // Only keyed messages (with Redis) have a line; decide as usual otherwise.
                     Pending::InLine => {
                         Routed::plain(routing.peek(topic, record.partition, key, size), false)
@@ -148,11 +152,10 @@ impl AsyncSmartProducer {
         let mut route = routed.decision.route;
         trace!(topic, %route, partition = ?record.partition, "routed");
 
+        let may_resend = routed.may_resend_unpartitioned();
         let delivery = match self.inner.producer.send_result(record) {
             Ok(delivery) => delivery,
-            Err((error, mut record))
-                if route != Route::Explicit && is_unknown_partition(&error) =>
-            {
+            Err((error, mut record)) if may_resend && is_unknown_partition(&error) => {
                 // The cluster has partitions this producer's metadata does not know yet.
                 route = Route::Fallback(Fallback::PartitionUnknownToProducer);
                 record.partition = None;

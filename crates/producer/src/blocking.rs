@@ -148,11 +148,10 @@ impl SmartProducer {
         routed_record.payload = record.payload;
         routed_record.timestamp = record.timestamp;
         routed_record.headers = record.headers;
+        let may_resend = routed.may_resend_unpartitioned();
         let sent = match self.producer.send(routed_record) {
             Ok(()) => Ok(()),
-            Err((error, mut record))
-                if route != Route::Explicit && is_unknown_partition(&error) =>
-            {
+            Err((error, mut record)) if may_resend && is_unknown_partition(&error) => {
                 // The cluster has partitions this producer's metadata does not know yet.
                 route = Route::Fallback(Fallback::PartitionUnknownToProducer);
                 record.partition = None;
@@ -220,6 +219,14 @@ impl SmartProducer {
                     self.block_on(routing.route_in_line(record.topic, key, size))
                 } else {
                     routing.route_without_waiting(record.topic, key, size)
+                }
+            }
+            Pending::Held => {
+                let key = key.unwrap_or_default();
+                if may_block() {
+                    self.block_on(routing.route_held(record.topic, key, size))
+                } else {
+                    routing.route_held_now(record.topic, key, size)
                 }
             }
             // Only keyed messages (with Redis) have a line; decide as usual otherwise.

@@ -222,6 +222,10 @@ impl AsyncSmartProducerBuilder {
             l2.follow_moves(&router);
         }
         let follower = AbortOnDropHandle::new(tokio::spawn(router.clone().follow_health()));
+        let holds = router_config
+            .key_order
+            .is_strict()
+            .then(|| crate::holds::Holds::new(router_config.key_order.clone()));
         Ok(Parts {
             kafka: producer_config,
             queue,
@@ -229,6 +233,7 @@ impl AsyncSmartProducerBuilder {
                 router,
                 monitor: handle,
                 _follower: follower,
+                holds,
                 #[cfg(feature = "redis")]
                 l2,
             }),

@@ -13,7 +13,7 @@ use rdkafka::ClientConfig;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::builder::AsyncSmartProducerBuilder;
-use crate::router::{KeyCacheConfig, RouterConfig};
+use crate::router::{KeyCacheConfig, KeyOrder, KeyOrderConfig, RouterConfig};
 
 /// Everything needed to build a smart producer, as a configuration file says it.
 ///
@@ -76,6 +76,8 @@ pub struct SmartProducerConfig {
     pub cache: CacheSection,
     /// The send path.
     pub producer: ProducerSection,
+    /// Whether keys may be reordered when they move.
+    pub key_order: KeyOrderSection,
     /// The Redis L2 (needs the cargo feature `redis`).
     #[cfg(feature = "redis")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -135,6 +137,33 @@ pub struct CacheSection {
         skip_serializing_if = "Option::is_none"
     )]
     pub ttl: Option<Duration>,
+}
+
+/// The `[key_order]` section.
+///
+/// ```toml
+/// [key_order]
+/// mode = "strict"
+/// max_hold = "30s"
+/// max_held_messages = 10000
+/// max_held_bytes = 67108864
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct KeyOrderSection {
+    /// `"relaxed"` (the default) or `"strict"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<KeyOrder>,
+    /// Longest a send waits for its key's old partition to drain.
+    #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub max_hold: Option<Duration>,
+    /// Most sends waiting at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_held_messages: Option<u64>,
+    /// Most bytes waiting at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_held_bytes: Option<u64>,
 }
 
 /// The `[producer]` section.
@@ -346,6 +375,7 @@ impl SmartProducerConfig {
             ));
         }
         self.calculator()?;
+        self.router_config().key_order.validate()?;
         #[cfg(feature = "redis")]
         if let Some(redis) = &self.redis {
             redis.validate()?;
@@ -387,6 +417,21 @@ impl SmartProducerConfig {
             cache.ttl = t;
         }
         config = config.with_key_cache(cache);
+        let o = &self.key_order;
+        let mut order = KeyOrderConfig::default();
+        if let Some(mode) = o.mode {
+            order = order.with_mode(mode);
+        }
+        if let Some(d) = o.max_hold {
+            order = order.with_max_hold(d);
+        }
+        if let Some(n) = o.max_held_messages {
+            order = order.with_max_held_messages(n);
+        }
+        if let Some(n) = o.max_held_bytes {
+            order = order.with_max_held_bytes(n);
+        }
+        config = config.with_key_order(order);
         if let Some(b) = self.producer.sticky_batch_bytes {
             config = config.with_sticky_batch_bytes(b);
         }
@@ -439,7 +484,8 @@ impl fmt::Debug for SmartProducerConfig {
             )
             .field("health_monitor", &self.health_monitor)
             .field("cache", &self.cache)
-            .field("producer", &self.producer);
+            .field("producer", &self.producer)
+            .field("key_order", &self.key_order);
         #[cfg(feature = "redis")]
         d.field("redis", &self.redis);
         d.finish()
@@ -625,6 +671,38 @@ mod tests {
         let typo = [("KSP_HEALTH_MONITOR__REFRESH".to_owned(), "2s".to_owned())];
         let err = SmartProducerConfig::parse_with_env("", Format::Toml, "test", typo).unwrap_err();
         assert!(err.to_string().contains("refresh"), "{err}");
+    }
+
+    #[test]
+    fn the_key_order_section_sets_strict_order_and_its_bounds() {
+        let c = SmartProducerConfig::parse(
+            "[key_order]\nmode = \"strict\"\nmax_hold = \"5s\"\nmax_held_messages = 100\n",
+            Format::Toml,
+        )
+        .unwrap();
+        let order = c.router_config().key_order;
+        assert!(order.is_strict());
+        assert_eq!(order.max_hold, Duration::from_secs(5));
+        assert_eq!(order.max_held_messages, 100);
+        assert_eq!(order.max_held_bytes, KeyOrderConfig::DEFAULT_MAX_HELD_BYTES);
+        let env = [("KSP_KEY_ORDER__MODE".to_owned(), "relaxed".to_owned())];
+        let c = SmartProducerConfig::parse_with_env(
+            "[key_order]\nmode = \"strict\"\n",
+            Format::Toml,
+            "test",
+            env,
+        )
+        .unwrap();
+        assert!(!c.router_config().key_order.is_strict());
+        let err = SmartProducerConfig::parse("[key_order]\nmode = \"sorted\"\n", Format::Toml)
+            .unwrap_err();
+        assert!(err.to_string().contains("sorted"), "{err}");
+        let err = SmartProducerConfig::parse("[key_order]\nmax_held_messages = 0\n", Format::Toml)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("key_order.max_held_messages"),
+            "{err}"
+        );
     }
 
     #[test]

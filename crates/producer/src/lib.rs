@@ -15,6 +15,7 @@ pub mod blocking;
 mod builder;
 mod config_file;
 mod error;
+mod holds;
 mod metrics;
 #[cfg(feature = "redis")]
 mod redis;
@@ -25,7 +26,7 @@ mod summary;
 pub use async_producer::{AsyncSmartProducer, Delivery};
 pub use builder::AsyncSmartProducerBuilder;
 pub use config_file::{
-    CacheSection, ConfigFileError, Format, HealthMonitorSection, ProducerSection,
+    CacheSection, ConfigFileError, Format, HealthMonitorSection, KeyOrderSection, ProducerSection,
     SmartProducerConfig,
 };
 pub use error::{BuildError, ProduceError};
@@ -33,6 +34,7 @@ pub use error::{BuildError, ProduceError};
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::RedisStatus;
 pub use router::{
-    Decision, Fallback, KeyCacheConfig, NewDetour, Partitioner, Route, Router, RouterConfig,
+    Decision, Fallback, KeyCacheConfig, KeyOrder, KeyOrderConfig, KeyStep, NewDetour, Partitioner,
+    Route, Router, RouterConfig,
 };
 pub use summary::{PartitionSummary, TopicSummary};

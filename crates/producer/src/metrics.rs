@@ -16,7 +16,7 @@ pub(crate) struct SendMetrics {
     cache_miss: Counter,
 }
 
-const ROUTES: usize = 10;
+const ROUTES: usize = 12;
 
 fn slot(route: Route) -> usize {
     match route {
@@ -30,6 +30,8 @@ fn slot(route: Route) -> usize {
         Route::Fallback(Fallback::NoRoutablePartition) => 7,
         Route::Fallback(Fallback::TooFewRoutable) => 8,
         Route::Fallback(Fallback::PartitionUnknownToProducer) => 9,
+        Route::Pinned => 10,
+        Route::Waiting => 11,
     }
 }
 
@@ -44,6 +46,8 @@ const LABELS: [(&str, &str); ROUTES] = [
     ("fallback", "no_routable_partition"),
     ("fallback", "too_few_routable"),
     ("fallback", "partition_unknown_to_producer"),
+    ("pinned", ""),
+    ("waiting", ""),
 ];
 
 impl SendMetrics {

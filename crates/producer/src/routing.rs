@@ -8,7 +8,7 @@ use ksp_core::{HealthFeed, HealthSnapshot};
 use ksp_monitor::{MonitorError, MonitorHandle, MonitorResult, MonitorStats, MonitorStatus};
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::router::{Decision, Fallback, Route, Router};
+use crate::router::{Decision, Fallback, KeyStep, Route, Router};
 use crate::summary::TopicSummary;
 
 /// The running parts of smart routing.
@@ -16,6 +16,8 @@ pub(crate) struct Routing {
     pub(crate) router: Arc<Router>,
     pub(crate) monitor: MonitorHandle,
     pub(crate) _follower: AbortOnDropHandle<()>,
+    /// Under strict key order: the sends that wait.
+    pub(crate) holds: Option<crate::holds::Holds>,
     #[cfg(feature = "redis")]
     pub(crate) l2: Option<crate::redis::L2>,
 }
@@ -25,13 +27,22 @@ pub(crate) struct Routed {
     pub(crate) decision: Decision,
     /// Whether a key was moved for the first time (a key-cache miss).
     pub(crate) first_move: bool,
-    /// For a key's first move agreed with the fleet: hold until the message is enqueued.
+    /// Placed by strict key order: the partition must not be left to librdkafka's
+    /// partitioner (it would send the key home, around its line and its barriers).
+    pub(crate) in_order: bool,
+    /// For a send that went through its key's line: hold until the message is enqueued (its
+    /// drop lets the key's next send go). Boxed: every send in flight carries a `Routed`, few
+    /// carry a turn.
+    pub(crate) turn: Option<Box<KeyTurn>>,
+}
+
+/// The head of a key's line.
+pub(crate) enum KeyTurn {
+    /// A key's first move, agreed with the fleet.
     #[cfg(feature = "redis")]
-    #[expect(
-        dead_code,
-        reason = "held for its drop, which lets the key's next send go"
-    )]
-    pub(crate) turn: Option<crate::redis::Turn>,
+    Fleet(#[expect(dead_code, reason = "held for its drop")] crate::redis::Turn),
+    /// A send under strict key order.
+    Held(#[expect(dead_code, reason = "held for its drop")] crate::holds::HeldTurn),
 }
 
 impl Routed {
@@ -39,9 +50,21 @@ impl Routed {
         Self {
             decision,
             first_move,
-            #[cfg(feature = "redis")]
+            in_order: false,
             turn: None,
         }
+    }
+
+    /// Marks a decision of strict key order.
+    pub(crate) fn in_order(mut self) -> Self {
+        self.in_order = true;
+        self
+    }
+
+    /// Whether a send refused because librdkafka does not know its partition yet may be sent
+    /// again without one.
+    pub(crate) fn may_resend_unpartitioned(&self) -> bool {
+        self.decision.route != Route::Explicit && !self.in_order
     }
 
     /// The decision when smart routing is disabled.
@@ -67,6 +90,8 @@ pub(crate) enum Pending {
         )
     )]
     InLine,
+    /// Strict key order: the key's move waits, or earlier sends of the key wait.
+    Held,
 }
 
 impl Routing {
@@ -79,6 +104,14 @@ impl Routing {
         key: Option<&[u8]>,
         size: usize,
     ) -> Pending {
+        if let (Some(holds), Some(key), None) = (&self.holds, key, partition) {
+            if !holds.in_line(&self.router, topic, key)
+                && let KeyStep::Go(decision) = self.router.route_in_order(topic, key)
+            {
+                return Pending::Ready(Routed::plain(decision, false).in_order());
+            }
+            return Pending::Held;
+        }
         let (decision, new_detour) = self.router.route_detailed(topic, partition, key, size);
         #[cfg(feature = "redis")]
         if let (Some(l2), Some(key), None) = (&self.l2, key, partition)
@@ -91,6 +124,27 @@ impl Routing {
             self.router.remember_detour(&detour, partition);
         }
         Pending::Ready(Routed::plain(decision, first_move))
+    }
+
+    /// Under strict key order, decides a keyed message's partition after waiting in its key's
+    /// line and for its old partition to drain (bounded).
+    pub(crate) async fn route_held(&self, topic: &str, key: &[u8], size: usize) -> Routed {
+        let Some(holds) = &self.holds else {
+            return Routed::plain(self.router.route(topic, None, Some(key), size), false);
+        };
+        let (decision, turn) = holds.route(&self.router, topic, key, size).await;
+        let mut routed = Routed::plain(decision, false).in_order();
+        routed.turn = Some(Box::new(KeyTurn::Held(turn)));
+        routed
+    }
+
+    /// [`route_held`](Self::route_held) for a sender that may not wait.
+    pub(crate) fn route_held_now(&self, topic: &str, key: &[u8], size: usize) -> Routed {
+        let decision = match &self.holds {
+            Some(holds) => holds.route_now(&self.router, topic, key),
+            None => self.router.route(topic, None, Some(key), size),
+        };
+        Routed::plain(decision, false).in_order()
     }
 
     /// Routes a keyed message through its key's line (see

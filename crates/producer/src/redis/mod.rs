@@ -24,7 +24,7 @@ use self::lines::Lines;
 pub(crate) use self::lines::Turn;
 use crate::error::BuildError;
 use crate::router::{Decision, Fallback, NewDetour, Router};
-use crate::routing::Routed;
+use crate::routing::{KeyTurn, Routed};
 
 /// The producer's Redis parts.
 pub(crate) struct L2 {
@@ -209,14 +209,16 @@ impl L2 {
             return Routed {
                 decision,
                 first_move: false,
-                turn: Some(turn),
+                in_order: false,
+                turn: Some(Box::new(KeyTurn::Fleet(turn))),
             };
         };
         let Some(proposal) = decision.partition else {
             return Routed {
                 decision,
                 first_move: true,
-                turn: Some(turn),
+                in_order: false,
+                turn: Some(Box::new(KeyTurn::Fleet(turn))),
             };
         };
         let agreed = match turn.agreed() {
@@ -244,7 +246,8 @@ impl L2 {
         Routed {
             decision,
             first_move: true,
-            turn: Some(turn),
+            in_order: false,
+            turn: Some(Box::new(KeyTurn::Fleet(turn))),
         }
     }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 use ksp_core::ConfigError;
 use rdkafka::ClientConfig;
 
+use super::order::KeyOrderConfig;
 use super::partitioner::Partitioner;
 
 /// The cache of moved keys: for each key whose home partition was unhealthy, the detour it
@@ -93,6 +94,9 @@ pub struct RouterConfig {
     pub sticky_linger: Option<Duration>,
     /// The cache of moved keys.
     pub key_cache: KeyCacheConfig,
+    /// Whether a key's messages may be reordered when it moves, and the bounds of the waits
+    /// that keep them in order.
+    pub key_order: KeyOrderConfig,
 }
 
 impl RouterConfig {
@@ -119,6 +123,13 @@ impl RouterConfig {
     #[must_use]
     pub fn with_key_cache(mut self, key_cache: KeyCacheConfig) -> Self {
         self.key_cache = key_cache;
+        self
+    }
+
+    /// Sets `key_order`.
+    #[must_use]
+    pub fn with_key_order(mut self, key_order: KeyOrderConfig) -> Self {
+        self.key_order = key_order;
         self
     }
 
@@ -198,7 +209,8 @@ impl RouterConfig {
                 "at most 900s (0 switches partition on every message)",
             ));
         }
-        self.key_cache.validate()
+        self.key_cache.validate()?;
+        self.key_order.validate()
     }
 }
 

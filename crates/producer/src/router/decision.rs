@@ -38,6 +38,14 @@ pub enum Route {
     Home,
     /// A keyed message whose home partition is unhealthy, sent to its detour.
     Moved,
+    /// Strict key order: a key whose move waited longer than its bounds allow, sent to its old
+    /// partition after its earlier messages (it stays there until the group has committed
+    /// past them).
+    Pinned,
+    /// Strict key order: the key's move waits for its old partition (the decision's
+    /// `partition`) to drain. Only [`Router::route`](super::Router::route) and `decide`
+    /// report it: a sent message waited, then went by another route.
+    Waiting,
     /// No smart decision; librdkafka's partitioner decides.
     Fallback(Fallback),
 }
@@ -70,6 +78,8 @@ impl fmt::Display for Route {
             Self::Sticky => f.write_str("sticky"),
             Self::Home => f.write_str("home"),
             Self::Moved => f.write_str("moved"),
+            Self::Pinned => f.write_str("pinned"),
+            Self::Waiting => f.write_str("waiting"),
             Self::Fallback(reason) => write!(f, "fallback({reason:?})"),
         }
     }

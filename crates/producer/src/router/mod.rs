@@ -3,6 +3,7 @@
 mod config;
 mod decision;
 mod detours;
+mod order;
 mod partitioner;
 
 use std::fmt;
@@ -16,6 +17,8 @@ use xxhash_rust::xxh3::xxh3_64;
 pub use self::config::{KeyCacheConfig, RouterConfig};
 pub use self::decision::{Decision, Fallback, Route};
 use self::detours::RoutabilityTracker;
+use self::order::Gates;
+pub use self::order::{KeyOrder, KeyOrderConfig};
 pub use self::partitioner::Partitioner;
 use ksp_core::mix64;
 
@@ -54,6 +57,23 @@ pub struct Router {
     /// A TSC clock (about 10 ns a reading, against about 24 ns for `Instant::now` here).
     clock: quanta::Clock,
     detours: Cache<u64, Detour, foldhash::fast::RandomState>,
+    /// Under strict key order: the transitions and pins keys wait on.
+    gates: Option<Gates>,
+}
+
+/// Where a keyed message goes under [`KeyOrder::Strict`], from
+/// [`Router::route_in_order`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStep {
+    /// Send it now.
+    Go(Decision),
+    /// The key's partition changed, and the group has not yet committed past what may have
+    /// been sent to it on `partition`, its old one: wait (and ask again when health changes),
+    /// or send it there and [`pin`](Router::pin) the key.
+    Wait {
+        /// The key's old partition.
+        partition: i32,
+    },
 }
 
 impl Router {
@@ -82,6 +102,7 @@ impl Router {
             sticky_linger_ticks: ticks_for(&clock, config.effective_sticky_linger()),
             clock,
             detours,
+            gates: config.key_order.is_strict().then(Gates::default),
         })
     }
 
@@ -123,6 +144,16 @@ impl Router {
                 route: Route::Explicit,
             };
             return (explicit, None);
+        }
+        if let (Some(key), Some(_)) = (key, &self.gates) {
+            let decision = match self.step(topic, key, false) {
+                KeyStep::Go(decision) => decision,
+                KeyStep::Wait { .. } => Decision {
+                    partition: None,
+                    route: Route::Waiting,
+                },
+            };
+            return (decision, None);
         }
         let snapshot = self.feed.load();
         let Some(health) = snapshot.topic(topic) else {
@@ -237,6 +268,167 @@ impl Router {
         (moved, Some(detour))
     }
 
+    /// The key order this router keeps.
+    pub fn key_order(&self) -> KeyOrder {
+        if self.gates.is_some() {
+            KeyOrder::Strict
+        } else {
+            KeyOrder::Relaxed
+        }
+    }
+
+    /// Where a keyed message of `topic` goes under [`KeyOrder::Strict`] (under `Relaxed`, as
+    /// [`route`](Self::route)): to its home while it is routable, otherwise to its detour by
+    /// plain rendezvous hashing over the routable partitions (the same in every instance that
+    /// sees the same health); but a key whose partition changed waits until the group has
+    /// committed past what may have been sent to it on its old one (see `docs/routing.md`).
+    ///
+    /// While the topic's health is stale, keys keep the partitions the last health gave them;
+    /// without health for the topic, librdkafka's partitioner decides (the key's home).
+    /// Allocates nothing; takes a lock only for keys when some key is pinned.
+    #[inline]
+    pub fn route_in_order(&self, topic: &str, key: &[u8]) -> KeyStep {
+        self.step(topic, key, true)
+    }
+
+    /// [`route_in_order`](Self::route_in_order); `sending` when the message goes where the
+    /// answer says (a pinned key's pin then covers it), not when only asking.
+    #[inline]
+    fn step(&self, topic: &str, key: &[u8], sending: bool) -> KeyStep {
+        let Some(gates) = &self.gates else {
+            return KeyStep::Go(self.route_detailed(topic, None, Some(key), key.len()).0);
+        };
+        let topic_hash = TopicHealth::hash_of(topic);
+        let Some(view) = gates.view(topic_hash) else {
+            return KeyStep::Go(Decision::fallback(Fallback::NoHealth));
+        };
+        let key_hash = xxh3_64(key);
+        let Some((target, route)) = self.place(&view.placement, key, key_hash) else {
+            // No home (an empty key under `consistent_random`, any key under `random`): routed
+            // like a keyless message, as librdkafka would.
+            if view.placement.is_stale() {
+                return KeyStep::Go(Decision::fallback(Fallback::Stale));
+            }
+            return KeyStep::Go(self.sticky(&view.placement, key.len()));
+        };
+        let route = if view.placement.is_stale() {
+            Route::Fallback(Fallback::Stale)
+        } else {
+            route
+        };
+        let fingerprint = fingerprint_with(topic_hash, key_hash);
+        if let Some(pin) = gates.pin(fingerprint) {
+            if pin.partition == target || pin.drained(&view.marks) {
+                gates.unpin(fingerprint, &pin);
+            } else {
+                if sending {
+                    gates.set_pin(
+                        fingerprint,
+                        topic_hash,
+                        pin.partition,
+                        view.placement.collected_at(),
+                    );
+                }
+                return KeyStep::Go(Decision {
+                    partition: Some(pin.partition),
+                    route: Route::Pinned,
+                });
+            }
+        }
+        // Follow the key through the open transitions, oldest first: before each, it was
+        // where that transition's old placement put it; it may have left only once that
+        // partition drained past the transition's barrier.
+        let place = |health: &TopicHealth| self.place(health, key, key_hash).map(|(p, _)| p);
+        for (i, transition) in view.transitions.iter().enumerate() {
+            let here = place(&transition.from);
+            let next = match view.transitions.get(i + 1) {
+                Some(later) => place(&later.from),
+                None => Some(target),
+            };
+            if let Some(here) = here
+                && next != Some(here)
+                && !transition.drained(here)
+            {
+                if here == target {
+                    break;
+                }
+                return KeyStep::Wait { partition: here };
+            }
+        }
+        KeyStep::Go(Decision {
+            partition: Some(target),
+            route,
+        })
+    }
+
+    /// Sends the key to `partition` (its old one, after a [`KeyStep::Wait`] that could not
+    /// wait longer) and keeps it there until the group has committed past this send, so its
+    /// later messages cannot overtake it.
+    pub fn pin(&self, topic: &str, key: &[u8], partition: i32) -> Decision {
+        if let Some(gates) = &self.gates {
+            let topic_hash = TopicHealth::hash_of(topic);
+            // Without health for the topic, the pin's barrier is the second collection once
+            // health comes.
+            let after = gates
+                .view(topic_hash)
+                .map_or(std::time::SystemTime::UNIX_EPOCH, |v| {
+                    v.placement.collected_at()
+                });
+            gates.set_pin(
+                fingerprint_with(topic_hash, xxh3_64(key)),
+                topic_hash,
+                partition,
+                after,
+            );
+        }
+        Decision {
+            partition: Some(partition),
+            route: Route::Pinned,
+        }
+    }
+
+    /// A key's identity in the lines of waiting sends.
+    pub(crate) fn key_fingerprint(&self, topic: &str, key: &[u8]) -> u64 {
+        fingerprint(topic, xxh3_64(key))
+    }
+
+    /// Takes in the feed's current snapshot for strict key order now (the producer does it on
+    /// every snapshot; a simulation driving a router by hand calls it after each publication).
+    pub fn observe_health(&self) {
+        if let Some(gates) = &self.gates {
+            gates.observe(&self.feed.load_full());
+        }
+    }
+
+    /// Wakes whenever strict key order has taken in a new snapshot (never under `Relaxed`).
+    pub fn key_order_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.gates.as_ref().map(Gates::subscribe)
+    }
+
+    /// Keys pinned to their old partition now, and transitions closed before they drained
+    /// (see [`KeyOrder::Strict`]); zeros under `Relaxed`.
+    pub fn key_order_counts(&self) -> (usize, u64) {
+        self.gates
+            .as_ref()
+            .map_or((0, 0), |g| (g.pinned_keys(), g.dropped_transitions()))
+    }
+
+    /// Where strict key order places a key under `health`, and why.
+    #[inline]
+    fn place(&self, health: &TopicHealth, key: &[u8], key_hash: u64) -> Option<(i32, Route)> {
+        let home = self.partitioner.home(Some(key), health.partition_count())?;
+        if health.is_routable(home) {
+            return Some((home, Route::Home));
+        }
+        if health.routable_partitions().is_empty() {
+            return Some((home, Route::Fallback(Fallback::NoRoutablePartition)));
+        }
+        if !health.can_absorb_moved_keys() {
+            return Some((home, Route::Fallback(Fallback::TooFewRoutable)));
+        }
+        health.stable_detour(key_hash).map(|p| (p, Route::Moved))
+    }
+
     /// The health feed this router reads.
     pub fn feed(&self) -> &HealthFeed {
         &self.feed
@@ -269,8 +461,15 @@ impl Router {
 
     async fn follow(self: Arc<Self>, mut changes: tokio::sync::watch::Receiver<u64>) {
         let mut tracker = RoutabilityTracker::default();
+        if self.feed.load().version() > 0 {
+            self.observe_health();
+        }
         while changes.changed().await.is_ok() {
             let snapshot = self.feed.load_full();
+            if let Some(gates) = &self.gates {
+                gates.observe(&snapshot);
+                continue;
+            }
             let lost = tracker.newly_unroutable(&snapshot);
             if lost.is_empty() {
                 continue;
@@ -625,5 +824,158 @@ mod tests {
         assert_eq!(router.moved_keys(), before - to_two);
         drop(publisher);
         follower.await.unwrap();
+    }
+
+    fn strict_router() -> (HealthPublisher, Router) {
+        let (publisher, feed) = health_channel();
+        let config = RouterConfig::default().with_key_order(KeyOrderConfig::strict());
+        (publisher, Router::new(feed, &config).unwrap())
+    }
+
+    /// Publishes health with `(committed, high watermark)` per partition and lets the
+    /// router take it in.
+    fn publish_offsets(
+        publisher: &mut HealthPublisher,
+        router: &Router,
+        healthy: &[bool],
+        offsets: &[(i64, i64)],
+    ) {
+        let partitions = healthy
+            .iter()
+            .zip(offsets)
+            .enumerate()
+            .map(|(p, (&h, &(committed, high)))| {
+                PartitionHealth::new(
+                    PartitionLag::from_offsets(p as i32, Some(committed), None, high),
+                    if h { 1.0 } else { 0.0 },
+                    h,
+                )
+            })
+            .collect();
+        publisher.publish(HealthSnapshot::new([Arc::new(TopicHealth::new(
+            "t",
+            SystemTime::now(),
+            partitions,
+        ))]));
+        router.observe_health();
+    }
+
+    #[test]
+    fn strict_key_waits_until_its_old_partition_drains_past_the_barrier() {
+        let (mut publisher, router) = strict_router();
+        let key = key_with_home(&router, 1, 4);
+        publish_offsets(&mut publisher, &router, &[true; 4], &[(0, 10); 4]);
+        assert_eq!(
+            router.route_in_order("t", &key),
+            KeyStep::Go(Decision {
+                partition: Some(1),
+                route: Route::Home
+            })
+        );
+        // Home turns unhealthy with 100 messages waiting: the key waits. The barrier is the
+        // next snapshot's watermark (105); committed 104 is not enough, 105 is.
+        let sick = [true, false, true, true];
+        for committed in [None, Some(50), Some(104), Some(105)] {
+            let home = committed.map_or((0, 100), |c| (c, 105));
+            publish_offsets(
+                &mut publisher,
+                &router,
+                &sick,
+                &[(10, 10), home, (10, 10), (10, 10)],
+            );
+            if committed != Some(105) {
+                assert_eq!(
+                    router.route_in_order("t", &key),
+                    KeyStep::Wait { partition: 1 }
+                );
+            }
+        }
+        let KeyStep::Go(moved) = router.route_in_order("t", &key) else {
+            panic!("the key still waits");
+        };
+        assert_eq!(moved.route, Route::Moved);
+        let detour = moved.partition.unwrap();
+        assert_ne!(detour, 1);
+        // Keys whose home stayed healthy never wait.
+        let other = key_with_home(&router, 2, 4);
+        assert!(
+            matches!(router.route_in_order("t", &other), KeyStep::Go(d) if d.partition == Some(2))
+        );
+        // Home recovers: the key goes back only once its detour drained past its barrier.
+        let mut offsets = [(10, 10), (105, 105), (10, 10), (10, 10)];
+        offsets[detour as usize] = (10, 30);
+        publish_offsets(&mut publisher, &router, &[true; 4], &offsets);
+        assert_eq!(
+            router.route_in_order("t", &key),
+            KeyStep::Wait { partition: detour }
+        );
+        offsets[detour as usize] = (30, 31);
+        publish_offsets(&mut publisher, &router, &[true; 4], &offsets);
+        assert_eq!(
+            router.route_in_order("t", &key),
+            KeyStep::Wait { partition: detour }
+        );
+        offsets[detour as usize] = (31, 31);
+        publish_offsets(&mut publisher, &router, &[true; 4], &offsets);
+        assert_eq!(
+            router.route_in_order("t", &key),
+            KeyStep::Go(Decision {
+                partition: Some(1),
+                route: Route::Home
+            })
+        );
+    }
+
+    #[test]
+    fn a_pinned_key_stays_on_its_old_partition_until_it_drains() {
+        let (mut publisher, router) = strict_router();
+        let key = key_with_home(&router, 0, 2);
+        publish_offsets(&mut publisher, &router, &[true, true], &[(0, 0), (0, 0)]);
+        publish_offsets(&mut publisher, &router, &[false, true], &[(0, 50), (0, 0)]);
+        assert_eq!(
+            router.route_in_order("t", &key),
+            KeyStep::Wait { partition: 0 }
+        );
+        assert_eq!(router.pin("t", &key, 0).route, Route::Pinned);
+        // The pinned send is in the next watermark (51).
+        publish_offsets(&mut publisher, &router, &[false, true], &[(50, 51), (0, 0)]);
+        let pinned = KeyStep::Go(Decision {
+            partition: Some(0),
+            route: Route::Pinned,
+        });
+        assert_eq!(router.route_in_order("t", &key), pinned);
+        assert_eq!(router.key_order_counts().0, 1);
+        // That send (made under the health read just before) is covered only by the second
+        // collection after that health: not yet.
+        publish_offsets(&mut publisher, &router, &[false, true], &[(51, 52), (0, 0)]);
+        assert_eq!(router.route_in_order("t", &key), pinned);
+        publish_offsets(&mut publisher, &router, &[false, true], &[(52, 53), (0, 0)]);
+        publish_offsets(&mut publisher, &router, &[false, true], &[(53, 53), (0, 0)]);
+        assert_eq!(
+            router.route_in_order("t", &key),
+            KeyStep::Go(Decision {
+                partition: Some(1),
+                route: Route::Moved
+            })
+        );
+        assert_eq!(router.key_order_counts().0, 0);
+    }
+
+    #[test]
+    fn strict_keys_keep_their_partition_while_health_is_stale() {
+        let (mut publisher, router) = strict_router();
+        let key = key_with_home(&router, 0, 2);
+        publish_offsets(&mut publisher, &router, &[false, true], &[(0, 0), (0, 0)]);
+        publish_offsets(&mut publisher, &router, &[false, true], &[(0, 0), (0, 0)]);
+        let stale = router.feed().load().topic("t").unwrap().to_stale();
+        publisher.publish(HealthSnapshot::new([Arc::new(stale)]));
+        router.observe_health();
+        assert_eq!(
+            router.route_in_order("t", &key),
+            KeyStep::Go(Decision {
+                partition: Some(1),
+                route: Route::Fallback(Fallback::Stale)
+            })
+        );
     }
 }

@@ -1,0 +1,360 @@
+//! Sends that wait under strict key order: each key's sends in one line, first come first
+//! served, within the bounds of [`KeyOrderConfig`]; a send that reaches a bound goes to its
+//! key's old partition, which pins the key there.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use metrics::{Counter, Gauge, Histogram};
+use tokio::sync::OwnedMutexGuard;
+use tokio::time::Instant;
+
+use crate::router::{KeyOrderConfig, KeyStep, Router};
+
+/// The waits of strict key order in one producer.
+pub(crate) struct Holds {
+    config: KeyOrderConfig,
+    lines: Arc<KeyLines>,
+    messages: AtomicU64,
+    bytes: AtomicU64,
+    metrics: HoldMetrics,
+}
+
+struct HoldMetrics {
+    held: Counter,
+    released: Counter,
+    waited: Histogram,
+    overflow: [Counter; 4],
+    waiting: Gauge,
+}
+
+/// Why a send stopped waiting and went to its key's old partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bound {
+    Messages = 0,
+    Bytes = 1,
+    Time = 2,
+    /// A blocking send on a thread that may not block.
+    CannotWait = 3,
+}
+
+/// A send in its key's line: the line's turn, held until the message is enqueued.
+pub(crate) struct HeldTurn {
+    _turn: LineTurn,
+}
+
+impl Holds {
+    pub(crate) fn new(config: KeyOrderConfig) -> Self {
+        let overflow = ["messages", "bytes", "time", "cannot_wait"]
+            .map(|bound| metrics::counter!("ksp_key_order_overflow_total", "bound" => bound));
+        Self {
+            config,
+            lines: Arc::default(),
+            messages: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            metrics: HoldMetrics {
+                held: metrics::counter!("ksp_key_order_held_total"),
+                released: metrics::counter!("ksp_key_order_released_total"),
+                waited: metrics::histogram!("ksp_key_order_hold_seconds"),
+                overflow,
+                waiting: metrics::gauge!("ksp_key_order_held_messages"),
+            },
+        }
+    }
+
+    /// Whether a send of this key must go through its line (a send of the key waits there).
+    #[inline]
+    pub(crate) fn in_line(&self, router: &Router, topic: &str, key: &[u8]) -> bool {
+        !self.lines.none_open() && self.lines.is_open(router.key_fingerprint(topic, key))
+    }
+
+    /// Decides a keyed message's partition under strict key order, waiting in its key's line
+    /// and then for its old partition to drain, at most `max_hold` from the call (the send at
+    /// the head of a line waits at most that long, so the wait for the turn is bounded too).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future gives up the send's place in the line and its share of
+    /// the bounds; nothing was sent.
+    pub(crate) async fn route(
+        &self,
+        router: &Router,
+        topic: &str,
+        key: &[u8],
+        size: usize,
+    ) -> (crate::router::Decision, HeldTurn) {
+        // The bounds and the deadline count from joining the line: a send queued behind its
+        // key's waiting sends is waiting too.
+        let ticket = self.lines.join(router.key_fingerprint(topic, key));
+        let deadline = Instant::now() + self.config.max_hold;
+        let reservation = self.reserve(size);
+        let turn = HeldTurn {
+            _turn: ticket.turn().await,
+        };
+        let Some(mut changes) = router.key_order_changes() else {
+            return (router.route(topic, None, Some(key), size), turn);
+        };
+        loop {
+            changes.borrow_and_update();
+            let partition = match router.route_in_order(topic, key) {
+                KeyStep::Go(decision) => {
+                    if let Ok(r) = &reservation {
+                        self.metrics.released.increment(1);
+                        self.metrics.waited.record(r.since.elapsed().as_secs_f64());
+                    }
+                    return (decision, turn);
+                }
+                KeyStep::Wait { partition } => partition,
+            };
+            if let Err(bound) = reservation {
+                return (self.overflow(router, topic, key, partition, bound), turn);
+            }
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return (self.overflow(router, topic, key, partition, Bound::Time), turn);
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    return (self.overflow(router, topic, key, partition, Bound::Time), turn);
+                }
+            }
+        }
+    }
+
+    /// The decision for a sender that may not wait: where the key goes now, or its old
+    /// partition (pinned) when it would have to wait.
+    pub(crate) fn route_now(
+        &self,
+        router: &Router,
+        topic: &str,
+        key: &[u8],
+    ) -> crate::router::Decision {
+        match router.route_in_order(topic, key) {
+            KeyStep::Go(decision) => decision,
+            KeyStep::Wait { partition } => {
+                self.overflow(router, topic, key, partition, Bound::CannotWait)
+            }
+        }
+    }
+
+    fn overflow(
+        &self,
+        router: &Router,
+        topic: &str,
+        key: &[u8],
+        partition: i32,
+        bound: Bound,
+    ) -> crate::router::Decision {
+        self.metrics.overflow[bound as usize].increment(1);
+        tracing::debug!(
+            topic,
+            partition,
+            ?bound,
+            "a key's move could not wait longer: it stays on its old partition"
+        );
+        router.pin(topic, key, partition)
+    }
+
+    fn reserve(&self, size: usize) -> Result<Reservation<'_>, Bound> {
+        let size = size as u64;
+        if self.messages.fetch_add(1, Ordering::AcqRel) >= self.config.max_held_messages {
+            self.messages.fetch_sub(1, Ordering::AcqRel);
+            return Err(Bound::Messages);
+        }
+        if self.bytes.fetch_add(size, Ordering::AcqRel) + size > self.config.max_held_bytes {
+            self.bytes.fetch_sub(size, Ordering::AcqRel);
+            self.messages.fetch_sub(1, Ordering::AcqRel);
+            return Err(Bound::Bytes);
+        }
+        self.metrics.held.increment(1);
+        self.metrics.waiting.increment(1.0);
+        Ok(Reservation {
+            holds: self,
+            size,
+            since: std::time::Instant::now(),
+        })
+    }
+}
+
+/// A waiting send's share of the bounds.
+struct Reservation<'a> {
+    holds: &'a Holds,
+    size: u64,
+    since: std::time::Instant,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.holds.messages.fetch_sub(1, Ordering::AcqRel);
+        self.holds.bytes.fetch_sub(self.size, Ordering::AcqRel);
+        self.holds.metrics.waiting.decrement(1.0);
+    }
+}
+
+/// The open lines, by key fingerprint: each line's turn and how many sends are in it.
+#[derive(Default)]
+struct KeyLines {
+    map: Mutex<LineMap>,
+    open: AtomicUsize,
+}
+
+type LineMap = HashMap<u64, (Arc<tokio::sync::Mutex<()>>, usize)>;
+
+impl KeyLines {
+    fn map(&self) -> MutexGuard<'_, LineMap> {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    #[inline]
+    fn none_open(&self) -> bool {
+        self.open.load(Ordering::Acquire) == 0
+    }
+
+    fn is_open(&self, fingerprint: u64) -> bool {
+        self.map().contains_key(&fingerprint)
+    }
+
+    /// Joins the key's line (opening it), synchronously: a send of the key made after this
+    /// call queues behind this one.
+    fn join(self: &Arc<Self>, fingerprint: u64) -> LineTicket {
+        let mut map = self.map();
+        let entry = map.entry(fingerprint).or_insert_with(|| {
+            self.open.fetch_add(1, Ordering::AcqRel);
+            (Arc::default(), 0)
+        });
+        entry.1 += 1;
+        LineTicket {
+            line: entry.0.clone(),
+            member: Member {
+                lines: self.clone(),
+                fingerprint,
+            },
+        }
+    }
+}
+
+/// A send's membership of its key's line; the last one out closes the line.
+struct Member {
+    lines: Arc<KeyLines>,
+    fingerprint: u64,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let mut map = self.lines.map();
+        if let Some(entry) = map.get_mut(&self.fingerprint) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                map.remove(&self.fingerprint);
+                self.lines.open.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+/// A place in a key's line. Dropped, it leaves the line.
+struct LineTicket {
+    line: Arc<tokio::sync::Mutex<()>>,
+    member: Member,
+}
+
+impl LineTicket {
+    /// Waits for the head of the line (the mutex is fair: first come, first served).
+    async fn turn(self) -> LineTurn {
+        let LineTicket { line, member } = self;
+        let guard = line.lock_owned().await;
+        LineTurn {
+            _guard: guard,
+            _member: member,
+        }
+    }
+}
+
+/// The head of a key's line (fields drop in order: the turn passes, then the send leaves).
+struct LineTurn {
+    _guard: OwnedMutexGuard<()>,
+    _member: Member,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+    use std::time::{Duration, SystemTime};
+
+    use ksp_core::{HealthSnapshot, PartitionHealth, PartitionLag, TopicHealth, health_channel};
+
+    use super::*;
+    use crate::router::{Route, RouterConfig};
+
+    fn snapshot(healthy: &[bool]) -> HealthSnapshot {
+        let partitions = healthy
+            .iter()
+            .enumerate()
+            .map(|(p, &h)| {
+                // The consumer never commits past 0: nothing drains.
+                PartitionHealth::new(
+                    PartitionLag::from_offsets(p as i32, Some(0), None, 100),
+                    f64::from(u8::from(h)),
+                    h,
+                )
+            })
+            .collect();
+        HealthSnapshot::new([Arc::new(TopicHealth::new(
+            "t",
+            SystemTime::now(),
+            partitions,
+        ))])
+    }
+
+    /// Review finding: only the send at the head of a key's line counted against the bounds,
+    /// and the sends queued behind it started their `max_hold` only at their turn (three sends
+    /// waited three times `max_hold`).
+    #[tokio::test(start_paused = true)]
+    async fn sends_queued_behind_a_waiting_send_share_its_deadline_and_the_bounds() {
+        let (mut publisher, feed) = health_channel();
+        let order = KeyOrderConfig::strict()
+            .with_max_hold(Duration::from_secs(1))
+            .with_max_held_messages(2);
+        let router =
+            Router::new(feed, &RouterConfig::default().with_key_order(order.clone())).unwrap();
+        publisher.publish(snapshot(&[true, true]));
+        router.observe_health();
+        let key = (0..)
+            .map(|i| format!("k{i}").into_bytes())
+            .find(|k| router.partitioner().home(Some(k), 2) == Some(0))
+            .unwrap();
+        publisher.publish(snapshot(&[false, true]));
+        router.observe_health();
+        assert_eq!(
+            router.route_in_order("t", &key),
+            KeyStep::Wait { partition: 0 }
+        );
+
+        let holds = Holds::new(order);
+        let done = StdMutex::new(Vec::new());
+        let start = Instant::now();
+        let send = |i: usize| {
+            let (holds, router, key, done) = (&holds, &router, &key, &done);
+            async move {
+                let (decision, turn) = holds.route(router, "t", key, 10).await;
+                done.lock().unwrap().push((i, decision, start.elapsed()));
+                drop(turn);
+            }
+        };
+        futures::future::join3(send(0), send(1), send(2)).await;
+        let done = done.into_inner().unwrap();
+        // In call order, each to the old partition (pinned), all by the first one's deadline.
+        assert_eq!(done.iter().map(|d| d.0).collect::<Vec<_>>(), [0, 1, 2]);
+        for (_, decision, elapsed) in &done {
+            assert_eq!(decision.partition, Some(0));
+            assert_eq!(decision.route, Route::Pinned);
+            assert!(*elapsed <= Duration::from_millis(1001), "{elapsed:?}");
+        }
+        // Every reservation was given back.
+        assert_eq!(holds.messages.load(Ordering::Acquire), 0);
+        assert_eq!(holds.bytes.load(Ordering::Acquire), 0);
+        assert!(holds.lines.none_open());
+    }
+}
