@@ -271,3 +271,37 @@ async fn the_same_route_after_the_unknown_partition_retry(flavour: &str) {
     producer.close().await;
 }
 }
+
+for_both! {
+/// Under strict key order a keyed message goes where the key is placed or nowhere: when
+/// librdkafka does not know that partition (and does not learn it from fresh metadata), the
+/// send is refused with the message handed back, instead of being re-sent where librdkafka's
+/// partitioner would put the key (around its barriers).
+async fn strict_key_order_refuses_a_partition_librdkafka_does_not_know(flavour: &str) {
+    use kafka_smart_producer::rdkafka::error::RDKafkaErrorCode;
+    use kafka_smart_producer::routing::{KeyOrderConfig, RouterConfig};
+    let kafka = MockKafka::start(1).unwrap();
+    kafka.create_topic(TOPIC, 4).unwrap();
+    let collector = Arc::new(ManualCollector::new());
+    collector.set_lags(TOPIC, &[0; 8]);
+    let (producer, _) = Producer::build(
+        flavour,
+        smart(kafka.client_config())
+            .collector(collector.clone())
+            .router(RouterConfig::default().with_key_order(KeyOrderConfig::strict())),
+    );
+    producer.refresh().await;
+    producer.send(None, "warm-up", Some(0)).await.unwrap();
+    let known = key_homed_on(1);
+    let d = producer.send(Some(&known), "v", None).await.unwrap();
+    assert_eq!((d.partition, d.route), (1, Route::Home));
+    let unknown = key_homed_on(6);
+    let e = producer.send(Some(&unknown), "v", None).await.unwrap_err();
+    assert_eq!(
+        e.error().rdkafka_error_code(),
+        Some(RDKafkaErrorCode::UnknownPartition),
+        "{e}"
+    );
+    producer.close().await;
+}
+}

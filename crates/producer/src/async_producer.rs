@@ -165,6 +165,12 @@ impl AsyncSmartProducer {
                     .map_err(|(error, record)| ProduceError::refused(error, parts(record), route))?
             }
             Err((error, record)) => {
+                if routed.in_order && is_unknown_partition(&error) {
+                    // Strict key order: the key must go where it was placed, not where
+                    // librdkafka's partitioner would send it. Partitions were just added:
+                    // refused, and librdkafka learns them for the next try.
+                    refresh_metadata(&self.inner.producer, topic);
+                }
                 return Err(ProduceError::refused(error, parts(record), route));
             }
         };
@@ -422,6 +428,23 @@ impl Drop for OffloadedDrop {
         {
             runtime.spawn_blocking(move || drop(producer));
         }
+    }
+}
+
+/// How long a strict-order send refused for an unknown partition lets librdkafka fetch fresh
+/// metadata.
+pub(crate) const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Fetches `topic`'s metadata on a blocking thread, so that librdkafka learns partitions just
+/// added: a strict-order send refused for an unknown partition succeeds when tried again.
+fn refresh_metadata(producer: &FutureProducer, topic: &str) {
+    let (producer, topic) = (producer.clone(), topic.to_owned());
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        drop(runtime.spawn_blocking(move || {
+            let _ = producer
+                .client()
+                .fetch_metadata(Some(&topic), METADATA_TIMEOUT);
+        }));
     }
 }
 

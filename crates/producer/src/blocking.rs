@@ -14,7 +14,7 @@ use rdkafka::producer::{
 use rdkafka::{ClientConfig, ClientContext};
 use tokio::runtime::{Handle, RuntimeFlavor};
 
-use crate::async_producer::{Delivery, is_unknown_partition};
+use crate::async_producer::{Delivery, METADATA_TIMEOUT, is_unknown_partition};
 use crate::backpressure::{LocalQueue, OwnedReservation};
 use crate::builder::AsyncSmartProducerBuilder;
 use crate::error::{BuildError, ProduceError, RecordParts};
@@ -158,7 +158,29 @@ impl SmartProducer {
                 record.delivery_opaque.route = route;
                 self.producer.send(record)
             }
-            Err(refused) => Err(refused),
+            Err((error, record)) => {
+                if routed.in_order && is_unknown_partition(&error) {
+                    // Strict key order: the key must go where it was placed. Partitions were
+                    // just added: refused, and librdkafka learns them for the next try (where
+                    // this thread may wait for it).
+                    if may_block() {
+                        let fetch = || {
+                            self.producer
+                                .client()
+                                .fetch_metadata(Some(record.topic), METADATA_TIMEOUT)
+                        };
+                        let _ = match Handle::try_current() {
+                            Ok(current)
+                                if current.runtime_flavor() == RuntimeFlavor::MultiThread =>
+                            {
+                                tokio::task::block_in_place(fetch)
+                            }
+                            _ => fetch(),
+                        };
+                    }
+                }
+                Err((error, record))
+            }
         };
         let first_move = routed.first_move;
         // Enqueued (or refused): the key's next sends may follow.

@@ -31,6 +31,7 @@ struct HoldMetrics {
 
 /// Why a send stopped waiting and went to its key's old partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub(crate) enum Bound {
     Messages = 0,
     Bytes = 1,
@@ -89,6 +90,12 @@ impl Holds {
         let ticket = self.lines.join(router.key_fingerprint(topic, key));
         let deadline = Instant::now() + self.config.max_hold;
         let reservation = self.reserve(size);
+        let flush = ticket.flush.clone();
+        if let Err(bound) = &reservation {
+            // Over a bound: the key's waiting sends go to its old partition now, so that this
+            // one does not wait behind them.
+            flush.raise(*bound);
+        }
         let turn = HeldTurn {
             _turn: ticket.turn().await,
         };
@@ -110,7 +117,15 @@ impl Holds {
             if let Err(bound) = reservation {
                 return (self.overflow(router, topic, key, partition, bound), turn);
             }
+            let flushed = flush.notify.notified();
+            if let Some(bound) = flush.raised() {
+                return (self.overflow(router, topic, key, partition, bound), turn);
+            }
             tokio::select! {
+                () = flushed => {
+                    let bound = flush.raised().unwrap_or(Bound::Messages);
+                    return (self.overflow(router, topic, key, partition, bound), turn);
+                }
                 changed = changes.changed() => {
                     if changed.is_err() {
                         return (self.overflow(router, topic, key, partition, Bound::Time), turn);
@@ -200,7 +215,35 @@ struct KeyLines {
     open: AtomicUsize,
 }
 
-type LineMap = HashMap<u64, (Arc<tokio::sync::Mutex<()>>, usize)>;
+/// Per key: the line's turn, the sends in it, and its flush.
+type LineMap = HashMap<u64, (Arc<tokio::sync::Mutex<()>>, usize, Arc<Flush>)>;
+
+/// Raised when a send of the key found a bound reached: the send waiting at the head of the
+/// line stops waiting, and those behind it follow it to the key's old partition.
+#[derive(Default)]
+pub(crate) struct Flush {
+    /// `Bound as u8 + 1`, or 0.
+    raised: std::sync::atomic::AtomicU8,
+    notify: tokio::sync::Notify,
+}
+
+impl Flush {
+    fn raise(&self, bound: Bound) {
+        self.raised.store(bound as u8 + 1, Ordering::Release);
+        // One waiter at most (the head of the line); the permit is kept if it is not waiting.
+        self.notify.notify_one();
+    }
+
+    fn raised(&self) -> Option<Bound> {
+        match self.raised.load(Ordering::Acquire) {
+            0 => None,
+            1 => Some(Bound::Messages),
+            2 => Some(Bound::Bytes),
+            3 => Some(Bound::Time),
+            _ => Some(Bound::CannotWait),
+        }
+    }
+}
 
 impl KeyLines {
     fn map(&self) -> MutexGuard<'_, LineMap> {
@@ -222,11 +265,12 @@ impl KeyLines {
         let mut map = self.map();
         let entry = map.entry(fingerprint).or_insert_with(|| {
             self.open.fetch_add(1, Ordering::AcqRel);
-            (Arc::default(), 0)
+            (Arc::default(), 0, Arc::default())
         });
         entry.1 += 1;
         LineTicket {
             line: entry.0.clone(),
+            flush: entry.2.clone(),
             member: Member {
                 lines: self.clone(),
                 fingerprint,
@@ -257,13 +301,14 @@ impl Drop for Member {
 /// A place in a key's line. Dropped, it leaves the line.
 struct LineTicket {
     line: Arc<tokio::sync::Mutex<()>>,
+    flush: Arc<Flush>,
     member: Member,
 }
 
 impl LineTicket {
     /// Waits for the head of the line (the mutex is fair: first come, first served).
     async fn turn(self) -> LineTurn {
-        let LineTicket { line, member } = self;
+        let LineTicket { line, member, .. } = self;
         let guard = line.lock_owned().await;
         LineTurn {
             _guard: guard,
@@ -308,15 +353,12 @@ mod tests {
         ))])
     }
 
-    /// Review finding: only the send at the head of a key's line counted against the bounds,
-    /// and the sends queued behind it started their `max_hold` only at their turn (three sends
-    /// waited three times `max_hold`).
-    #[tokio::test(start_paused = true)]
-    async fn sends_queued_behind_a_waiting_send_share_its_deadline_and_the_bounds() {
+    /// Three sends of a key that must wait, each done when its `produce` would go on: the
+    /// decision and the time it took.
+    async fn three_sends(
+        order: KeyOrderConfig,
+    ) -> (Vec<(usize, crate::router::Decision, Duration)>, Holds) {
         let (mut publisher, feed) = health_channel();
-        let order = KeyOrderConfig::strict()
-            .with_max_hold(Duration::from_secs(1))
-            .with_max_held_messages(2);
         let router =
             Router::new(feed, &RouterConfig::default().with_key_order(order.clone())).unwrap();
         publisher.publish(snapshot(&[true, true]));
@@ -345,16 +387,40 @@ mod tests {
         };
         futures::future::join3(send(0), send(1), send(2)).await;
         let done = done.into_inner().unwrap();
-        // In call order, each to the old partition (pinned), all by the first one's deadline.
+        // In call order, each to the old partition (pinned).
         assert_eq!(done.iter().map(|d| d.0).collect::<Vec<_>>(), [0, 1, 2]);
-        for (_, decision, elapsed) in &done {
+        for (_, decision, _) in &done {
             assert_eq!(decision.partition, Some(0));
             assert_eq!(decision.route, Route::Pinned);
-            assert!(*elapsed <= Duration::from_millis(1001), "{elapsed:?}");
         }
         // Every reservation was given back.
         assert_eq!(holds.messages.load(Ordering::Acquire), 0);
         assert_eq!(holds.bytes.load(Ordering::Acquire), 0);
         assert!(holds.lines.none_open());
+        (done, holds)
+    }
+
+    /// Review finding: the sends queued behind a waiting send of their key started their
+    /// `max_hold` only at their turn (three sends waited three times `max_hold`).
+    #[tokio::test(start_paused = true)]
+    async fn sends_queued_behind_a_waiting_send_share_its_deadline() {
+        let order = KeyOrderConfig::strict().with_max_hold(Duration::from_secs(1));
+        let (done, _) = three_sends(order).await;
+        for (_, _, elapsed) in &done {
+            assert!(*elapsed <= Duration::from_millis(1001), "{elapsed:?}");
+        }
+    }
+
+    /// Review finding: a send over `max_held_messages` still waited behind its key's waiting
+    /// sends (holding its room in the local queue) instead of going at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_send_over_a_bound_sends_its_keys_waiting_sends_on_at_once() {
+        let order = KeyOrderConfig::strict()
+            .with_max_hold(Duration::from_secs(30))
+            .with_max_held_messages(2);
+        let (done, _) = three_sends(order).await;
+        for (_, _, elapsed) in &done {
+            assert_eq!(*elapsed, Duration::ZERO);
+        }
     }
 }

@@ -42,9 +42,11 @@ pub enum Route {
     /// partition after its earlier messages (it stays there until the group has committed
     /// past them).
     Pinned,
-    /// Strict key order: the key's move waits for its old partition (the decision's
-    /// `partition`) to drain. Only [`Router::route`](super::Router::route) and `decide`
-    /// report it: a sent message waited, then went by another route.
+    /// Strict key order: the key's move waits for its old partition to drain, and the decision
+    /// has no partition. Only [`Router::route`](super::Router::route) and `decide` report it,
+    /// as an answer, not a decision to send by (sent without a partition, librdkafka would
+    /// send the key home, around its barriers): the producer waits, then sends by another
+    /// route.
     Waiting,
     /// No smart decision; librdkafka's partitioner decides.
     Fallback(Fallback),

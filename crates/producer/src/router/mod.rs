@@ -318,7 +318,15 @@ impl Router {
         };
         let fingerprint = fingerprint_with(topic_hash, key_hash);
         if let Some(pin) = gates.pin(fingerprint) {
-            if pin.partition == target || pin.drained(&view.marks) {
+            if pin.partition == target {
+                // Every message of the key is there (or consumed): nothing to wait for.
+                gates.unpin(fingerprint, &pin);
+                return KeyStep::Go(Decision {
+                    partition: Some(target),
+                    route,
+                });
+            }
+            if pin.drained(&view.marks) {
                 gates.unpin(fingerprint, &pin);
             } else {
                 if sending {
@@ -486,6 +494,11 @@ impl Router {
                 // Maintenance walks the cache; keep it off the async workers.
                 let _ = tokio::task::spawn_blocking(move || router.run_pending_tasks()).await;
             }
+        }
+        // The monitor is gone for good: without health, keys go where librdkafka sends them
+        // (and the sends waiting for a key's move are woken to go too).
+        if let Some(gates) = &self.gates {
+            gates.clear();
         }
     }
 }
@@ -956,6 +969,53 @@ mod tests {
             KeyStep::Go(Decision {
                 partition: Some(1),
                 route: Route::Moved
+            })
+        );
+        assert_eq!(router.key_order_counts().0, 0);
+    }
+
+    /// Review finding: a pinned key whose home became routable again was made to wait for a
+    /// detour it never used (and, on a bound, pinned there, ahead of its messages at home).
+    #[test]
+    fn a_pinned_key_goes_home_at_once_when_home_recovers() {
+        let (mut publisher, router) = strict_router();
+        let key = key_with_home(&router, 0, 3);
+        let healthy = [true; 3];
+        let sick = [false, true, true];
+        publish_offsets(&mut publisher, &router, &healthy, &[(0, 0); 3]);
+        publish_offsets(&mut publisher, &router, &sick, &[(0, 50), (0, 10), (0, 10)]);
+        assert_eq!(
+            router.route_in_order("t", &key),
+            KeyStep::Wait { partition: 0 }
+        );
+        router.pin("t", &key, 0);
+        // The move's barrier (52) passes; the pinned sends (53) have not.
+        publish_offsets(
+            &mut publisher,
+            &router,
+            &sick,
+            &[(50, 52), (0, 10), (0, 10)],
+        );
+        publish_offsets(
+            &mut publisher,
+            &router,
+            &sick,
+            &[(52, 53), (0, 10), (0, 10)],
+        );
+        assert_eq!(router.key_order_counts().0, 1);
+        // Home recovers; the detours (never committed past) must drain before their keys go
+        // home, but this key never left home.
+        publish_offsets(
+            &mut publisher,
+            &router,
+            &healthy,
+            &[(52, 53), (0, 10), (0, 10)],
+        );
+        assert_eq!(
+            router.route_in_order("t", &key),
+            KeyStep::Go(Decision {
+                partition: Some(0),
+                route: Route::Home
             })
         );
         assert_eq!(router.key_order_counts().0, 0);

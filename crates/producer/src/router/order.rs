@@ -54,9 +54,11 @@ pub struct KeyOrderConfig {
     /// partition. Default 30 s.
     pub max_hold: Duration,
     /// Most sends waiting at once in this producer; a send beyond it goes to its key's old
-    /// partition at once. Default 10 000.
+    /// partition at once, after the key's sends that were waiting (they stop waiting).
+    /// Default 10 000.
     pub max_held_messages: u64,
-    /// Most key and payload bytes waiting at once in this producer. Default 64 MiB.
+    /// Most key and payload bytes waiting at once in this producer, with the same outcome.
+    /// Default 64 MiB.
     pub max_held_bytes: u64,
 }
 
@@ -177,6 +179,11 @@ impl Marks {
         }
         self.seen.push_back((at, lag(|l| l.high_watermark)));
         self.committed = lag(|l| l.committed);
+    }
+
+    /// When the newest collection taken in was read.
+    fn latest(&self) -> Option<SystemTime> {
+        self.seen.back().map(|(at, _)| *at)
     }
 
     /// Whether the group has committed, on `partition`, everything written there before the
@@ -371,6 +378,24 @@ impl Gates {
         self.pins.count.store(pins.len(), Ordering::Release);
     }
 
+    /// Forgets every topic (the health feed closed: the monitor stopped for good); keys then go
+    /// where librdkafka sends them, as without health.
+    pub(crate) fn clear(&self) {
+        let mut state = lock(&self.state);
+        state.views.clear();
+        self.views.store(Arc::default());
+        let mut pins = self
+            .pins
+            .map
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        pins.clear();
+        self.pins.count.store(0, Ordering::Release);
+        drop(pins);
+        drop(state);
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
     /// Takes in a new snapshot: opens a transition where key placement changed, records the
     /// watermarks and committed offsets, closes what drained, and wakes the waiting sends.
     /// A snapshot older than one already taken in is ignored; a topic missing from it keeps
@@ -386,6 +411,24 @@ impl Gates {
         for topic in snapshot.topics() {
             let hash = topic.topic_hash();
             let mut view = match state.views.remove(&hash) {
+                Some(mut view) if topic.is_stale() => {
+                    // Nothing new was read: keys keep their places.
+                    if !view.placement.is_stale() {
+                        view.placement = Arc::new(view.placement.to_stale());
+                    }
+                    view
+                }
+                Some(view)
+                    if view
+                        .marks
+                        .latest()
+                        .is_some_and(|l| topic.collected_at() <= l) =>
+                {
+                    // A collection already taken in (republished, or adopted again from the
+                    // fleet), or an older one: no new offsets, and no placement to go back to.
+                    next.insert(hash, view);
+                    continue;
+                }
                 Some(mut view) => {
                     if placement_changed(&view.placement, topic) {
                         open(&mut view.transitions, view.placement.clone(), topic);

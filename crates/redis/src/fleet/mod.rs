@@ -3,7 +3,7 @@
 
 mod lease;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -113,6 +113,10 @@ struct Shared {
     sequence: AtomicU64,
     /// The newest snapshot this instance used as a follower: never go back before it.
     applied: Mutex<(u64, u64)>,
+    /// When each topic of the snapshot last adopted was read, as first worked out: the same
+    /// snapshot adopted again reads the same (a read time recomputed from a new round trip
+    /// would make it look like a new collection).
+    adopted: Mutex<((u64, u64), HashMap<String, SystemTime>)>,
     /// Bumped when a peer published, or this instance became the leader.
     updates: watch::Sender<u64>,
     /// Wakes the lease task (the leader resigned).
@@ -331,6 +335,7 @@ impl FleetCollectorBuilder {
             term: AtomicU64::new(0),
             sequence: AtomicU64::new(0),
             applied: Mutex::new((0, 0)),
+            adopted: Mutex::default(),
             updates: watch::Sender::new(0),
             wake: Notify::new(),
             cancel: cancel.clone(),
@@ -508,6 +513,21 @@ impl Shared {
         self.inner.collect(&request).await
     }
 
+    /// Gives the topics of a snapshot adopted before the read times they were given then.
+    fn same_read_times(&self, order: (u64, u64), lags: &mut [TopicLag]) {
+        let mut adopted = self.adopted.lock().unwrap_or_else(PoisonError::into_inner);
+        if adopted.0 != order {
+            *adopted = (order, HashMap::new());
+        }
+        for lag in lags {
+            let first = *adopted
+                .1
+                .entry(lag.topic.clone())
+                .or_insert(lag.collected_at);
+            lag.collected_at = first;
+        }
+    }
+
     /// The fleet's snapshot if it is usable: fresh, and not older than one already used.
     fn usable(&self, read: &Read) -> bool {
         let fresh = read
@@ -572,6 +592,7 @@ impl LagCollector for FleetCollector {
         let mut lags = read
             .payload
             .lags(request.topics, read.since_published, (s.clock)());
+        s.same_read_times(read.payload.order(), &mut lags);
         let have: HashSet<&str> = lags.iter().map(|l| l.topic.as_str()).collect();
         let missing: Vec<String> = request
             .topics
