@@ -5,6 +5,9 @@
 //!   would see. With `--window 10s` it reads twice and adds the consumer's drain rate,
 //!   capacity, the arrival rate, the predicted time-lag and the share of keyless traffic.
 //! * `ksp watch …` redraws that table every `--interval`.
+//! * `ksp check-config FILE` loads a configuration file exactly as the library does (with the
+//!   `KSP_*` environment overrides), prints the effective settings with secrets redacted, and
+//!   exits with status 1 and the library's error (setting, value, what is allowed) on a bad one.
 //! * `ksp demo` runs the embedded demo (a slow consumer, the smart producer vs librdkafka's
 //!   partitioner) without any Kafka to install.
 #![expect(
@@ -52,6 +55,12 @@ enum Command {
         /// Stop after this many redraws (default: until Ctrl-C).
         #[arg(long)]
         count: Option<u64>,
+    },
+    /// Load a configuration file as the library does (with KSP_* environment overrides) and
+    /// print the effective settings, secrets redacted; exit 1 with the error on a bad one.
+    CheckConfig {
+        /// A .toml, .yaml, .yml or .json file.
+        file: std::path::PathBuf,
     },
     /// Run the embedded demo: a slow consumer, the smart producer vs librdkafka's partitioner.
     Demo {
@@ -136,6 +145,13 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        Command::CheckConfig { file } => match check_config(&file) {
+            Ok(report) => print!("{report}"),
+            Err(error) => {
+                eprintln!("error: {error}");
+                std::process::exit(1);
+            }
+        },
         Command::Demo { seconds } => {
             let mut config = ksp_demo::demo::DemoConfig::default();
             config.duration = Duration::from_secs(seconds);
@@ -262,4 +278,35 @@ fn render(group: &str, health: &TopicHealth) -> String {
             "score"
         }
     )
+}
+
+/// The effective settings of a configuration file, or the library's error (with its causes).
+fn check_config(file: &std::path::Path) -> Result<String, String> {
+    // The file's own errors name it already.
+    let config = ksp_producer::SmartProducerConfig::load(file).map_err(|e| e.to_string())?;
+    // Building the producer checks what the file alone cannot (the calculator's settings,
+    // rdkafka's own names and values); it connects to nothing.
+    let invalid = |e: &dyn std::error::Error| {
+        let mut message = format!("{}: {e}", file.display());
+        let mut source = e.source();
+        while let Some(cause) = source {
+            message.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        message
+    };
+    config
+        .builder()
+        .map_err(|e| invalid(&e))?
+        .validate()
+        .map_err(|e| invalid(&e))?;
+    Ok(format!(
+        "{} is valid (KSP_* environment overrides applied).\n\n\
+         The file, secrets redacted:\n{config:#?}\n\n\
+         Effective monitor settings:\n{:#?}\n\n\
+         Effective router settings (unset ones follow the producer's rdkafka settings):\n{:#?}\n",
+        file.display(),
+        config.monitor_config(),
+        config.router_config(),
+    ))
 }
