@@ -174,7 +174,7 @@ struct Run {
 }
 
 /// Two instances, 1 000 keys × 10 messages at about 400 messages a second; the slow consumer
-/// (40 messages a second) recovers after 15 s.
+/// (20 messages a second) recovers after 15 s.
 async fn run(order: KeyOrderConfig) -> Run {
     let kafka = MockKafka::start(1).unwrap();
     LagScenario::new(TOPIC, PARTITIONS)
@@ -192,7 +192,7 @@ async fn run(order: KeyOrderConfig) -> Run {
         Arc::new(AtomicBool::new(false)),
     );
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let consumer = consume(&config, 40.0, fast.clone(), stop.clone(), seen.clone());
+    let consumer = consume(&config, 20.0, fast.clone(), stop.clone(), seen.clone());
 
     let started = Instant::now();
     let routes: Arc<Mutex<HashMap<Route, u64>>> = Arc::default();
