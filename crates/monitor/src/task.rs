@@ -60,7 +60,10 @@ pub(crate) struct Supervisor {
 }
 
 /// Records how the task ended, whatever ended it.
-struct ExitGuard(Arc<Shared>);
+struct ExitGuard {
+    shared: Arc<Shared>,
+    group: String,
+}
 
 impl Drop for ExitGuard {
     fn drop(&mut self) {
@@ -70,7 +73,7 @@ impl Drop for ExitGuard {
         } else {
             MonitorStatus::Stopped
         };
-        self.0.set_status(status);
+        set_running(&self.shared, &self.group, status);
     }
 }
 
@@ -92,7 +95,11 @@ impl Supervisor {
     }
 
     pub(crate) async fn run(mut self) {
-        let _exit = ExitGuard(self.shared.clone());
+        let _exit = ExitGuard {
+            shared: self.shared.clone(),
+            group: self.settings.group.clone(),
+        };
+        register_counters(&self.settings.group);
         let mut backoff = RESTART_MIN;
         loop {
             let started = Instant::now();
@@ -133,6 +140,17 @@ impl Supervisor {
         set_running(&self.shared, &self.settings.group, MonitorStatus::Stopped);
         debug!("health monitor stopped");
         // Dropping the publisher empties the feed: nobody refreshes this health any more.
+    }
+}
+
+/// Registers the monitor's counters at zero, so that their series exist (and `rate()` and
+/// `increase()` in alert rules see the first increment) before anything happens.
+fn register_counters(group: &str) {
+    let group = group.to_owned();
+    metrics::counter!("ksp_monitor_restarts_total", "group" => group.clone()).increment(0);
+    for outcome in ["ok", "error"] {
+        metrics::counter!("ksp_refreshes_total", "group" => group.clone(), "outcome" => outcome)
+            .increment(0);
     }
 }
 

@@ -49,6 +49,9 @@ impl Holds {
     pub(crate) fn new(config: KeyOrderConfig) -> Self {
         let overflow = ["messages", "bytes", "time", "cannot_wait"]
             .map(|bound| metrics::counter!("ksp_key_order_overflow_total", "bound" => bound));
+        // Counted by the router's view of key moves; registered here with strict key order's
+        // other series so that it exists from the start.
+        metrics::counter!("ksp_key_order_transitions_dropped_total").increment(0);
         Self {
             config,
             lines: Arc::default(),

@@ -171,6 +171,9 @@ impl Drop for Permit<'_> {
 impl CircuitBreaker {
     /// A closed breaker.
     pub fn new(config: BreakerConfig) -> Self {
+        // The series exist from the start, so alert rules see the first opening.
+        metrics::gauge!("ksp_redis_breaker_open").set(0.0);
+        metrics::counter!("ksp_redis_breaker_opened_total").increment(0);
         Self {
             config,
             origin: Instant::now(),

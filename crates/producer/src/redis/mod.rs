@@ -85,6 +85,11 @@ impl L2 {
         let moves = config
             .share_key_moves
             .then(|| SharedMoves::new(client.clone(), &cluster, group, instance.clone()));
+        if moves.is_some() {
+            for result in ["shared", "hit", "error"] {
+                metrics::counter!("ksp_redis_key_moves_total", "result" => result).increment(0);
+            }
+        }
         let l2 = Self {
             client: client.clone(),
             fleet: None,

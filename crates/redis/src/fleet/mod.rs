@@ -309,6 +309,11 @@ impl FleetCollectorBuilder {
 
     /// Starts the lease and listener tasks. Needs a Tokio runtime.
     pub fn spawn(self) -> L2Result<FleetCollector> {
+        // The series exist from the start (0: not leading, nothing published or adopted).
+        metrics::gauge!("ksp_fleet_leader").set(0.0);
+        for source in ["published", "adopted", "rejected"] {
+            metrics::counter!("ksp_fleet_snapshots_total", "source" => source).increment(0);
+        }
         let cluster = if self.cluster.is_empty() {
             "default".to_owned()
         } else {
