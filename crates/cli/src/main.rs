@@ -4,7 +4,9 @@
 //!   the high watermark, the lag, the health score and the verdict — what the smart producer
 //!   would see. With `--window 10s` it reads twice and adds the consumer's drain rate,
 //!   capacity, the arrival rate, the predicted time-lag and the share of keyless traffic.
-//! * `ksp watch …` redraws that table every `--interval`.
+//! * `ksp watch …` shows it in the terminal, redrawn every `--interval`: one row per partition
+//!   with a lag bar, keys to switch topic and pause; when standard output is not a terminal
+//!   (or with `--plain`) it prints the table every interval instead.
 //! * `ksp check-config FILE` loads a configuration file exactly as the library does (with the
 //!   `KSP_*` environment overrides), prints the effective settings with secrets redacted, and
 //!   exits with status 1 and the library's error (setting, value, what is allowed) on a bad one.
@@ -15,13 +17,17 @@
     reason = "a program that reports on its standard output"
 )]
 
+mod lag;
+mod watch;
+
+use std::io::IsTerminal;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use comfy_table::{Cell, Color, Table};
-use ksp_core::{CalculatorConfig, LagCollector, LagRequest, TopicHealth};
-use ksp_monitor::{KafkaLagCollector, MonitorConfig, TopicTracker};
-use rdkafka::ClientConfig;
+use ksp_core::CalculatorConfig;
+
+use crate::lag::Reader;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,16 +51,22 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         window: Option<Duration>,
     },
-    /// Redraw the lag table every --interval until interrupted.
+    /// Show lag and health per partition, read every --interval, until `q` or Ctrl-C.
+    ///
+    /// In a terminal: one row per partition with a lag bar; Tab/←→ switch topic, p pauses,
+    /// r reads now, q quits. Otherwise (or with --plain) the table is printed every interval.
     Watch {
         #[command(flatten)]
         target: Target,
-        /// Time between redraws, e.g. 2s, 500ms.
+        /// Time between reads, e.g. 2s, 500ms.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         interval: Duration,
-        /// Stop after this many redraws (default: until Ctrl-C).
+        /// Stop after this many reads (default: until q or Ctrl-C).
         #[arg(long)]
         count: Option<u64>,
+        /// Print the table every interval even in a terminal.
+        #[arg(long)]
+        plain: bool,
     },
     /// Load a configuration file as the library does (with KSP_* environment overrides) and
     /// print the effective settings, secrets redacted; exit 1 with the error on a bad one.
@@ -71,25 +83,25 @@ enum Command {
 }
 
 #[derive(Debug, Args)]
-struct Target {
+pub(crate) struct Target {
     /// Kafka bootstrap servers.
     #[arg(long, short)]
-    bootstrap: String,
+    pub(crate) bootstrap: String,
     /// The consumer group.
     #[arg(long, short)]
-    group: String,
+    pub(crate) group: String,
     /// Topics (repeat, or comma-separate).
     #[arg(long, short, required = true, value_delimiter = ',')]
-    topic: Vec<String>,
+    pub(crate) topic: Vec<String>,
     /// Calculator: `relative` (default) or `threshold`.
     #[arg(long, default_value = "relative")]
-    calculator: CalculatorConfig,
+    pub(crate) calculator: CalculatorConfig,
     /// Extra rdkafka settings, e.g. -X security.protocol=SASL_SSL.
     #[arg(short = 'X', value_parser = key_value)]
-    set: Vec<(String, String)>,
+    pub(crate) set: Vec<(String, String)>,
     /// How long one collection may take.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 fn key_value(text: &str) -> Result<(String, String), String> {
@@ -120,8 +132,12 @@ async fn main() -> anyhow::Result<()> {
             target,
             interval,
             count,
+            plain,
         } => {
             let reader = Reader::new(&target)?;
+            if !plain && std::io::stdout().is_terminal() {
+                return watch::run(Arc::new(reader), interval, count).await;
+            }
             let mut drawn = 0u64;
             loop {
                 let table = reader.table().await;
@@ -161,123 +177,6 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-struct Reader {
-    collector: KafkaLagCollector,
-    calculator: std::sync::Arc<dyn ksp_core::HotPartitionCalculator>,
-    group: String,
-    topics: Vec<String>,
-    timeout: Duration,
-    /// What the monitor remembers between rounds (rates, uncommitted partitions, damping),
-    /// per topic: the same health the producer would route by.
-    trackers: std::sync::Mutex<std::collections::HashMap<String, TopicTracker>>,
-    started: std::time::Instant,
-}
-
-impl Reader {
-    fn new(target: &Target) -> anyhow::Result<Self> {
-        let mut kafka = ClientConfig::new();
-        kafka.set("bootstrap.servers", &target.bootstrap);
-        for (k, v) in &target.set {
-            kafka.set(k, v);
-        }
-        Ok(Self {
-            collector: KafkaLagCollector::builder(&kafka).build()?,
-            calculator: target.calculator.build()?,
-            group: target.group.clone(),
-            topics: target.topic.clone(),
-            timeout: target.timeout,
-            trackers: std::sync::Mutex::default(),
-            started: std::time::Instant::now(),
-        })
-    }
-
-    async fn table(&self) -> anyhow::Result<String> {
-        let request = LagRequest::new(&self.group, &self.topics, self.timeout);
-        let lags = self.collector.collect(&request).await?;
-        let mut out = String::new();
-        let mut reported = Vec::new();
-        for lag in lags {
-            reported.push(lag.topic.clone());
-            let health = {
-                let mut trackers = self.trackers.lock().unwrap_or_else(|e| e.into_inner());
-                trackers
-                    .entry(lag.topic.clone())
-                    .or_insert_with(|| TopicTracker::new(&MonitorConfig::default()))
-                    .update(self.started.elapsed(), lag, self.calculator.as_ref())
-            };
-            out.push_str(&render(&self.group, &health));
-            out.push('\n');
-        }
-        for topic in &self.topics {
-            if !reported.contains(topic) {
-                out.push_str(&format!("topic {topic}: no lag reported\n"));
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// One topic's table.
-fn render(group: &str, health: &TopicHealth) -> String {
-    let mut table = Table::new();
-    table.set_header(vec![
-        "partition",
-        "committed",
-        "high watermark",
-        "lag",
-        "time-lag",
-        "drain/s",
-        "capacity/s",
-        "arrival/s",
-        "consumer",
-        "share",
-        "score",
-        "health",
-    ]);
-    let show = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
-    let rate = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
-    let shares = health.keyless_shares();
-    for (p, share) in health.partitions().iter().zip(shares) {
-        let rates = p.lag.rates.unwrap_or_default();
-        let verdict = if !p.lag.leader_available {
-            Cell::new("no leader").fg(Color::Red)
-        } else if p.healthy {
-            Cell::new("healthy").fg(Color::Green)
-        } else {
-            Cell::new("HOT").fg(Color::Red)
-        };
-        table.add_row(vec![
-            Cell::new(p.partition),
-            Cell::new(show(p.lag.committed)),
-            Cell::new(show(p.lag.high_watermark)),
-            Cell::new(show(p.lag.lag)),
-            Cell::new(
-                rates
-                    .time_lag
-                    .map_or_else(|| "-".to_owned(), |t| format!("{:.1}s", t.as_secs_f64())),
-            ),
-            Cell::new(rate(rates.drain_rate)),
-            Cell::new(rate(rates.capacity)),
-            Cell::new(rate(rates.arrival_rate)),
-            Cell::new(rates.state.as_str()),
-            Cell::new(format!("{:.0}%", share * 100.0)),
-            Cell::new(format!("{:.2}", p.score)),
-            verdict,
-        ]);
-    }
-    format!(
-        "topic {} · group {group} · {} of {} partitions routable · shares by {}\n{table}\n",
-        health.topic(),
-        health.routable_partitions().len(),
-        health.partition_count(),
-        if health.is_capacity_planned() {
-            "capacity"
-        } else {
-            "score"
-        }
-    )
 }
 
 /// The effective settings of a configuration file, or the library's error (with its causes).
