@@ -33,6 +33,7 @@ demo:
 bench:
     cargo bench -p ksp-producer --bench routing
     cargo run --release -p ksp-bench -- all
+    cargo run --release -p ksp-bench -- dashboard
 
 # The declared rust-version (1.88) with the newest dependencies that support it, in a
 # throw-away worktree (the committed Cargo.lock pins some that need a newer compiler).

@@ -2,6 +2,7 @@
 //! `docs/benchmarks.md`; `cargo run --release -p ksp-bench -- --help` lists the pieces.
 
 pub mod alloc;
+pub mod dashboard;
 pub mod fleet;
 pub mod order;
 pub mod plot;

@@ -94,6 +94,17 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         sends: usize,
     },
+    /// The Grafana dashboard's main series during the embedded demo, drawn into an SVG
+    /// (docs/img/dashboard.svg): lag and time-lag per partition, routable partitions, sends
+    /// by route.
+    Dashboard {
+        /// Seconds of the demo's smart phase (the plain phase runs as long again).
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Where to write the plot.
+        #[arg(long, default_value = "docs/img/dashboard.svg")]
+        out: PathBuf,
+    },
     /// Everything, written to docs/benchmarks.md (run `cargo bench -p ksp-producer --bench
     /// routing` first for the routing-cost table).
     All {
@@ -154,6 +165,9 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", validate::table(&summary, &config));
         }
         Command::Fleet { seconds, sends } => print!("{}", fleet::table(seconds, sends).await?),
+        Command::Dashboard { seconds, out } => {
+            println!("{}", ksp_bench::dashboard::run(seconds, &out).await?);
+        }
         Command::All { root } => all(&root).await?,
     }
     Ok(())
