@@ -426,6 +426,12 @@ impl<'a> Monitor<'a> {
     fn record_failure(&self, elapsed: Duration, error: CollectError) -> MonitorError {
         let rendered = render_error(&error);
         let group = self.settings.group.clone();
+        // Nothing is published, but the health routing uses keeps ageing: so does its gauge.
+        for tracked in self.health.values() {
+            let topic = tracked.health.topic().to_owned();
+            metrics::gauge!("ksp_health_age_seconds", "group" => group.clone(), "topic" => topic)
+                .set(tracked.health.age().as_secs_f64());
+        }
         metrics::counter!("ksp_refreshes_total", "group" => group.clone(), "outcome" => "error")
             .increment(1);
         metrics::histogram!("ksp_refresh_duration_seconds", "group" => group)

@@ -438,3 +438,45 @@ async fn a_panicking_collector_is_a_failed_collection_not_a_dead_monitor() {
     monitor.shutdown().await.unwrap();
     assert_eq!(monitor.status(), ksp_monitor::MonitorStatus::Stopped);
 }
+
+/// Regression: `ksp_health_age_seconds` was written only when health was published, so while
+/// every collection failed it stayed at the age the last good health had when published.
+#[tokio::test]
+async fn the_health_age_gauge_keeps_ageing_while_collections_fail() {
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .unwrap();
+    let collector = Arc::new(ManualCollector::new());
+    collector.set_lags("t", &[0, 0]);
+    let monitor = HealthMonitor::builder(collector.clone())
+        .group("g")
+        .topics(["t"])
+        .config(
+            MonitorConfig::default()
+                .with_refresh_interval(Duration::from_millis(100))
+                .with_max_staleness(Duration::from_secs(60)),
+        )
+        .spawn()
+        .unwrap();
+    let feed = monitor.feed();
+    timeout(Duration::from_secs(10), async {
+        while feed.load().topic("t").is_none() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a first health");
+    collector.fail_with("broker down");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let text = prometheus.render();
+    let age = text
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"ksp_health_age_seconds{group="g",topic="t"} "#))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no age gauge:\n{text}"));
+    assert!(age >= 1.0, "age {age} s after 1.2 s of failed collections");
+    assert!(
+        feed.load().topic("t").is_some_and(|t| !t.is_stale()),
+        "the health is still in use"
+    );
+}

@@ -14,8 +14,8 @@
 //!   opens it for another cool-down.
 
 use std::fmt;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use ksp_core::ConfigError;
@@ -154,6 +154,16 @@ impl Permit<'_> {
     }
 }
 
+impl Drop for CircuitBreaker {
+    fn drop(&mut self) {
+        // An open (or half-open) breaker takes back its share of the process's gauge.
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if !matches!(state, State::Closed { .. }) {
+            metrics::gauge!("ksp_redis_breaker_open").decrement(1.0);
+        }
+    }
+}
+
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         if self.done {
@@ -171,8 +181,10 @@ impl Drop for Permit<'_> {
 impl CircuitBreaker {
     /// A closed breaker.
     pub fn new(config: BreakerConfig) -> Self {
-        // The series exist from the start, so alert rules see the first opening.
-        metrics::gauge!("ksp_redis_breaker_open").set(0.0);
+        // The series exist from the start, so alert rules see the first opening. The gauge
+        // counts the open breakers of the process: each breaker adds 1 while it is open (and
+        // takes it back when it closes or is dropped), so producers do not overwrite each other.
+        metrics::gauge!("ksp_redis_breaker_open").increment(0.0);
         metrics::counter!("ksp_redis_breaker_opened_total").increment(0);
         Self {
             config,
@@ -236,7 +248,7 @@ impl CircuitBreaker {
         match &mut *state {
             State::HalfOpen { .. } if probe => {
                 if ok {
-                    metrics::gauge!("ksp_redis_breaker_open").set(0.0);
+                    metrics::gauge!("ksp_redis_breaker_open").decrement(1.0);
                     tracing::info!("redis is answering again: circuit breaker closed");
                     *state = State::Closed {
                         buckets: [Bucket::default(); BUCKETS],
@@ -275,7 +287,7 @@ impl CircuitBreaker {
                         "redis keeps failing: circuit breaker open, carrying on without it"
                     );
                     self.opened.fetch_add(1, Ordering::Relaxed);
-                    metrics::gauge!("ksp_redis_breaker_open").set(1.0);
+                    metrics::gauge!("ksp_redis_breaker_open").increment(1.0);
                     metrics::counter!("ksp_redis_breaker_opened_total").increment(1);
                     *state = State::Open {
                         until: now + self.config.cool_down,
@@ -404,6 +416,50 @@ mod tests {
     /// Regression: a permit dropped without a report counted as a failure, so five `produce`
     /// futures cancelled while their key's first move was being agreed opened the breaker
     /// although Redis answered fine.
+    /// Regression: a breaker created while another one of the process was open set
+    /// `ksp_redis_breaker_open` to 0, and it stayed 0 while the first stayed open.
+    #[test]
+    fn a_new_breaker_does_not_hide_an_open_one_from_the_gauge() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // The gauge as a scrape reads it.
+        let gauge = || {
+            handle.render().lines().find_map(|l| {
+                l.strip_prefix("ksp_redis_breaker_open ")
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        };
+        metrics::with_local_recorder(&recorder, || {
+            let first = CircuitBreaker::new(config());
+            let t = first.origin;
+            for _ in 0..4 {
+                call(&first, t, false);
+            }
+            assert_eq!(first.state(), BreakerState::Open);
+            assert_eq!(gauge(), Some(1.0));
+            let second = CircuitBreaker::new(config());
+            assert_eq!(gauge(), Some(1.0), "the first breaker is still open");
+            for _ in 0..4 {
+                call(&second, t, false);
+            }
+            assert_eq!(gauge(), Some(2.0));
+            // A failed probe keeps it open; a good one closes it.
+            let later = t + Duration::from_secs(5);
+            assert!(call(&second, later, false));
+            assert_eq!(gauge(), Some(2.0));
+            assert!(call(&second, later + Duration::from_secs(5), true));
+            assert_eq!(gauge(), Some(1.0));
+            drop(second);
+            assert_eq!(gauge(), Some(1.0));
+            drop(first);
+            assert_eq!(
+                gauge(),
+                Some(0.0),
+                "an open breaker dropped takes its 1 back"
+            );
+        });
+    }
+
     #[test]
     fn cancelled_calls_do_not_open_the_breaker() {
         let b = CircuitBreaker::new(config());

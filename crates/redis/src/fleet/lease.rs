@@ -75,9 +75,10 @@ impl Shared {
                     last_renewed = Some(Instant::now());
                     self.term.store(term, Ordering::Release);
                     self.sequence.store(0, Ordering::Release);
-                    self.leader.store(true, Ordering::Release);
+                    if !self.leader.swap(true, Ordering::AcqRel) {
+                        metrics::gauge!("ksp_fleet_leader").increment(1.0);
+                    }
                     self.stats.became_leader.fetch_add(1, Ordering::Relaxed);
-                    metrics::gauge!("ksp_fleet_leader").set(1.0);
                     info!(instance = %self.id, term, lease = %self.keys.lease, "this instance now collects lag for the fleet");
                     self.updates.send_modify(|v| *v = v.wrapping_add(1));
                 }
@@ -99,7 +100,7 @@ impl Shared {
 
     pub(super) fn step_down(&self, why: &str) {
         if self.leader.swap(false, Ordering::AcqRel) {
-            metrics::gauge!("ksp_fleet_leader").set(0.0);
+            metrics::gauge!("ksp_fleet_leader").decrement(1.0);
             warn!(instance = %self.id, reason = why, "no longer collecting lag for the fleet");
         }
     }

@@ -243,6 +243,7 @@ impl FleetCollector {
     pub async fn shutdown(&self) {
         self.shared.cancel.cancel();
         if self.shared.leader.swap(false, Ordering::AcqRel) {
+            metrics::gauge!("ksp_fleet_leader").decrement(1.0);
             let s = &self.shared;
             let (keys, args) = (vec![s.keys.lease.clone()], vec![s.id.clone()]);
             let released = s
@@ -309,8 +310,9 @@ impl FleetCollectorBuilder {
 
     /// Starts the lease and listener tasks. Needs a Tokio runtime.
     pub fn spawn(self) -> L2Result<FleetCollector> {
-        // The series exist from the start (0: not leading, nothing published or adopted).
-        metrics::gauge!("ksp_fleet_leader").set(0.0);
+        // The series exist from the start (nothing published or adopted). The leader gauge
+        // counts the instances of the process that lead: each adds 1 while it leads.
+        metrics::gauge!("ksp_fleet_leader").increment(0.0);
         for source in ["published", "adopted", "rejected"] {
             metrics::counter!("ksp_fleet_snapshots_total", "source" => source).increment(0);
         }
@@ -640,5 +642,9 @@ impl fmt::Debug for FleetCollector {
 impl Drop for FleetCollector {
     fn drop(&mut self) {
         self.shared.cancel.cancel();
+        // The lease expires on its own; this process no longer leads.
+        if self.shared.leader.swap(false, Ordering::AcqRel) {
+            metrics::gauge!("ksp_fleet_leader").decrement(1.0);
+        }
     }
 }
