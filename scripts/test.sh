@@ -22,6 +22,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
   sudo_if_needed apt-get update -qq
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The package is installed for promtool; on a host with systemd it also starts a server.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1; then
+    sudo_if_needed systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 redis-server --version
 tmux -V

@@ -23,16 +23,14 @@ use ksp_testkit::RedisServer;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use regex::Regex;
 
-/// Labels every scraped series carries, added by Prometheus, and the ones its exposition adds
-/// to a histogram's series.
+/// Labels every scraped series carries, added by Prometheus.
 const SCRAPE_LABELS: [&str; 2] = ["instance", "job"];
-const SUMMARY_LABELS: [&str; 2] = ["quantile", "le"];
 
-/// Each exported series name, with the label names it carries.
-type Exported = BTreeMap<String, BTreeSet<String>>;
+/// Each exported series name, with its labels and the values each label takes.
+type Exported = BTreeMap<String, BTreeMap<String, BTreeSet<String>>>;
 
 fn parse_exposition(text: &str) -> Exported {
-    let label = Regex::new(r#"(\w+)="(?:[^"\\]|\\.)*""#).unwrap();
+    let label = Regex::new(r#"(\w+)="((?:[^"\\]|\\.)*)""#).unwrap();
     let mut exported = Exported::new();
     for line in text
         .lines()
@@ -43,7 +41,10 @@ fn parse_exposition(text: &str) -> Exported {
         if line[name_end..].starts_with('{') {
             let close = line.rfind('}').expect("a closed label set");
             for captures in label.captures_iter(&line[name_end..close]) {
-                labels.insert(captures[1].to_owned());
+                labels
+                    .entry(captures[1].to_owned())
+                    .or_default()
+                    .insert(captures[2].to_owned());
             }
         }
     }
@@ -124,31 +125,54 @@ fn alert_expressions(path: &Path) -> Vec<Expression> {
     out
 }
 
-/// The library's metrics an expression selects (names as exported), and the label names it
-/// matches on, groups by or joins on.
-fn parse_promql(promql: &str) -> (Vec<String>, Vec<String>) {
+/// What an expression uses: the library's metrics it selects (names as exported), the
+/// label names it matches on, groups by or joins on, its exact matchers (label, value), and
+/// the labels its `by (…)` clauses keep and its `without (…)` clauses drop.
+#[derive(Debug, Default)]
+struct Uses {
+    metrics: Vec<String>,
+    labels: Vec<String>,
+    exact: Vec<(String, String)>,
+    kept: Option<BTreeSet<String>>,
+    dropped: BTreeSet<String>,
+}
+
+fn parse_promql(promql: &str) -> Uses {
     let selector = Regex::new(r"\b(ksp_\w+)\s*(\{[^}]*\})?").unwrap();
-    let matcher = Regex::new(r"(\w+)\s*(?:=~|!~|!=|=)").unwrap();
+    let matcher = Regex::new(r#"(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)""#).unwrap();
     let clause =
-        Regex::new(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)").unwrap();
-    let mut metrics = Vec::new();
-    let mut labels = Vec::new();
+        Regex::new(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)").unwrap();
+    let mut uses = Uses::default();
     for captures in selector.captures_iter(promql) {
-        metrics.push(captures[1].to_owned());
-        if let Some(set) = captures.get(2) {
-            labels.extend(matcher.captures_iter(set.as_str()).map(|c| c[1].to_owned()));
+        uses.metrics.push(captures[1].to_owned());
+        let Some(set) = captures.get(2) else { continue };
+        for m in matcher.captures_iter(set.as_str()) {
+            uses.labels.push(m[1].to_owned());
+            // Exact matchers (and their negations) must name a value the label takes;
+            // dashboard variables (`$group`) and regular expressions are not checked.
+            if matches!(&m[2], "=" | "!=") && !m[3].contains('$') {
+                uses.exact.push((m[1].to_owned(), m[3].to_owned()));
+            }
         }
     }
     for captures in clause.captures_iter(promql) {
-        labels.extend(
-            captures[1]
-                .split(',')
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned),
-        );
+        let names: Vec<String> = captures[2]
+            .split(',')
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect();
+        match &captures[1] {
+            "by" => uses
+                .kept
+                .get_or_insert_default()
+                .extend(names.iter().cloned()),
+            "without" => uses.dropped.extend(names.iter().cloned()),
+            _ => {}
+        }
+        uses.labels.extend(names);
     }
-    (metrics, labels)
+    uses
 }
 
 /// What is wrong with `expressions` against `exported`; every metric they use is added to
@@ -160,26 +184,40 @@ fn check(
 ) -> Vec<String> {
     let mut problems = Vec::new();
     for expression in expressions {
-        let (metrics, mut labels) = parse_promql(&expression.promql);
-        if metrics.is_empty() {
-            problems.push(format!("{}: selects no ksp_ metric", expression.origin));
+        let origin = &expression.origin;
+        let uses = parse_promql(&expression.promql);
+        if uses.metrics.is_empty() {
+            problems.push(format!("{origin}: selects no ksp_ metric"));
         }
-        labels.extend(expression.reads.iter().cloned());
-        for metric in &metrics {
+        // A legend or annotation reads a label the result still has.
+        for read in &expression.reads {
+            let kept = uses.kept.as_ref().is_none_or(|kept| kept.contains(read));
+            if !kept || uses.dropped.contains(read) {
+                problems.push(format!(
+                    "{origin}: reads {read:?}, which the aggregation drops"
+                ));
+            }
+        }
+        for metric in &uses.metrics {
             let Some(has) = exported.get(metric) else {
-                problems.push(format!("{}: {metric} is not exported", expression.origin));
+                problems.push(format!("{origin}: {metric} is not exported"));
                 continue;
             };
             used.insert(family(metric, exported).to_owned());
-            for label in &labels {
-                let allowed = has.contains(label)
-                    || SCRAPE_LABELS.contains(&label.as_str())
-                    || (family(metric, exported) != metric
-                        && SUMMARY_LABELS.contains(&label.as_str()));
-                if !allowed {
+            for label in uses.labels.iter().chain(&expression.reads) {
+                if !has.contains_key(label) && !SCRAPE_LABELS.contains(&label.as_str()) {
                     problems.push(format!(
-                        "{}: {metric} has no label {label:?} (it has {has:?})",
-                        expression.origin
+                        "{origin}: {metric} has no label {label:?} (it has {:?})",
+                        has.keys().collect::<Vec<_>>()
+                    ));
+                }
+            }
+            for (label, value) in &uses.exact {
+                if let Some(values) = has.get(label)
+                    && !values.contains(value)
+                {
+                    problems.push(format!(
+                        "{origin}: {metric}'s {label} is never {value:?} (it is one of {values:?})"
                     ));
                 }
             }
@@ -251,6 +289,8 @@ async fn exposition() -> String {
             .unwrap();
     }
     let text = prometheus.render();
+    // This process's one producer leads the fleet.
+    assert!(text.contains("\nksp_fleet_leader 1\n"), "{text}");
     producer.close(Duration::from_secs(5)).await.unwrap();
     text
 }
@@ -285,18 +325,27 @@ async fn the_dashboard_and_alert_rules_use_only_exported_metrics_and_labels() {
     let unused: Vec<_> = ours.difference(&used).collect();
     assert!(unused.is_empty(), "on no panel or rule: {unused:?}");
 
-    // The metrics table of docs/operations.md lists exactly what is exported.
+    // The metrics table of docs/operations.md lists exactly what is exported (its first
+    // column), and where it lists a metric's labels, exactly those.
     let operations = std::fs::read_to_string(docs().join("operations.md")).unwrap();
-    let name = Regex::new(r"`(ksp_\w+)").unwrap();
-    let documented: BTreeSet<String> = operations
-        .lines()
-        .filter(|l| l.starts_with("| `ksp_"))
-        .flat_map(|l| {
-            name.captures_iter(l)
-                .map(|c| c[1].to_owned())
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let name = Regex::new(r"`(ksp_\w+)(?:\{([^}]*)\})?`").unwrap();
+    let mut documented = BTreeSet::new();
+    for row in operations.lines().filter(|l| l.starts_with("| `ksp_")) {
+        let first = row.split('|').nth(1).unwrap_or_default();
+        for captures in name.captures_iter(first) {
+            let metric = captures[1].to_owned();
+            if let (Some(labels), Some(has)) = (captures.get(2), exported.get(&metric)) {
+                let listed: BTreeSet<&str> = labels.as_str().split(',').map(str::trim).collect();
+                let actual: BTreeSet<&str> = has
+                    .keys()
+                    .map(String::as_str)
+                    .filter(|l| *l != "quantile")
+                    .collect();
+                assert_eq!(listed, actual, "docs/operations.md lists {metric}'s labels");
+            }
+            documented.insert(metric);
+        }
+    }
     assert_eq!(documented, ours, "docs/operations.md's metrics table");
 }
 
@@ -320,13 +369,17 @@ fn the_check_finds_unknown_metrics_and_labels() {
     let good = [
         expression(
             r#"sum by (topic) (ksp_partition_lag{group=~"$g", instance="a"})"#,
+            &["topic"],
+        ),
+        expression(
+            r#"ksp_partition_lag{topic="t", partition!="0"}"#,
             &["partition"],
         ),
         expression(
             "rate(ksp_refresh_duration_seconds_sum[5m]) / rate(ksp_refresh_duration_seconds_count[5m])",
             &["group"],
         ),
-        expression(r#"ksp_refresh_duration_seconds{quantile="0.99"}"#, &[]),
+        expression(r#"ksp_refresh_duration_seconds{quantile="0.5"}"#, &[]),
     ];
     assert_eq!(check(&good, &exported, &mut used), Vec::<String>::new());
     assert_eq!(
@@ -343,6 +396,14 @@ fn the_check_finds_unknown_metrics_and_labels() {
         expression("ksp_partition_lag", &["fallback"]),
         expression(r#"ksp_partition_lag{quantile="0.5"}"#, &[]),
         expression("up", &[]),
+        // A value the label never takes.
+        expression(r#"ksp_partition_lag{topic="orders"}"#, &[]),
+        // A legend reading a label the aggregation drops.
+        expression("sum by (topic) (ksp_partition_lag)", &["partition"]),
+        expression(
+            "max without (partition) (ksp_partition_lag)",
+            &["partition"],
+        ),
     ];
     let problems = check(&bad, &exported, &mut used);
     assert_eq!(problems.len(), bad.len(), "{problems:#?}");

@@ -94,7 +94,15 @@ pub async fn run(seconds: u64, path: &Path) -> anyhow::Result<String> {
         }
         if smart {
             let t0 = *started.get_or_insert_with(Instant::now);
-            samples.push(sample(&prometheus.render(), t0.elapsed().as_secs_f64()));
+            let seconds = t0.elapsed().as_secs_f64();
+            // Several lines can come at once (the phase's header, its summary): one sample
+            // per half second at most, so rates are not taken over an instant.
+            if samples
+                .last()
+                .is_none_or(|s: &Sample| seconds - s.seconds >= 0.5)
+            {
+                samples.push(sample(&prometheus.render(), seconds));
+            }
         }
     };
     let summary = run_embedded(&config, &mut out).await?;

@@ -54,14 +54,15 @@ enum Command {
     /// Show lag and health per partition, read every --interval, until `q` or Ctrl-C.
     ///
     /// In a terminal: one row per partition with a lag bar; Tab/←→ switch topic, p pauses,
-    /// r reads now, q quits. Otherwise (or with --plain) the table is printed every interval.
+    /// r reads now, q quits. Otherwise (or with --plain or --count) the table is printed every
+    /// interval.
     Watch {
         #[command(flatten)]
         target: Target,
         /// Time between reads, e.g. 2s, 500ms.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         interval: Duration,
-        /// Stop after this many reads (default: until q or Ctrl-C).
+        /// Print this many tables, then stop (implies --plain; default: until q or Ctrl-C).
         #[arg(long)]
         count: Option<u64>,
         /// Print the table every interval even in a terminal.
@@ -135,14 +136,18 @@ async fn main() -> anyhow::Result<()> {
             plain,
         } => {
             let reader = Reader::new(&target)?;
-            if !plain && std::io::stdout().is_terminal() {
-                return watch::run(Arc::new(reader), interval, count).await;
+            let terminal = std::io::stdout().is_terminal();
+            // A counted watch is for scripts: its output must stay once it ends.
+            if !plain && count.is_none() && terminal {
+                return watch::run(Arc::new(reader), interval).await;
             }
             let mut drawn = 0u64;
             loop {
                 let table = reader.table().await;
-                // Clear the screen and home the cursor, then draw.
-                print!("\x1b[2J\x1b[H");
+                if terminal {
+                    // Clear the screen and home the cursor, then draw.
+                    print!("\x1b[2J\x1b[H");
+                }
                 match table {
                     Ok(table) => print!("{table}"),
                     Err(e) => println!("error: {e:#}"),

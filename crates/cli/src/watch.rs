@@ -1,7 +1,8 @@
 //! `ksp watch` in a terminal: one row per partition with a lag bar, redrawn as lag is read.
 //!
-//! Keys: `Tab`/`→` next topic, `Shift-Tab`/`←` previous, `p`/space pause, `r` read now,
-//! `q`/`Esc`/`Ctrl-C` quit. The terminal is restored on every exit, panics included.
+//! Keys: `Tab`/`→` next topic, `Shift-Tab`/`←` previous, `p`/space pause (a read in flight
+//! is dropped), `r` read now (also while paused), `q`/`Esc`/`Ctrl-C` quit. The terminal is
+//! restored on every exit, panics included.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,7 +40,10 @@ pub(crate) struct Screen {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Action {
     Nothing,
+    /// Read now (paused or not).
     ReadNow,
+    /// Paused: a read in flight is dropped, and none starts until resumed or asked for.
+    Paused,
     Quit,
 }
 
@@ -101,7 +105,7 @@ impl Screen {
             KeyCode::Char('p' | ' ') => {
                 self.paused = !self.paused;
                 if self.paused {
-                    Action::Nothing
+                    Action::Paused
                 } else {
                     Action::ReadNow
                 }
@@ -254,14 +258,17 @@ fn table(health: &TopicHealth) -> Table<'static> {
     .block(Block::bordered())
 }
 
-/// Runs the terminal view until a quit key, Ctrl-C, or `count` reads.
-pub(crate) async fn run(
-    reader: Arc<Reader>,
-    interval: Duration,
-    count: Option<u64>,
-) -> anyhow::Result<()> {
-    let mut terminal = ratatui::try_init()?;
-    let result = event_loop(&mut terminal, reader, interval, count).await;
+/// Runs the terminal view until a quit key or Ctrl-C.
+pub(crate) async fn run(reader: Arc<Reader>, interval: Duration) -> anyhow::Result<()> {
+    let mut terminal = match ratatui::try_init() {
+        Ok(terminal) => terminal,
+        Err(e) => {
+            // Raw mode may be on already.
+            let _ = ratatui::try_restore();
+            return Err(e.into());
+        }
+    };
+    let result = event_loop(&mut terminal, reader, interval).await;
     ratatui::try_restore()?;
     result
 }
@@ -270,7 +277,6 @@ async fn event_loop(
     terminal: &mut ratatui::DefaultTerminal,
     reader: Arc<Reader>,
     interval: Duration,
-    count: Option<u64>,
 ) -> anyhow::Result<()> {
     let mut screen = Screen::new(reader.group(), reader.topics(), interval);
     let (keys, mut events) = mpsc::channel(16);
@@ -295,20 +301,32 @@ async fn event_loop(
             }
         })
     };
-    let mut next = tokio::time::Instant::now();
-    let mut reading: Option<tokio::task::JoinHandle<anyhow::Result<Reading>>> = None;
+    let start = || {
+        let reader = reader.clone();
+        Some(tokio::spawn(async move { reader.read().await }))
+    };
+    let mut reading: Option<tokio::task::JoinHandle<anyhow::Result<Reading>>> = start();
+    let mut next = tokio::time::Instant::now() + interval;
+    // `r` pressed while a read was in flight: read again as soon as it is done.
+    let mut again = false;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     let result = loop {
         if let Err(e) = terminal.draw(|frame| screen.draw(frame)) {
             break Err(e.into());
-        }
-        if count.is_some_and(|c| screen.reads >= c) {
-            break Ok(());
         }
         tokio::select! {
             event = events.recv() => match event {
                 Some(Event::Key(key)) => match screen.key(key) {
                     Action::Quit => break Ok(()),
-                    Action::ReadNow => next = tokio::time::Instant::now(),
+                    Action::ReadNow if reading.is_some() => again = true,
+                    Action::ReadNow => reading = start(),
+                    Action::Paused => {
+                        if let Some(read) = reading.take() {
+                            read.abort();
+                        }
+                        again = false;
+                    }
                     Action::Nothing => {}
                 },
                 // A resize (or anything else) redraws.
@@ -319,19 +337,23 @@ async fn event_loop(
                 reading = None;
                 screen.update(read.unwrap_or_else(|e| Err(anyhow::anyhow!("the read failed: {e}"))));
                 next = tokio::time::Instant::now() + interval;
+                if std::mem::take(&mut again) {
+                    reading = start();
+                }
             }
             () = tokio::time::sleep_until(next), if reading.is_none() && !screen.is_paused() => {
-                let reader = reader.clone();
-                reading = Some(tokio::spawn(async move { reader.read().await }));
+                reading = start();
             }
-            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = &mut ctrl_c => break Ok(()),
         }
     };
     stop.store(true, Ordering::Relaxed);
     if let Some(reading) = reading {
         reading.abort();
     }
-    // The input thread notices `stop` within one poll.
+    // Dropping the receiver frees an input thread blocked on a full channel; otherwise it
+    // notices `stop` within one poll.
+    drop(events);
     let _ = input.join();
     result
 }
@@ -473,7 +495,7 @@ mod tests {
                 .join("\n")
                 .contains("3 of 4 partitions routable")
         );
-        assert_eq!(screen.key(key(KeyCode::Char('p'))), Action::Nothing);
+        assert_eq!(screen.key(key(KeyCode::Char('p'))), Action::Paused);
         assert!(screen.is_paused());
         assert!(render(&screen).join("\n").contains("PAUSED"));
         assert_eq!(screen.key(key(KeyCode::Char(' '))), Action::ReadNow);

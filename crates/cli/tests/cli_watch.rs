@@ -52,15 +52,20 @@ impl Tmux {
 
     /// The screen once it shows `what`, or a failure with the screen after 20 s.
     fn wait_for(&self, what: &str) -> String {
+        self.wait_until(what, |screen| screen.contains(what))
+    }
+
+    /// The screen once `ready` holds for it, or a failure with the screen after 20 s.
+    fn wait_until(&self, what: &str, ready: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let screen = self.screen();
-            if screen.contains(what) {
+            if ready(&screen) {
                 return screen;
             }
             assert!(
                 Instant::now() < deadline,
-                "the screen never showed {what:?}:\n{screen}"
+                "the screen never showed {what}:\n{screen}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -71,6 +76,16 @@ impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.run(&["kill-server"]);
     }
+}
+
+/// The footer's read count.
+fn reads(screen: &str) -> u64 {
+    screen
+        .split("read ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no read count:\n{screen}"))
 }
 
 fn row<'a>(screen: &'a str, partition: &str) -> &'a str {
@@ -95,7 +110,8 @@ async fn watch_draws_partitions_switches_topic_pauses_and_restores_the_terminal(
         .unwrap();
     let command = format!(
         "'{}' watch --bootstrap {} --group g --topic orders,payments --interval 200ms; \
-         echo \"ksp exited with $?\"; stty -a | tr ' ;' '\\n\\n' | grep -x -- '-*icanon'; sleep 60",
+         echo \"ksp exited with $? and $(stty -a | tr ' ;' '\\n\\n' | grep -x -- '-*icanon')\"; \
+         sleep 60",
         env!("CARGO_BIN_EXE_ksp"),
         kafka.bootstrap_servers()
     );
@@ -114,21 +130,15 @@ async fn watch_draws_partitions_switches_topic_pauses_and_restores_the_terminal(
             "{screen}"
         );
         // Reads go on: the footer counts them.
-        tmux.wait_for("read 3 times");
+        tmux.wait_until("3 reads", |s| reads(s) >= 3);
 
         tmux.keys("Tab");
         let screen = tmux.wait_for("topic payments");
         assert!(row(&screen, "1").contains("300"), "{screen}");
 
+        // Paused: no read, not even one in flight when the key came.
         tmux.keys("p");
         let paused = tmux.wait_for("PAUSED");
-        let reads = |s: &str| {
-            s.split("read ")
-                .nth(1)
-                .and_then(|r| r.split(' ').next())
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or_else(|| panic!("no read count:\n{s}"))
-        };
         std::thread::sleep(Duration::from_millis(800));
         let still = tmux.screen();
         assert_eq!(
@@ -136,18 +146,21 @@ async fn watch_draws_partitions_switches_topic_pauses_and_restores_the_terminal(
             reads(&still),
             "reads while paused:\n{still}"
         );
+        // `r` reads once while paused; `p` resumes.
+        tmux.keys("r");
+        tmux.wait_until("a read while paused", |s| reads(s) == reads(&still) + 1);
         tmux.keys("p");
-        tmux.wait_for(&format!("read {} times", reads(&still) + 1));
+        tmux.wait_until("reads going on", |s| {
+            reads(s) >= reads(&still) + 3 && !s.contains("PAUSED")
+        });
 
         tmux.keys("q");
-        tmux.wait_for("ksp exited with 0")
+        tmux.wait_for("ksp exited with")
     })
     .await
     .unwrap();
-    // The alternate screen is gone and the terminal is back in canonical (cooked) mode.
+    // It exited cleanly, the alternate screen is gone and the terminal is back in canonical
+    // (cooked) mode: `stty` says `icanon`, not `-icanon`.
+    assert!(screen.contains("ksp exited with 0 and icanon"), "{screen}");
     assert!(!screen.contains("partitions routable"), "{screen}");
-    assert!(
-        screen.lines().any(|l| l.trim() == "icanon"),
-        "raw mode left on:\n{screen}"
-    );
 }
