@@ -26,7 +26,7 @@ pub use ksp_core::{
 #[doc(inline)]
 pub use ksp_producer::{
     AsyncSmartProducer, AsyncSmartProducerBuilder, BuildError, Delivery, ProduceError,
-    SmartProducerConfig,
+    SmartContext, SmartProducerConfig,
 };
 pub use rdkafka;
 

@@ -305,3 +305,55 @@ async fn strict_key_order_refuses_a_partition_librdkafka_does_not_know(flavour: 
     producer.close().await;
 }
 }
+
+for_both! {
+/// librdkafka's statistics reach the builder's callback: the topic's batches (what the
+/// overhead bench reads to compare batch fill) and the messages sent.
+async fn statistics_reach_the_callback(flavour: &str) {
+    let kafka = cluster().await;
+    let batches = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut config = kafka.client_config();
+    config.set("statistics.interval.ms", "100");
+    let builder = {
+        let batches = batches.clone();
+        smart(config).statistics(move |stats| {
+            if let Some(topic) = stats.topics.get(TOPIC) {
+                batches.lock().unwrap().push((topic.batchcnt.sum, topic.batchcnt.cnt));
+            }
+        })
+    };
+    let (producer, _) = Producer::build(flavour, builder);
+    producer.refresh().await;
+    for i in 0..50 {
+        producer.send(None, &format!("m{i}"), None).await.unwrap();
+    }
+    // Each report covers the interval since the previous one: the sums add up.
+    let seen = common::eventually(Duration::from_secs(10), || {
+        let (messages, batches) = batches
+            .lock()
+            .unwrap()
+            .iter()
+            .fold((0, 0), |(m, b), (sum, cnt)| (m + sum, b + cnt));
+        async move { (messages >= 50).then_some((messages, batches)) }
+    })
+    .await;
+    let (messages, batches) = seen.expect("statistics with the 50 messages' batches");
+    assert_eq!(messages, 50, "messages in batches");
+    assert!((1..=50).contains(&batches), "{batches} batches");
+    producer.close().await;
+}
+}
+
+/// A statistics callback without `statistics.interval.ms` would never be called: refused.
+#[test]
+fn a_statistics_callback_without_an_interval_is_refused() {
+    let kafka = ClientConfig::new();
+    let error = AsyncSmartProducer::builder(kafka)
+        .consumer_group(GROUP)
+        .topics([TOPIC])
+        .statistics(|_| {})
+        .validate()
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("statistics.interval.ms"), "{text}");
+}

@@ -13,6 +13,7 @@ use tracing::{trace, warn};
 
 use crate::backpressure::{LocalQueue, OwnedReservation, Reservation};
 use crate::builder::AsyncSmartProducerBuilder;
+use crate::context::SmartContext;
 use crate::error::{BuildError, ProduceError, RecordParts};
 use crate::metrics::SendMetrics;
 use crate::router::{Decision, Fallback, Route, Router};
@@ -306,7 +307,7 @@ impl AsyncSmartProducer {
 
     /// The underlying rdkafka producer, for what this API does not cover (transactions,
     /// client metrics).
-    pub fn inner(&self) -> &FutureProducer {
+    pub fn inner(&self) -> &FutureProducer<SmartContext> {
         &self.inner.producer
     }
 
@@ -390,8 +391,12 @@ impl AsyncSmartProducerBuilder {
     /// [`BuildError::Kafka`] if librdkafka cannot create the producer.
     pub fn build(self) -> Result<AsyncSmartProducer, BuildError> {
         let parts = self.into_parts()?;
-        let producer: FutureProducer =
-            parts.kafka.create().map_err(|source| BuildError::Kafka {
+        let producer: FutureProducer<SmartContext> = parts
+            .kafka
+            .create_with_context(SmartContext {
+                statistics: parts.statistics,
+            })
+            .map_err(|source| BuildError::Kafka {
                 context: "creating the rdkafka producer".into(),
                 source,
             })?;
@@ -408,12 +413,12 @@ impl AsyncSmartProducerBuilder {
 
 /// The rdkafka producer, dropped on a blocking thread: dropping it purges its queue and waits
 /// up to 500 ms for the resulting reports, which must not stall an async worker.
-struct OffloadedDrop(Option<FutureProducer>);
+struct OffloadedDrop(Option<FutureProducer<SmartContext>>);
 
 impl std::ops::Deref for OffloadedDrop {
-    type Target = FutureProducer;
+    type Target = FutureProducer<SmartContext>;
 
-    fn deref(&self) -> &FutureProducer {
+    fn deref(&self) -> &FutureProducer<SmartContext> {
         // Only `drop` takes it out.
         self.0
             .as_ref()
@@ -437,7 +442,7 @@ pub(crate) const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Fetches `topic`'s metadata on a blocking thread, so that librdkafka learns partitions just
 /// added: a strict-order send refused for an unknown partition succeeds when tried again.
-fn refresh_metadata(producer: &FutureProducer, topic: &str) {
+fn refresh_metadata(producer: &FutureProducer<SmartContext>, topic: &str) {
     let (producer, topic) = (producer.clone(), topic.to_owned());
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         drop(runtime.spawn_blocking(move || {
@@ -461,7 +466,7 @@ pub(crate) fn is_unknown_partition(error: &KafkaError) -> bool {
 struct InFlight<'a> {
     delivery: Option<DeliveryFuture>,
     reservation: Option<Reservation<'a>>,
-    producer: &'a FutureProducer,
+    producer: &'a FutureProducer<SmartContext>,
 }
 
 impl Drop for InFlight<'_> {

@@ -432,11 +432,26 @@ where
     }
 }
 
-/// Runs each message's delivery callback.
-#[derive(Debug, Default)]
-pub struct CallbackContext;
+/// Runs each message's delivery callback, and hands librdkafka's statistics to the callback
+/// given to the builder's [`statistics`](crate::AsyncSmartProducerBuilder::statistics).
+#[derive(Default)]
+pub struct CallbackContext {
+    statistics: Option<crate::context::OnStatistics>,
+}
 
-impl ClientContext for CallbackContext {}
+impl std::fmt::Debug for CallbackContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallbackContext")
+            .field("statistics", &self.statistics.is_some())
+            .finish()
+    }
+}
+
+impl ClientContext for CallbackContext {
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        crate::context::on_statistics(self.statistics.as_ref(), &statistics);
+    }
+}
 
 impl ProducerContext for CallbackContext {
     type DeliveryOpaque = Box<Opaque>;
@@ -551,7 +566,9 @@ impl AsyncSmartProducerBuilder {
         };
         let producer: ThreadedProducer<CallbackContext, NoCustomPartitioner> = parts
             .kafka
-            .create_with_context(CallbackContext)
+            .create_with_context(CallbackContext {
+                statistics: parts.statistics,
+            })
             .map_err(|source| BuildError::Kafka {
                 context: "creating the rdkafka producer".into(),
                 source,

@@ -6,12 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ksp_core::secret::redact;
-use ksp_core::{HotPartitionCalculator, LagCollector, RelativeCalculator};
+use ksp_core::{ConfigError, HotPartitionCalculator, LagCollector, RelativeCalculator};
 use ksp_monitor::{HealthMonitor, KafkaLagCollector, MonitorConfig};
 use rdkafka::ClientConfig;
+use rdkafka::statistics::Statistics;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::backpressure::LocalQueue;
+use crate::context::OnStatistics;
 use crate::error::BuildError;
 use crate::router::{Router, RouterConfig};
 use crate::routing::Routing;
@@ -37,6 +39,7 @@ pub struct AsyncSmartProducerBuilder {
     queue_timeout: Duration,
     calculator: Arc<dyn HotPartitionCalculator>,
     collector: Option<Arc<dyn LagCollector>>,
+    statistics: Option<OnStatistics>,
     #[cfg(feature = "redis")]
     redis: Option<ksp_redis::RedisConfig>,
 }
@@ -45,6 +48,8 @@ pub struct AsyncSmartProducerBuilder {
 pub(crate) struct Parts {
     /// The rdkafka configuration of the producer itself (queue headroom applied).
     pub(crate) kafka: ClientConfig,
+    /// Where librdkafka's statistics go.
+    pub(crate) statistics: Option<OnStatistics>,
     pub(crate) queue: LocalQueue,
     pub(crate) routing: Option<Routing>,
 }
@@ -61,9 +66,21 @@ impl AsyncSmartProducerBuilder {
             queue_timeout: DEFAULT_QUEUE_TIMEOUT,
             calculator: Arc::new(RelativeCalculator::default()),
             collector: None,
+            statistics: None,
             #[cfg(feature = "redis")]
             redis: None,
         }
+    }
+
+    /// Hands librdkafka's statistics of the producer (queues, batches, brokers, per
+    /// partition) to `callback`, every `statistics.interval.ms`: set that in the rdkafka
+    /// configuration, or [`build`](Self::build) refuses the callback. Without a callback they
+    /// are logged at `info`, as rdkafka's default context does.
+    ///
+    /// The callback runs on librdkafka's polling thread: keep it short.
+    pub fn statistics(mut self, callback: impl Fn(&Statistics) + Send + Sync + 'static) -> Self {
+        self.statistics = Some(Arc::new(callback));
+        self
     }
 
     /// The consumer group whose lag decides where messages go (required with smart routing).
@@ -150,6 +167,18 @@ impl AsyncSmartProducerBuilder {
         let queue = LocalQueue::new(&self.kafka, self.queue_timeout)?;
         queue.client_config(&self.kafka)?;
         let router = self.router.for_producer(&self.kafka)?;
+        if self.statistics.is_some() {
+            let interval = self.kafka.get("statistics.interval.ms").unwrap_or("0");
+            if interval.trim().parse::<u64>().map_or(true, |ms| ms == 0) {
+                return Err(ConfigError::new(
+                    "statistics",
+                    format!("a callback with statistics.interval.ms = {interval:?}"),
+                    "statistics.interval.ms set to a number of milliseconds above 0 in the rdkafka \
+                     configuration: without it librdkafka sends no statistics",
+                )
+                .into());
+            }
+        }
         if self.smart_enabled {
             ksp_monitor::validate_watch(&self.group, &self.topics)?;
             self.monitor.validate()?;
@@ -180,6 +209,7 @@ impl AsyncSmartProducerBuilder {
             monitor,
             calculator,
             collector,
+            statistics,
             #[cfg(feature = "redis")]
             redis,
             ..
@@ -188,6 +218,7 @@ impl AsyncSmartProducerBuilder {
         if !smart_enabled {
             return Ok(Parts {
                 kafka: producer_config,
+                statistics,
                 queue,
                 routing: None,
             });
@@ -228,6 +259,7 @@ impl AsyncSmartProducerBuilder {
             .then(|| crate::holds::Holds::new(router_config.key_order.clone()));
         Ok(Parts {
             kafka: producer_config,
+            statistics,
             queue,
             routing: Some(Routing {
                 router,
@@ -255,7 +287,8 @@ impl fmt::Debug for AsyncSmartProducerBuilder {
             .field(
                 "collector",
                 &self.collector.as_ref().map(|c| c.name().to_owned()),
-            );
+            )
+            .field("statistics", &self.statistics.is_some());
         #[cfg(feature = "redis")]
         d.field("redis", &self.redis);
         d.finish()

@@ -14,6 +14,7 @@ mod backpressure;
 pub mod blocking;
 mod builder;
 mod config_file;
+mod context;
 mod error;
 mod holds;
 mod metrics;
@@ -29,6 +30,7 @@ pub use config_file::{
     CacheSection, ConfigFileError, Format, HealthMonitorSection, KeyOrderSection, ProducerSection,
     SmartProducerConfig,
 };
+pub use context::SmartContext;
 pub use error::{BuildError, ProduceError};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
