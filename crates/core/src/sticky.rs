@@ -50,11 +50,13 @@ impl StickyCursor {
     /// Accounts a message of `bytes` bytes sent at time `now` and returns the batch number it
     /// belongs to.
     ///
-    /// The message that fills a batch (reaches `batch_bytes`) still belongs to it; the next
-    /// one starts a new batch. A message arriving when the batch is `max_age` old or older
-    /// starts a new batch itself. Lock-free: a compare-and-swap per message, and a message
-    /// only ever joins a batch that is not full yet, so under any contention every batch ends
-    /// at `batch_bytes` (callers that find a batch full switch it over and try again).
+    /// A message joins the current batch if it fits in what is left of `batch_bytes`, as
+    /// librdkafka fills a batch; one that does not fit starts a new batch (a message larger
+    /// than `batch_bytes` gets a batch of its own). A message arriving when the batch is
+    /// `max_age` old or older starts a new batch itself. Lock-free: a compare-and-swap per
+    /// message, and a message only ever joins a batch it fits in, so under any contention no
+    /// batch holds more than `batch_bytes` (callers that find a batch full switch it over and
+    /// try again).
     #[inline]
     pub fn advance(&self, bytes: usize, batch_bytes: u32, now: u64, max_age: u64) -> u32 {
         // Clamped so that a single huge message cannot carry into the batch number.
@@ -69,7 +71,8 @@ impl StickyCursor {
             let started = self.started.load(Ordering::Acquire);
             let aged = started >> 48 == u64::from(batch & 0xffff)
                 && (now & TIME_MASK).wrapping_sub(started) & TIME_MASK >= max_age;
-            let (next, joined) = if used >= limit || aged {
+            let fits = used == 0 || used.saturating_add(bytes) <= limit;
+            let (next, joined) = if !fits || used >= limit || aged {
                 let batch = batch.wrapping_add(1);
                 ((u64::from(batch) << 32) | bytes, batch)
             } else {
@@ -114,12 +117,14 @@ mod tests {
         let c = StickyCursor::starting_at(7);
         assert_eq!(c.advance(40, 100, 0, FOREVER), 7);
         assert_eq!(c.advance(40, 100, 0, FOREVER), 7);
-        // This one fills the batch: still batch 7.
-        assert_eq!(c.advance(40, 100, 0, FOREVER), 7);
+        // This one does not fit (120 > 100): it starts batch 8, as librdkafka would.
         assert_eq!(c.advance(40, 100, 0, FOREVER), 8);
-        // A message larger than a batch fills it on its own.
-        assert_eq!(c.advance(500, 100, 0, FOREVER), 8);
+        // Exactly full still fits.
+        assert_eq!(c.advance(60, 100, 0, FOREVER), 8);
         assert_eq!(c.advance(1, 100, 0, FOREVER), 9);
+        // A message larger than a batch gets one of its own.
+        assert_eq!(c.advance(500, 100, 0, FOREVER), 10);
+        assert_eq!(c.advance(1, 100, 0, FOREVER), 11);
     }
 
     #[test]

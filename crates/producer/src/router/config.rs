@@ -82,8 +82,10 @@ pub struct RouterConfig {
     /// setting (librdkafka's default, `consistent_random`, for a router on its own). A
     /// producer refuses a value that differs from its `partitioner` setting.
     pub partitioner: Option<Partitioner>,
-    /// Keyless messages stick to one partition until this many bytes were sent there (Kafka's
-    /// KIP-794 switches after a batch) … `None`: the producer's `batch.size` (librdkafka's
+    /// Keyless messages stick to one partition while they fit in one batch of this many bytes
+    /// (Kafka's KIP-794 switches after a batch), counted as librdkafka fills a batch up to
+    /// `batch.size`: each message's key and payload plus 36 bytes of record framing, against
+    /// this less 61 bytes of batch header … `None`: the producer's `batch.size` (librdkafka's
     /// default is 1 000 000).
     pub sticky_batch_bytes: Option<u32>,
     /// … or until this long has passed, whichever comes first (librdkafka's own sticky
