@@ -427,8 +427,8 @@ mod tests {
         KeyEvent::new(code, KeyModifiers::NONE)
     }
 
-    #[test]
-    fn a_frame_shows_each_partition_with_its_lag_bar_share_and_verdict() {
+    /// A screen of two topics after one read: `orders` as above, `payments` without lag.
+    fn two_topics() -> Screen {
         let mut screen = Screen::new(
             "g",
             &["orders".into(), "payments".into()],
@@ -438,6 +438,12 @@ mod tests {
             ("orders".into(), Some(orders())),
             ("payments".into(), None),
         ]));
+        screen
+    }
+
+    #[test]
+    fn a_frame_shows_each_partition_with_its_lag_bar_share_and_verdict() {
+        let screen = two_topics();
         let lines = render(&screen);
         let text = lines.join("\n");
         assert!(
@@ -477,15 +483,7 @@ mod tests {
 
     #[test]
     fn keys_switch_topic_pause_and_quit() {
-        let mut screen = Screen::new(
-            "g",
-            &["orders".into(), "payments".into()],
-            Duration::from_secs(2),
-        );
-        screen.update(Ok(vec![
-            ("orders".into(), Some(orders())),
-            ("payments".into(), None),
-        ]));
+        let mut screen = two_topics();
         assert_eq!(screen.key(key(KeyCode::Tab)), Action::Nothing);
         let text = render(&screen).join("\n");
         assert!(text.contains("topic payments: no lag reported"), "{text}");
