@@ -1,8 +1,15 @@
 //! Throughput: the smart producer against a plain rdkafka `FutureProducer` (librdkafka's own
 //! partitioner), same cluster, same messages, same number of sends in flight, alternating
-//! A/B rounds in one process.
+//! A/B rounds; and batch fill, from librdkafka's statistics of each producer.
+//!
+//! The embedded broker runs in this process, or ([`Broker::Process`]) in a child process
+//! pinned to the last CPU while this one is pinned to the others, so that the A/B measures the
+//! producers and not the broker competing with them.
 
 use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -10,6 +17,8 @@ use ksp_monitor::MonitorConfig;
 use ksp_producer::AsyncSmartProducer;
 use ksp_testkit::{LagScenario, MockKafka};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext};
 
 const GROUP: &str = "throughput";
 const TOPIC: &str = "throughput";
@@ -34,6 +43,72 @@ pub struct Settings {
     pub window: usize,
 }
 
+/// Where the embedded broker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Broker {
+    /// In this process, sharing the CPUs with the producers.
+    InProcess,
+    /// In a child process (`ksp-bench broker`), pinned to the last CPU while this process is
+    /// pinned to the others (with `taskset`, when there are at least two CPUs).
+    Process,
+}
+
+/// Messages and bytes in the batches a producer sent, summed over librdkafka's statistics
+/// (each report covers the interval since the previous one).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Batches {
+    /// Messages in batches.
+    pub messages: i64,
+    /// Batches counted for messages.
+    pub batches: i64,
+    /// Bytes in batches.
+    pub bytes: i64,
+    /// Batches counted for bytes.
+    pub byte_batches: i64,
+}
+
+impl Batches {
+    fn add(&mut self, stats: &Statistics) {
+        if let Some(topic) = stats.topics.get(TOPIC) {
+            self.messages += topic.batchcnt.sum;
+            self.batches += topic.batchcnt.cnt;
+            self.bytes += topic.batchsize.sum;
+            self.byte_batches += topic.batchsize.cnt;
+        }
+    }
+
+    /// Average messages per batch.
+    pub fn messages_per_batch(&self) -> f64 {
+        self.messages as f64 / self.batches.max(1) as f64
+    }
+
+    /// Average bytes per batch.
+    pub fn bytes_per_batch(&self) -> f64 {
+        self.bytes as f64 / self.byte_batches.max(1) as f64
+    }
+}
+
+type Tally = Arc<Mutex<Batches>>;
+
+fn take(tally: &Tally) -> Batches {
+    std::mem::take(&mut *tally.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
+/// The plain producer's context: its statistics go to a tally.
+struct Counting(Tally);
+
+impl ClientContext for Counting {
+    fn stats(&self, statistics: Statistics) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .add(&statistics);
+    }
+}
+
+/// How often librdkafka reports statistics in the bench.
+const STATS_INTERVAL: Duration = Duration::from_millis(500);
+
 /// Median throughput of each producer for one case.
 #[derive(Debug, Clone)]
 pub struct Result {
@@ -49,6 +124,10 @@ pub struct Result {
     pub smart_cpu_ns: f64,
     /// Median process CPU time per message, plain `FutureProducer`, in nanoseconds.
     pub plain_cpu_ns: f64,
+    /// The smart producer's batches over every round of the case.
+    pub smart_batches: Batches,
+    /// The plain producer's batches over every round of the case.
+    pub plain_batches: Batches,
 }
 
 /// One round's figures: messages per second, and process CPU time per message (producer,
@@ -87,7 +166,7 @@ fn round(settings: Settings, started: Instant, cpu: cpu_time::ProcessTime) -> Ro
     }
 }
 
-async fn run_plain(producer: &FutureProducer, case: Case, settings: Settings) -> Round {
+async fn run_plain(producer: &FutureProducer<Counting>, case: Case, settings: Settings) -> Round {
     let payload = vec![b'x'; case.payload];
     let cpu = cpu_time::ProcessTime::now();
     let started = Instant::now();
@@ -125,17 +204,142 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// Measures every case.
-pub async fn measure(settings: Settings) -> anyhow::Result<Vec<Result>> {
+/// The embedded broker in a child process, stopped when dropped.
+struct BrokerProcess {
+    child: Child,
+}
+
+impl BrokerProcess {
+    /// Starts `exe broker` (`exe` is `ksp-bench`) on the last CPU, pins this process to the
+    /// others, and returns it with the bootstrap address it printed.
+    fn start(exe: &std::path::Path) -> anyhow::Result<(Self, String)> {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let taskset = cpus >= 2
+            && Command::new("taskset")
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success());
+        let mut command = if taskset {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg((cpus - 1).to_string()).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        };
+        let mut child = command
+            .arg("broker")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let bootstrap = line
+            .trim()
+            .strip_prefix("bootstrap ")
+            .ok_or_else(|| anyhow::anyhow!("the broker process said {line:?}"))?
+            .to_owned();
+        if taskset {
+            // Every thread of this process (the runtime's, and librdkafka's later ones, which
+            // inherit it) on the other CPUs.
+            let status = Command::new("taskset")
+                .args(["-a", "-p", "-c", &format!("0-{}", cpus - 2)])
+                .arg(std::process::id().to_string())
+                .stdout(Stdio::null())
+                .status()?;
+            anyhow::ensure!(status.success(), "taskset could not pin this process");
+        }
+        Ok((Self { child }, bootstrap))
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        // Closing its stdin ends it; kill it if it lingers.
+        drop(self.child.stdin.take());
+        for _ in 0..50 {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `ksp-bench broker`: an embedded 3-broker cluster with the bench's topic (8 partitions, its
+/// group caught up), its bootstrap address printed as `bootstrap <address>`, until standard
+/// input closes.
+pub async fn serve_broker() -> anyhow::Result<()> {
     let kafka = MockKafka::start(3)?;
     LagScenario::new(TOPIC, 8).create(&kafka, GROUP).await?;
-    let smart = AsyncSmartProducer::builder(kafka.client_config())
-        .consumer_group(GROUP)
-        .topics([TOPIC])
-        .monitor(MonitorConfig::default().with_refresh_interval(Duration::from_secs(1)))
-        .build()?;
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "bootstrap {}", kafka.bootstrap_servers())?;
+        out.flush()?;
+    }
+    tokio::task::spawn_blocking(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+    })
+    .await?;
+    Ok(())
+}
+
+/// Measures every case; [`Broker::Process`] runs this executable as the broker.
+pub async fn measure(settings: Settings, broker: Broker) -> anyhow::Result<Vec<Result>> {
+    measure_with(settings, broker, &std::env::current_exe()?).await
+}
+
+/// Measures every case; [`Broker::Process`] runs `ksp_bench` (the `ksp-bench` executable)
+/// as the broker.
+pub async fn measure_with(
+    settings: Settings,
+    broker: Broker,
+    ksp_bench: &std::path::Path,
+) -> anyhow::Result<Vec<Result>> {
+    let (_kafka, _process, mut config) = match broker {
+        Broker::InProcess => {
+            let kafka = MockKafka::start(3)?;
+            LagScenario::new(TOPIC, 8).create(&kafka, GROUP).await?;
+            let config = kafka.client_config();
+            (Some(kafka), None, config)
+        }
+        Broker::Process => {
+            let (process, bootstrap) = BrokerProcess::start(ksp_bench)?;
+            let mut config = ClientConfig::new();
+            config.set("bootstrap.servers", bootstrap);
+            (None, Some(process), config)
+        }
+    };
+    config.set(
+        "statistics.interval.ms",
+        STATS_INTERVAL.as_millis().to_string(),
+    );
+    let smart_tally = Tally::default();
+    let smart = {
+        let tally = smart_tally.clone();
+        AsyncSmartProducer::builder(config.clone())
+            .consumer_group(GROUP)
+            .topics([TOPIC])
+            .monitor(MonitorConfig::default().with_refresh_interval(Duration::from_secs(1)))
+            .statistics(move |stats| {
+                tally
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .add(stats);
+            })
+            .build()?
+    };
     smart.refresh_health().await?;
-    let plain: FutureProducer = kafka.client_config().create()?;
+    let plain_tally = Tally::default();
+    let plain: FutureProducer<Counting> =
+        config.create_with_context(Counting(plain_tally.clone()))?;
     let mut results = Vec::new();
     for case in [
         Case {
@@ -162,6 +366,10 @@ pub async fn measure(settings: Settings) -> anyhow::Result<Vec<Result>> {
         };
         run_smart(&smart, case, warm).await;
         run_plain(&plain, case, warm).await;
+        // The warm-up's batches are reported within one interval: leave them out.
+        tokio::time::sleep(STATS_INTERVAL * 2).await;
+        take(&smart_tally);
+        take(&plain_tally);
         let (mut a, mut b) = (Vec::new(), Vec::new());
         for round in 0..settings.rounds {
             // Alternate who goes first, so drift in the machine's load hits both alike.
@@ -173,6 +381,8 @@ pub async fn measure(settings: Settings) -> anyhow::Result<Vec<Result>> {
                 a.push(run_smart(&smart, case, settings).await);
             }
         }
+        // Every batch of the case is delivered: the next reports hold the last ones.
+        tokio::time::sleep(STATS_INTERVAL * 2).await;
         let ratios = a.iter().zip(&b).map(|(a, b)| a.rate / b.rate).collect();
         results.push(Result {
             case,
@@ -181,6 +391,8 @@ pub async fn measure(settings: Settings) -> anyhow::Result<Vec<Result>> {
             ratios,
             smart_cpu_ns: median(a.iter().map(|r| r.cpu_ns).collect()),
             plain_cpu_ns: median(b.iter().map(|r| r.cpu_ns).collect()),
+            smart_batches: take(&smart_tally),
+            plain_batches: take(&plain_tally),
         });
     }
     smart.close(Duration::from_secs(10)).await?;
@@ -188,18 +400,26 @@ pub async fn measure(settings: Settings) -> anyhow::Result<Vec<Result>> {
 }
 
 /// The markdown table of [`measure`]'s results.
-pub fn table(results: &[Result], settings: Settings) -> String {
+pub fn table(results: &[Result], settings: Settings, broker: Broker) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "| payload | keys | plain `FutureProducer`, msg/s (median) | smart producer, msg/s (median) | smart / plain, median of paired rounds | interquartile range | CPU per message, plain → smart |"
+        "| payload | keys | plain `FutureProducer`, msg/s (median) | smart producer, msg/s (median) | smart / plain, median of paired rounds | interquartile range | CPU per message, plain → smart | messages per batch, plain → smart (ratio) | bytes per batch, plain → smart (ratio) |"
     );
-    let _ = writeln!(md, "|---:|---|---:|---:|---:|---|---|");
+    let _ = writeln!(md, "|---:|---|---:|---:|---:|---|---|---|---|");
     for r in results {
         let (p25, p50, p75) = r.ratio_quartiles();
+        let (pm, sm) = (
+            r.plain_batches.messages_per_batch(),
+            r.smart_batches.messages_per_batch(),
+        );
+        let (pb, sb) = (
+            r.plain_batches.bytes_per_batch(),
+            r.smart_batches.bytes_per_batch(),
+        );
         let _ = writeln!(
             md,
-            "| {} B | {} | {:.0} | {:.0} | **{:.3}** | {:.2} – {:.2} | {:.2} → {:.2} µs ({:+.0} ns) |",
+            "| {} B | {} | {:.0} | {:.0} | **{:.3}** | {:.2} – {:.2} | {:.2} → {:.2} µs ({:+.0} ns) | {:.1} → {:.1} (**{:.3}**) | {:.0} → {:.0} (**{:.3}**) |",
             r.case.payload,
             if r.case.keyed { "10 000 keys" } else { "none" },
             r.plain,
@@ -210,17 +430,39 @@ pub fn table(results: &[Result], settings: Settings) -> String {
             r.plain_cpu_ns / 1000.0,
             r.smart_cpu_ns / 1000.0,
             r.smart_cpu_ns - r.plain_cpu_ns,
+            pm,
+            sm,
+            sm / pm.max(f64::MIN_POSITIVE),
+            pb,
+            sb,
+            sb / pb.max(f64::MIN_POSITIVE),
         );
     }
+    let where_ = match broker {
+        Broker::InProcess => {
+            "the in-process mock broker shares the machine's CPUs with the producers, so \
+             single rounds swing by ±25 %; the ratio of each round's pair is the robust figure. \
+             CPU per message is the whole process's (producers, librdkafka, the broker)"
+        }
+        Broker::Process => {
+            "the mock broker runs in a child process pinned to the last CPU, the producers in \
+             this one pinned to the others (`taskset`), so the broker no longer takes CPU from \
+             the producers. CPU per message is this process's (both producers and librdkafka; \
+             not the broker)"
+        }
+    };
     let _ = writeln!(
         md,
         "\n{} rounds of {} messages per producer, alternating which goes first, {} sends in \
-         flight, on the embedded 3-broker cluster (8 partitions, all consumers caught up). The \
-         in-process mock broker shares the machine's two cores with the producers, so single \
-         rounds swing by ±25 %; the ratio of each round's pair is the robust figure. CPU per \
-         message is the whole process's (producers, librdkafka, the broker), so only the \
-         difference between the two columns is the smart producer's own cost.",
-        settings.rounds, settings.messages, settings.window
+         flight, on the embedded 3-broker cluster (8 partitions, all consumers caught up): \
+         {where_}, so only the difference between the two CPU columns is the smart \
+         producer's own cost. Batches: librdkafka's statistics of each producer (every {} ms, \
+         `batchcnt` and `batchsize` summed over every round of the case); a ratio near 1 means \
+         the smart producer's sticky routing fills batches as librdkafka's partitioner does.",
+        settings.rounds,
+        settings.messages,
+        settings.window,
+        STATS_INTERVAL.as_millis()
     );
     md
 }

@@ -67,6 +67,8 @@ fn allocation_report_shows_a_free_keyless_path() {
     }
 }
 
+/// Both producers, with the broker in this process and in a child process, and batch fill
+/// read from both producers' statistics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throughput_bench_runs_both_producers() {
     let settings = throughput::Settings {
@@ -74,12 +76,26 @@ async fn throughput_bench_runs_both_producers() {
         rounds: 1,
         window: 100,
     };
-    let results = throughput::measure(settings).await.unwrap();
-    assert_eq!(results.len(), 4);
-    for r in &results {
-        assert!(r.smart > 0.0 && r.plain > 0.0, "{r:?}");
+    for broker in [throughput::Broker::InProcess, throughput::Broker::Process] {
+        let results = throughput::measure_with(
+            settings,
+            broker,
+            std::path::Path::new(env!("CARGO_BIN_EXE_ksp-bench")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(results.len(), 4);
+        for r in &results {
+            assert!(r.smart > 0.0 && r.plain > 0.0, "{r:?}");
+            // One round of 2 000 messages each, every one of them in some batch.
+            assert_eq!(r.smart_batches.messages, 2_000, "{broker:?} {r:?}");
+            assert_eq!(r.plain_batches.messages, 2_000, "{broker:?} {r:?}");
+            assert!(r.smart_batches.bytes_per_batch() > 0.0, "{r:?}");
+        }
+        let table = throughput::table(&results, settings, broker);
+        assert!(table.contains("| 100 B | none |"), "{table}");
+        assert!(table.contains("messages per batch"), "{table}");
     }
-    assert!(throughput::table(&results, settings).contains("| 100 B | none |"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
