@@ -357,3 +357,39 @@ fn a_statistics_callback_without_an_interval_is_refused() {
     let text = error.to_string();
     assert!(text.contains("statistics.interval.ms"), "{text}");
 }
+
+for_both! {
+/// A statistics callback that panics runs on the thread that completes deliveries: the panic
+/// is caught, and sends still resolve.
+async fn a_panicking_statistics_callback_does_not_stop_deliveries(flavour: &str) {
+    let kafka = cluster().await;
+    let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut config = kafka.client_config();
+    config.set("statistics.interval.ms", "50");
+    let builder = {
+        let calls = calls.clone();
+        smart(config).statistics(move |_| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            panic!("a bug in the caller's statistics code");
+        })
+    };
+    let (producer, _) = Producer::build(flavour, builder);
+    producer.refresh().await;
+    for round in 0..4 {
+        for i in 0..10 {
+            let sent = tokio::time::timeout(
+                Duration::from_secs(10),
+                producer.send(None, &format!("m{round}-{i}"), None),
+            )
+            .await;
+            assert!(matches!(sent, Ok(Ok(_))), "round {round}: {sent:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    assert!(
+        calls.load(std::sync::atomic::Ordering::Relaxed) >= 2,
+        "the callback ran and panicked more than once"
+    );
+    producer.close().await;
+}
+}

@@ -90,6 +90,23 @@ impl Batches {
 
 type Tally = Arc<Mutex<Batches>>;
 
+/// Waits until `tally` has counted `messages` messages in batches (every one sent is
+/// delivered by now, so the reports are on their way), at most 10 intervals.
+async fn settle(tally: &Tally, messages: usize) {
+    let messages = i64::try_from(messages).unwrap_or(i64::MAX);
+    for _ in 0..100 {
+        if tally
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .messages
+            >= messages
+        {
+            return;
+        }
+        tokio::time::sleep(STATS_INTERVAL / 10).await;
+    }
+}
+
 fn take(tally: &Tally) -> Batches {
     std::mem::take(&mut *tally.lock().unwrap_or_else(PoisonError::into_inner))
 }
@@ -128,6 +145,9 @@ pub struct Result {
     pub smart_batches: Batches,
     /// The plain producer's batches over every round of the case.
     pub plain_batches: Batches,
+    /// With [`Broker::Process`]: whether the broker and the producers ran pinned to CPUs of
+    /// their own (`taskset` present, two CPUs or more).
+    pub pinned: bool,
 }
 
 /// One round's figures: messages per second, and process CPU time per message (producer,
@@ -204,34 +224,63 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// The embedded broker in a child process, stopped when dropped.
+/// The embedded broker in a child process, stopped when dropped; this process's CPU
+/// affinity is restored then.
 struct BrokerProcess {
     child: Child,
+    /// The CPUs this process was allowed before pinning (a `taskset -c` list), when it
+    /// pinned itself.
+    restore: Option<String>,
+}
+
+/// The CPUs process `pid` may run on, as `taskset` lists them (e.g. `0-3,6`), and expanded.
+fn affinity(pid: u32) -> Option<(String, Vec<u32>)> {
+    let out = Command::new("taskset")
+        .args(["-c", "-p", &pid.to_string()])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let list = text.rsplit_once(':')?.1.trim().to_owned();
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.trim().parse::<u32>().ok()?..=b.trim().parse().ok()?),
+            None => cpus.push(part.trim().parse().ok()?),
+        }
+    }
+    Some((list, cpus))
+}
+
+fn pin(pid: u32, cpus: &str, all_threads: bool) -> bool {
+    let mut command = Command::new("taskset");
+    if all_threads {
+        command.arg("-a");
+    }
+    command
+        .args(["-p", "-c", cpus, &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 impl BrokerProcess {
-    /// Starts `exe broker` (`exe` is `ksp-bench`) on the last CPU, pins this process to the
-    /// others, and returns it with the bootstrap address it printed.
+    /// Starts `exe broker` (`exe` is `ksp-bench`) and, when this process may run on two CPUs
+    /// or more and `taskset` is there, pins the broker to the last of them and this process to
+    /// the others. Returns it with the bootstrap address it printed.
     fn start(exe: &std::path::Path) -> anyhow::Result<(Self, String)> {
-        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        let taskset = cpus >= 2
-            && Command::new("taskset")
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success());
-        let mut command = if taskset {
-            let mut c = Command::new("taskset");
-            c.arg("-c").arg((cpus - 1).to_string()).arg(exe);
-            c
-        } else {
-            Command::new(exe)
-        };
-        let mut child = command
+        let child = Command::new(exe)
             .arg("broker")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;
-        let stdout = child
+        // From here on, dropping `process` ends the child (and reaps it).
+        let mut process = Self {
+            child,
+            restore: None,
+        };
+        let stdout = process
+            .child
             .stdout
             .take()
             .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
@@ -242,22 +291,35 @@ impl BrokerProcess {
             .strip_prefix("bootstrap ")
             .ok_or_else(|| anyhow::anyhow!("the broker process said {line:?}"))?
             .to_owned();
-        if taskset {
-            // Every thread of this process (the runtime's, and librdkafka's later ones, which
-            // inherit it) on the other CPUs.
-            let status = Command::new("taskset")
-                .args(["-a", "-p", "-c", &format!("0-{}", cpus - 2)])
-                .arg(std::process::id().to_string())
-                .stdout(Stdio::null())
-                .status()?;
-            anyhow::ensure!(status.success(), "taskset could not pin this process");
+        let me = std::process::id();
+        if let Some((list, cpus)) = affinity(me)
+            && let Some((&last, others)) = cpus.split_last()
+            && !others.is_empty()
+        {
+            let others = others
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            // The broker's threads on the last CPU; every thread of this process (and
+            // librdkafka's later ones, which inherit it) on the others.
+            if pin(process.child.id(), &last.to_string(), true) && pin(me, &others, true) {
+                process.restore = Some(list);
+            }
         }
-        Ok((Self { child }, bootstrap))
+        Ok((process, bootstrap))
+    }
+
+    fn pinned(&self) -> bool {
+        self.restore.is_some()
     }
 }
 
 impl Drop for BrokerProcess {
     fn drop(&mut self) {
+        if let Some(list) = self.restore.take() {
+            pin(std::process::id(), &list, true);
+        }
         // Closing its stdin ends it; kill it if it lingers.
         drop(self.child.stdin.take());
         for _ in 0..50 {
@@ -303,12 +365,12 @@ pub async fn measure_with(
     broker: Broker,
     ksp_bench: &std::path::Path,
 ) -> anyhow::Result<Vec<Result>> {
-    let (_kafka, _process, mut config) = match broker {
+    let (_kafka, process, mut config) = match broker {
         Broker::InProcess => {
             let kafka = MockKafka::start(3)?;
             LagScenario::new(TOPIC, 8).create(&kafka, GROUP).await?;
             let config = kafka.client_config();
-            (Some(kafka), None, config)
+            (Some(kafka), None::<BrokerProcess>, config)
         }
         Broker::Process => {
             let (process, bootstrap) = BrokerProcess::start(ksp_bench)?;
@@ -340,6 +402,7 @@ pub async fn measure_with(
     let plain_tally = Tally::default();
     let plain: FutureProducer<Counting> =
         config.create_with_context(Counting(plain_tally.clone()))?;
+    let pinned = process.as_ref().is_some_and(BrokerProcess::pinned);
     let mut results = Vec::new();
     for case in [
         Case {
@@ -366,8 +429,9 @@ pub async fn measure_with(
         };
         run_smart(&smart, case, warm).await;
         run_plain(&plain, case, warm).await;
-        // The warm-up's batches are reported within one interval: leave them out.
-        tokio::time::sleep(STATS_INTERVAL * 2).await;
+        // The warm-up's batches are reported within an interval or two: leave them out.
+        settle(&smart_tally, warm.messages).await;
+        settle(&plain_tally, warm.messages).await;
         take(&smart_tally);
         take(&plain_tally);
         let (mut a, mut b) = (Vec::new(), Vec::new());
@@ -382,7 +446,9 @@ pub async fn measure_with(
             }
         }
         // Every batch of the case is delivered: the next reports hold the last ones.
-        tokio::time::sleep(STATS_INTERVAL * 2).await;
+        let sent = settings.messages * settings.rounds;
+        settle(&smart_tally, sent).await;
+        settle(&plain_tally, sent).await;
         let ratios = a.iter().zip(&b).map(|(a, b)| a.rate / b.rate).collect();
         results.push(Result {
             case,
@@ -393,6 +459,7 @@ pub async fn measure_with(
             plain_cpu_ns: median(b.iter().map(|r| r.cpu_ns).collect()),
             smart_batches: take(&smart_tally),
             plain_batches: take(&plain_tally),
+            pinned,
         });
     }
     smart.close(Duration::from_secs(10)).await?;
@@ -444,11 +511,16 @@ pub fn table(results: &[Result], settings: Settings, broker: Broker) -> String {
              single rounds swing by ±25 %; the ratio of each round's pair is the robust figure. \
              CPU per message is the whole process's (producers, librdkafka, the broker)"
         }
-        Broker::Process => {
+        Broker::Process if results.iter().all(|r| r.pinned) => {
             "the mock broker runs in a child process pinned to the last CPU, the producers in \
              this one pinned to the others (`taskset`), so the broker no longer takes CPU from \
              the producers. CPU per message is this process's (both producers and librdkafka; \
              not the broker)"
+        }
+        Broker::Process => {
+            "the mock broker runs in a child process, NOT pinned (no `taskset`, or one CPU), so \
+             it still competes with the producers for CPU. CPU per message is this process's \
+             (both producers and librdkafka; not the broker)"
         }
     };
     let _ = writeln!(

@@ -77,7 +77,9 @@ impl AsyncSmartProducerBuilder {
     /// configuration, or [`build`](Self::build) refuses the callback. Without a callback they
     /// are logged at `info`, as rdkafka's default context does.
     ///
-    /// The callback runs on librdkafka's polling thread: keep it short.
+    /// The callback runs on rdkafka's polling thread (or on a thread that flushes or drops the
+    /// producer), the thread that also completes deliveries: keep it short. A panic in it is
+    /// caught and logged, and those statistics are dropped.
     pub fn statistics(mut self, callback: impl Fn(&Statistics) + Send + Sync + 'static) -> Self {
         self.statistics = Some(Arc::new(callback));
         self

@@ -34,9 +34,18 @@ impl ClientContext for SmartContext {
 }
 
 /// Hands `statistics` to the callback, or logs them as rdkafka's default context does.
+///
+/// The callback runs on rdkafka's polling thread, which also completes deliveries: a panic
+/// there would stop every delivery report for good. It is caught, and those statistics are
+/// dropped.
 pub(crate) fn on_statistics(callback: Option<&OnStatistics>, statistics: &Statistics) {
     match callback {
-        Some(callback) => callback(statistics),
+        Some(callback) => {
+            let call = std::panic::AssertUnwindSafe(|| callback(statistics));
+            if std::panic::catch_unwind(call).is_err() {
+                tracing::error!("the statistics callback panicked; these statistics are dropped");
+            }
+        }
         None => tracing::info!(?statistics, "librdkafka statistics"),
     }
 }

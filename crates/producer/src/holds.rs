@@ -107,7 +107,7 @@ impl Holds {
         };
         loop {
             changes.borrow_and_update();
-            let partition = match router.route_in_order(topic, key) {
+            let partition = match router.route_in_order_sized(topic, key, size) {
                 KeyStep::Go(decision) => {
                     if let Ok(r) = &reservation {
                         self.metrics.released.increment(1);

@@ -106,7 +106,7 @@ impl Routing {
     ) -> Pending {
         if let (Some(holds), Some(key), None) = (&self.holds, key, partition) {
             if !holds.in_line(&self.router, topic, key)
-                && let KeyStep::Go(decision) = self.router.route_in_order(topic, key)
+                && let KeyStep::Go(decision) = self.router.route_in_order_sized(topic, key, size)
             {
                 return Pending::Ready(Routed::plain(decision, false).in_order());
             }

@@ -152,7 +152,7 @@ impl Router {
             return (explicit, None);
         }
         if let (Some(key), Some(_)) = (key, &self.gates) {
-            let decision = match self.step(topic, key, false) {
+            let decision = match self.step(topic, key, size, false) {
                 KeyStep::Go(decision) => decision,
                 KeyStep::Wait { .. } => Decision {
                     partition: None,
@@ -294,17 +294,27 @@ impl Router {
     /// While the topic's health is stale, keys keep the partitions the last health gave them;
     /// without health for the topic, librdkafka's partitioner decides (the key's home).
     /// Allocates nothing; takes a lock only for keys when some key is pinned.
+    ///
+    /// A key without a home is routed like a keyless message of the key's size; the producers
+    /// count the whole message ([`route_in_order_sized`](Self::route_in_order_sized)).
     #[inline]
     pub fn route_in_order(&self, topic: &str, key: &[u8]) -> KeyStep {
-        self.step(topic, key, true)
+        self.step(topic, key, key.len(), true)
+    }
+
+    /// [`route_in_order`](Self::route_in_order) for a message of `size` bytes (key plus
+    /// payload), which paces sticky switching when the key has no home.
+    #[inline]
+    pub(crate) fn route_in_order_sized(&self, topic: &str, key: &[u8], size: usize) -> KeyStep {
+        self.step(topic, key, size, true)
     }
 
     /// [`route_in_order`](Self::route_in_order); `sending` when the message goes where the
     /// answer says (a pinned key's pin then covers it), not when only asking.
     #[inline]
-    fn step(&self, topic: &str, key: &[u8], sending: bool) -> KeyStep {
+    fn step(&self, topic: &str, key: &[u8], size: usize, sending: bool) -> KeyStep {
         let Some(gates) = &self.gates else {
-            return KeyStep::Go(self.route_detailed(topic, None, Some(key), key.len()).0);
+            return KeyStep::Go(self.route_detailed(topic, None, Some(key), size).0);
         };
         let topic_hash = TopicHealth::hash_of(topic);
         let Some(view) = gates.view(topic_hash) else {
@@ -317,7 +327,7 @@ impl Router {
             if view.placement.is_stale() {
                 return KeyStep::Go(Decision::fallback(Fallback::Stale));
             }
-            return KeyStep::Go(self.sticky(&view.placement, key.len()));
+            return KeyStep::Go(self.sticky(&view.placement, size));
         };
         let route = if view.placement.is_stale() {
             Route::Fallback(Fallback::Stale)
