@@ -29,7 +29,8 @@ doc:
 demo:
     cargo run --release --example quickstart
 
-# Every benchmark; rewrites docs/benchmarks.md and docs/img/ (about 6 minutes).
+# Every benchmark; rewrites docs/benchmarks.md and docs/img/ (about 20 minutes; the
+# instruction counts need valgrind).
 bench:
     cargo bench -p ksp-producer --bench routing
     cargo run --release -p ksp-bench -- all

@@ -4,6 +4,7 @@
 pub mod alloc;
 pub mod dashboard;
 pub mod fleet;
+pub mod instructions;
 pub mod order;
 pub mod plot;
 pub mod refresh;

@@ -69,7 +69,30 @@ enum Command {
     },
     /// The embedded broker of `throughput --broker process`, in its own process: prints
     /// `bootstrap <address>`, serves until standard input closes.
-    Broker,
+    Broker {
+        /// Partitions of the topic.
+        #[arg(long, default_value_t = 8)]
+        partitions: i32,
+    },
+    /// Instructions per message, smart vs plain, counted by callgrind (needs valgrind): runs
+    /// `instructions` under valgrind for every configuration.
+    InstructionsTable,
+    /// Sends messages through one producer for callgrind to count (run it under
+    /// `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*ksp_measured_sends*'`).
+    Instructions {
+        /// Which producer.
+        #[arg(long, value_enum)]
+        producer: ksp_bench::instructions::Kind,
+        /// Keyed over 10 000 keys (default keyless).
+        #[arg(long)]
+        keyed: bool,
+        /// Partitions of the topic.
+        #[arg(long, default_value_t = 8)]
+        partitions: i32,
+        /// Messages counted.
+        #[arg(long, default_value_t = 20_000)]
+        messages: usize,
+    },
     /// Cost of one lag refresh.
     Refresh {
         /// Refreshes per configuration.
@@ -152,7 +175,25 @@ async fn main() -> anyhow::Result<()> {
             let results = throughput::measure(settings, broker).await?;
             print!("{}", throughput::table(&results, settings, broker));
         }
-        Command::Broker => throughput::serve_broker().await?,
+        Command::Broker { partitions } => throughput::serve_broker(partitions).await?,
+        Command::InstructionsTable => {
+            let exe = std::env::current_exe()?;
+            let rows = tokio::task::spawn_blocking(move || ksp_bench::instructions::measure(&exe))
+                .await??;
+            print!("{}", ksp_bench::instructions::table(rows.as_deref()));
+        }
+        Command::Instructions {
+            producer,
+            keyed,
+            partitions,
+            messages,
+        } => {
+            let exe = std::env::current_exe()?;
+            tokio::task::spawn_blocking(move || {
+                ksp_bench::instructions::run(producer, keyed, partitions, messages, &exe)
+            })
+            .await??;
+        }
         Command::Refresh { refreshes } => {
             print!("{}", refresh::table(&[8, 256, 1024], refreshes).await?);
         }
@@ -198,6 +239,13 @@ const TPUT_INTRO: &str = "`cargo run --release -p ksp-bench -- throughput` (the 
     the keys, not the routing. Section 1 is the figure to trust \
     for the routing layer's own cost per message.";
 
+/// What the instruction counts are for (docs/benchmarks.md).
+const INSTR_INTRO: &str = "The figure that does not move with the machine's load: what the \
+    smart producer adds per message, in instructions, over a plain `FutureProducer`. The \
+    sending thread's count repeats within about 1 % (the spread column); the whole process's \
+    is noisier (librdkafka's timers). The target is at most 3 % more instructions per message \
+    than plain.";
+
 /// What the key-order table shows (docs/benchmarks.md).
 const ORDER_INTRO: &str = "`cargo run --release -p ksp-bench -- order` (300 simulated seconds \
     per scenario, seed 1): the simulator above with keyed traffic (10 000 keys), every consumed \
@@ -242,6 +290,11 @@ async fn all(root: &Path) -> anyhow::Result<()> {
         .filter(|r| r.case.payload >= 1024)
         .map(|r| r.smart_batches.messages_per_batch() / r.plain_batches.messages_per_batch())
         .fold(f64::INFINITY, f64::min);
+    eprintln!("counting instructions (callgrind)…");
+    let exe = std::env::current_exe()?;
+    let instr_rows =
+        tokio::task::spawn_blocking(move || ksp_bench::instructions::measure(&exe)).await??;
+    let instr_md = ksp_bench::instructions::table(instr_rows.as_deref());
     eprintln!("measuring refreshes…");
     let refresh_md = refresh::table(&[8, 256, 1024], 50).await?;
     eprintln!("validating on the embedded cluster…");
@@ -296,6 +349,27 @@ async fn all(root: &Path) -> anyhow::Result<()> {
         "| batch fill, smart / plain messages per batch (worst of the 1 KiB kinds, keyed and keyless; librdkafka's statistics) | ≥ 0.95 | {worst_fill:.3} | {} |",
         verdict(worst_fill >= 0.95)
     )?;
+    match &instr_rows {
+        Some(rows) => {
+            let worst = rows
+                .iter()
+                .map(|r| {
+                    let mean = |v: [f64; 2]| (v[0] + v[1]) / 2.0;
+                    mean(r.caller[1]) / mean(r.caller[0]) - 1.0
+                })
+                .fold(f64::NEG_INFINITY, f64::max);
+            writeln!(
+                headline,
+                "| instructions per message the smart producer adds on the sending thread (callgrind; worst of 8/1024 partitions, keyless/keyed) | ≤ 3 % | {:+.1} % | {} |",
+                worst * 100.0,
+                verdict(worst <= 0.03)
+            )?;
+        }
+        None => writeln!(
+            headline,
+            "| instructions per message the smart producer adds | ≤ 3 % | not measured: valgrind is not installed | |"
+        )?,
+    }
     if let Some(run) = scenario("one_slow") {
         let ours = outcome(&run.outcomes, OURS);
         let plain = outcome(&run.outcomes, Policy::Librdkafka);
@@ -444,6 +518,7 @@ async fn all(root: &Path) -> anyhow::Result<()> {
          ## 1. Routing cost\n\n{routing_md}\n\
          Heap allocations per decision:\n\n{alloc_md}\n\
          ## 2. Throughput and batch fill\n\n{TPUT_INTRO}\n\n{tput_md}\n\
+         ### Instructions per message\n\n{INSTR_INTRO}\n\n{instr_md}\n\
          ## 3. Lag refresh cost\n\n{refresh_md}\n\
          ## 4. Routing quality (simulated)\n\n\
          A deterministic simulator (`crates/bench/src/sim.rs`, seed 1) drives the library's real \

@@ -226,7 +226,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// The embedded broker in a child process, stopped when dropped; this process's CPU
 /// affinity is restored then.
-struct BrokerProcess {
+pub(crate) struct BrokerProcess {
     child: Child,
     /// The CPUs this process was allowed before pinning (a `taskset -c` list), when it
     /// pinned itself.
@@ -269,8 +269,26 @@ impl BrokerProcess {
     /// or more and `taskset` is there, pins the broker to the last of them and this process to
     /// the others. Returns it with the bootstrap address it printed.
     fn start(exe: &std::path::Path) -> anyhow::Result<(Self, String)> {
+        Self::spawn(exe, 8, true)
+    }
+
+    /// Starts `exe broker` with a topic of `partitions` partitions, not pinned.
+    pub(crate) fn start_unpinned(
+        exe: &std::path::Path,
+        partitions: i32,
+    ) -> anyhow::Result<(Self, String)> {
+        Self::spawn(exe, partitions, false)
+    }
+
+    fn spawn(
+        exe: &std::path::Path,
+        partitions: i32,
+        pinned: bool,
+    ) -> anyhow::Result<(Self, String)> {
         let child = Command::new(exe)
             .arg("broker")
+            .arg("--partitions")
+            .arg(partitions.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;
@@ -292,7 +310,8 @@ impl BrokerProcess {
             .ok_or_else(|| anyhow::anyhow!("the broker process said {line:?}"))?
             .to_owned();
         let me = std::process::id();
-        if let Some((list, cpus)) = affinity(me)
+        if pinned
+            && let Some((list, cpus)) = affinity(me)
             && let Some((&last, others)) = cpus.split_last()
             && !others.is_empty()
         {
@@ -336,9 +355,11 @@ impl Drop for BrokerProcess {
 /// `ksp-bench broker`: an embedded 3-broker cluster with the bench's topic (8 partitions, its
 /// group caught up), its bootstrap address printed as `bootstrap <address>`, until standard
 /// input closes.
-pub async fn serve_broker() -> anyhow::Result<()> {
+pub async fn serve_broker(partitions: i32) -> anyhow::Result<()> {
     let kafka = MockKafka::start(3)?;
-    LagScenario::new(TOPIC, 8).create(&kafka, GROUP).await?;
+    LagScenario::new(TOPIC, usize::try_from(partitions)?)
+        .create(&kafka, GROUP)
+        .await?;
     {
         use std::io::Write as _;
         let mut out = std::io::stdout().lock();
