@@ -1,7 +1,9 @@
 //! Instructions per message, counted by callgrind: `ksp-bench instructions` sends N messages
-//! through one producer inside [`ksp_measured_sends`], which callgrind is told to count
-//! (`--toggle-collect=ksp_measured_sends`), with the broker in a child process that runs
-//! outside valgrind.
+//! through one producer inside `ksp_measured_sends`, which callgrind is told to count
+//! (`--toggle-collect=ksp_bench::instructions::ksp_measured_sends`: the exact name, since
+//! callgrind flips collection on entering and leaving *every* function that matches, and a
+//! wildcard also matches the drop glue of its closures), with the broker in a child process
+//! that runs outside valgrind.
 //!
 //! What is counted: everything the calling thread executes for the N sends: building each
 //! record, the routing layer (smart producer only), librdkafka's enqueue
@@ -69,7 +71,8 @@ fn ksp_measured_sends(
     ));
 }
 
-/// Runs one measurement: warms up with 2 000 messages, then measures `messages`.
+/// Runs one measurement: warms up (2 000 messages, or 10 000 keyed: every key once), then
+/// measures `messages`.
 pub fn run(
     kind: Kind,
     keyed: bool,
@@ -110,10 +113,13 @@ pub fn run(
 
 #[inline(never)]
 fn warm_up(runtime: &tokio::runtime::Runtime, sender: &Sender, keyed: bool) {
-    // The same loop, not counted: connections, metadata, buffers, the key cache.
+    // The same loop, not counted: connections, metadata, buffers, and (keyed) every one of the
+    // 10 000 keys once.
     let payload = [b'x'; 100];
-    runtime.block_on(
-        futures::stream::iter(0..2_000).for_each_concurrent(1_000, |i| async move {
+    let messages = if keyed { 10_000 } else { 2_000 };
+    runtime.block_on(futures::stream::iter(0..messages).for_each_concurrent(
+        1_000,
+        |i| async move {
             let key = format!("key-{}", i % 10_000);
             let mut record = FutureRecord::to(TOPIC).payload(&payload[..]);
             if keyed {
@@ -129,8 +135,8 @@ fn warm_up(runtime: &tokio::runtime::Runtime, sender: &Sender, keyed: bool) {
                         .expect("delivered");
                 }
             }
-        }),
-    );
+        },
+    ));
 }
 
 /// One configuration's counts: instructions per message.
@@ -147,6 +153,18 @@ pub struct Row {
     pub process: [f64; 2],
 }
 
+/// The function callgrind counts, by its exact (demangled) name.
+const MEASURED: &str = "ksp_bench::instructions::ksp_measured_sends";
+
+/// Removes a file when dropped.
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// The instructions callgrind counted in one run of `exe instructions`.
 fn count(
     exe: &Path,
@@ -157,20 +175,19 @@ fn count(
     toggled: bool,
 ) -> anyhow::Result<f64> {
     static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let out = std::env::temp_dir().join(format!(
+    let out = TempFile(std::env::temp_dir().join(format!(
         "ksp-callgrind-{}-{}",
         std::process::id(),
         RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
+    )));
     let mut command = std::process::Command::new("valgrind");
     command
         .arg("--tool=callgrind")
-        .arg(format!("--callgrind-out-file={}", out.display()));
+        .arg(format!("--callgrind-out-file={}", out.0.display()));
     if toggled {
-        command.args([
-            "--collect-atstart=no",
-            "--toggle-collect=*ksp_measured_sends*",
-        ]);
+        command
+            .arg("--collect-atstart=no")
+            .arg(format!("--toggle-collect={MEASURED}"));
     }
     command
         .arg(exe)
@@ -184,23 +201,34 @@ fn count(
     if keyed {
         command.arg("--keyed");
     }
-    let status = command
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()?;
-    anyhow::ensure!(status.success(), "valgrind run failed: {command:?}");
-    let text = std::fs::read_to_string(&out)?;
-    let _ = std::fs::remove_file(&out);
+    let run = command.stdin(std::process::Stdio::null()).output()?;
+    if !run.status.success() {
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(10).collect();
+        anyhow::bail!(
+            "valgrind run failed ({command:?}): {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    let text = std::fs::read_to_string(&out.0)?;
     let total = text
         .lines()
         .find_map(|l| l.strip_prefix("summary:"))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .ok_or_else(|| anyhow::anyhow!("no summary in callgrind's output"))?;
+    anyhow::ensure!(
+        total > 0.0,
+        "callgrind counted nothing: is {MEASURED} still the measured function's name?"
+    );
     Ok(total)
 }
 
 /// Every configuration (8 and 1 024 partitions, keyless and keyed, plain and smart), or
 /// `None` when valgrind is not installed.
+///
+/// # Errors
+///
+/// When a valgrind run fails, or counts nothing.
 pub fn measure(exe: &Path) -> anyhow::Result<Option<Vec<Row>>> {
     let valgrind = std::process::Command::new("valgrind")
         .arg("--version")
@@ -264,14 +292,16 @@ pub fn table(rows: Option<&[Row]>) -> String {
     }
     md.push_str(
         "\n`cargo run --release -p ksp-bench -- instructions-table` (needs valgrind): callgrind \
-         counts the instructions of 10 000 sends of 100-byte messages (1 000 in flight, after 2 000 \
-         not counted), the broker in a child process that valgrind does not trace. *Sending \
+         counts the instructions of 10 000 sends of 100-byte messages (1 000 in flight, after a \
+         warm-up not counted: 2 000 messages, or keyed 10 000, every key once), the broker in a child process that valgrind does not trace. *Sending \
          thread*: only what the thread that calls `produce`/`send` executes (building the record, \
          the routing layer, librdkafka's enqueue, awaiting the delivery), twice per producer; \
          the spread is the larger difference between the two runs. *Whole producer process*: \
          every thread of it (librdkafka's batching, network and delivery threads too), as the \
-         slope between a run of 10 000 and one of 30 000 messages, so that setup cancels out; \
-         librdkafka's idle wake-ups, which follow the wall clock, remain in it as noise.\n",
+         slope between a run of 10 000 and one of 30 000 messages, so that setup cancels out. \
+         Work that follows the clock does not: under valgrind a longer run takes longer, so \
+         librdkafka's timers (and, for the smart producer, its lag reader's threads) stay in \
+         the slope, one run each: read it as an upper bound, not as the figure.\n",
     );
     md
 }

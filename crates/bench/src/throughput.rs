@@ -352,8 +352,8 @@ impl Drop for BrokerProcess {
     }
 }
 
-/// `ksp-bench broker`: an embedded 3-broker cluster with the bench's topic (8 partitions, its
-/// group caught up), its bootstrap address printed as `bootstrap <address>`, until standard
+/// `ksp-bench broker`: an embedded 3-broker cluster with the bench's topic (`partitions`
+/// partitions, its group caught up), its bootstrap address printed as `bootstrap <address>`, until standard
 /// input closes.
 pub async fn serve_broker(partitions: i32) -> anyhow::Result<()> {
     let kafka = MockKafka::start(3)?;
