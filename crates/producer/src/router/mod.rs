@@ -295,8 +295,8 @@ impl Router {
     /// without health for the topic, librdkafka's partitioner decides (the key's home).
     /// Allocates nothing; takes a lock only for keys when some key is pinned.
     ///
-    /// A key without a home is routed like a keyless message of the key's size; the producers
-    /// count the whole message ([`route_in_order_sized`](Self::route_in_order_sized)).
+    /// A key without a home is routed like a keyless message of the key's size (the producers
+    /// count the whole message, key and payload).
     #[inline]
     pub fn route_in_order(&self, topic: &str, key: &[u8]) -> KeyStep {
         self.step(topic, key, key.len(), true)
