@@ -38,9 +38,8 @@ pub(crate) enum Sender {
     Plain(FutureProducer),
 }
 
-/// Sends `messages` messages (100-byte payloads; keyed over 10 000 keys or keyless), at most
-/// 1 000 in flight, and waits for every delivery. Not inlined, under a name callgrind can
-/// toggle on.
+/// What callgrind counts: `messages` sends through [`send`]. Not inlined, under a name
+/// callgrind toggles on (its callees are counted with it).
 #[inline(never)]
 fn ksp_measured_sends(
     runtime: &tokio::runtime::Runtime,
@@ -48,6 +47,12 @@ fn ksp_measured_sends(
     messages: usize,
     keyed: bool,
 ) {
+    send(runtime, sender, messages, keyed);
+}
+
+/// Sends `messages` messages (100-byte payloads; keyed over 10 000 keys or keyless), at most
+/// 1 000 in flight, and waits for every delivery.
+fn send(runtime: &tokio::runtime::Runtime, sender: &Sender, messages: usize, keyed: bool) {
     let payload = [b'x'; 100];
     runtime.block_on(futures::stream::iter(0..messages).for_each_concurrent(
         1_000,
@@ -111,32 +116,10 @@ pub fn run(
     Ok(())
 }
 
-#[inline(never)]
+/// The same sends, not counted: connections, metadata, buffers, and (keyed) every one of the
+/// 10 000 keys once.
 fn warm_up(runtime: &tokio::runtime::Runtime, sender: &Sender, keyed: bool) {
-    // The same loop, not counted: connections, metadata, buffers, and (keyed) every one of the
-    // 10 000 keys once.
-    let payload = [b'x'; 100];
-    let messages = if keyed { 10_000 } else { 2_000 };
-    runtime.block_on(futures::stream::iter(0..messages).for_each_concurrent(
-        1_000,
-        |i| async move {
-            let key = format!("key-{}", i % 10_000);
-            let mut record = FutureRecord::to(TOPIC).payload(&payload[..]);
-            if keyed {
-                record = record.key(&key);
-            }
-            match sender {
-                Sender::Smart(p) => {
-                    p.produce(record).await.expect("delivered");
-                }
-                Sender::Plain(p) => {
-                    p.send(record, Duration::from_secs(30))
-                        .await
-                        .expect("delivered");
-                }
-            }
-        },
-    ));
+    send(runtime, sender, if keyed { 10_000 } else { 2_000 }, keyed);
 }
 
 /// One configuration's counts: instructions per message.
