@@ -27,6 +27,8 @@ pub struct DrainingConsumer {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     stats: Arc<DrainStats>,
+    /// Each partition's rate, messages per second (`f64` bits): settable while it runs.
+    rates: Arc<[AtomicU64]>,
 }
 
 struct DrainStats {
@@ -41,6 +43,8 @@ struct DrainStats {
 pub struct ReadSample {
     /// Its partition.
     pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
     /// Its produce timestamp, in milliseconds since the Unix epoch.
     pub produced_at_ms: i64,
     /// End-to-end latency: produce timestamp → read, in milliseconds.
@@ -62,6 +66,25 @@ impl DrainingConsumer {
             rates: vec![f64::INFINITY; partitions.max(0) as usize],
             commit_interval: Duration::from_millis(100),
         }
+    }
+
+    /// From now on, `partition` is read at `per_second` messages per second (0 stalls it,
+    /// `f64::INFINITY` reads as fast as possible). Unknown partitions are ignored.
+    pub fn set_partition_rate(&self, partition: i32, per_second: f64) {
+        if let Some(rate) = usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.rates.get(p))
+        {
+            rate.store(per_second.max(0.0).to_bits(), Ordering::Relaxed);
+        }
+    }
+
+    /// Each partition's current rate, messages per second.
+    pub fn partition_rates(&self) -> Vec<f64> {
+        self.rates
+            .iter()
+            .map(|r| f64::from_bits(r.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// Messages read so far, per partition.
@@ -185,11 +208,16 @@ impl DrainingConsumerBuilder {
             consumed: self.rates.iter().map(|_| AtomicU64::new(0)).collect(),
             samples: Mutex::default(),
         });
+        let rates: Arc<[AtomicU64]> = self
+            .rates
+            .iter()
+            .map(|r| AtomicU64::new(r.to_bits()))
+            .collect();
         let thread = {
             let stop = stop.clone();
             let stats = stats.clone();
             let topic = self.topic;
-            let rates = self.rates;
+            let rates = rates.clone();
             let commit_interval = self.commit_interval;
             std::thread::Builder::new()
                 .name("ksp-drain".into())
@@ -222,7 +250,7 @@ impl DrainingConsumerBuilder {
                         for (p, queue) in queues.iter().enumerate() {
                             // A burst allowance of 100 ms keeps an idle partition from
                             // saving up reads.
-                            let rate = rates[p];
+                            let rate = f64::from_bits(rates[p].load(Ordering::Relaxed));
                             budget[p] = if rate.is_finite() {
                                 (budget[p] + rate * dt).min(rate * 0.1 + 1.0)
                             } else {
@@ -241,6 +269,7 @@ impl DrainingConsumerBuilder {
                                                 .map_or(0, |d| d.as_millis() as i64);
                                             latencies.push(ReadSample {
                                                 partition: p as i32,
+                                                offset: message.offset(),
                                                 produced_at_ms: ts,
                                                 latency_ms: (now_ms - ts)
                                                     .clamp(0, i64::from(u32::MAX))
@@ -272,6 +301,7 @@ impl DrainingConsumerBuilder {
             stop,
             thread: Some(thread),
             stats,
+            rates,
         })
     }
 }
