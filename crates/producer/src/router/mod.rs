@@ -352,7 +352,7 @@ impl Router {
                         fingerprint,
                         topic_hash,
                         pin.partition,
-                        view.placement.collected_at(),
+                        view.placement.collected_at().max(view.taken_in),
                     );
                 }
                 return KeyStep::Go(Decision {
@@ -398,7 +398,7 @@ impl Router {
             let after = gates
                 .view(topic_hash)
                 .map_or(std::time::SystemTime::UNIX_EPOCH, |v| {
-                    v.placement.collected_at()
+                    v.placement.collected_at().max(v.taken_in)
                 });
             gates.set_pin(
                 fingerprint_with(topic_hash, xxh3_64(key)),
@@ -487,13 +487,20 @@ impl Router {
 
     async fn follow(self: Arc<Self>, mut changes: tokio::sync::watch::Receiver<u64>) {
         let mut tracker = RoutabilityTracker::default();
+        // Taken in now, by the clock: a barrier must be read after this router stopped
+        // sending moved keys to their old partitions.
+        let take_in = |snapshot: &ksp_core::HealthSnapshot| {
+            if let Some(gates) = &self.gates {
+                gates.observe_at(snapshot, Some(std::time::SystemTime::now()));
+            }
+        };
         if self.feed.load().version() > 0 {
-            self.observe_health();
+            take_in(&self.feed.load_full());
         }
         while changes.changed().await.is_ok() {
             let snapshot = self.feed.load_full();
-            if let Some(gates) = &self.gates {
-                gates.observe(&snapshot);
+            if self.gates.is_some() {
+                take_in(&snapshot);
                 continue;
             }
             let lost = tracker.newly_unroutable(&snapshot);

@@ -209,10 +209,10 @@ impl Marks {
 /// that moved.
 #[derive(Clone)]
 pub(crate) struct Transition {
-    /// When the lag of the snapshot that showed the change was read: the barrier is the
-    /// watermark of the next collection (read a refresh later, once every instance that
-    /// routes from these snapshots has stopped sending the keys that moved to their old
-    /// partitions).
+    /// When the lag of the snapshot that showed the change was read, or, when later, when
+    /// this router took it in: the barrier is the watermark of the next collection (read a
+    /// refresh later, once every instance that routes from these snapshots has stopped
+    /// sending the keys that moved to their old partitions).
     pub(crate) seen_at: SystemTime,
     /// The placement before the change.
     pub(crate) from: Arc<TopicHealth>,
@@ -235,6 +235,10 @@ impl Transition {
 pub(crate) struct TopicView {
     /// The health keys are placed by (the latest snapshot's, stale or not).
     pub(crate) placement: Arc<TopicHealth>,
+    /// When this router took that placement in: from then on it sends by it. Later than the
+    /// placement's collection when a snapshot comes late (adopted from the fleet after an
+    /// outage, say).
+    pub(crate) taken_in: SystemTime,
     /// Open transitions, oldest first.
     pub(crate) transitions: Vec<Transition>,
     pub(crate) marks: Marks,
@@ -401,6 +405,17 @@ impl Gates {
     /// A snapshot older than one already taken in is ignored; a topic missing from it keeps
     /// its placement, marked stale (the monitor restarting publishes an empty snapshot first).
     pub(crate) fn observe(&self, snapshot: &HealthSnapshot) {
+        self.observe_at(snapshot, None);
+    }
+
+    /// [`observe`](Self::observe), the snapshot taken in at `taken_in` (the producer passes
+    /// the clock; `None`, as a simulation driving a router by hand does: when it was read).
+    ///
+    /// A transition's barrier is the first collection read after the transition was taken
+    /// in, not merely after it was read: a snapshot taken in late (a follower adopting it
+    /// after an outage, a busy runtime) leaves collections read before this router stopped
+    /// sending the moved keys to their old partitions, and those cannot be barriers.
+    pub(crate) fn observe_at(&self, snapshot: &HealthSnapshot, taken_in: Option<SystemTime>) {
         let version = snapshot.version();
         let mut state = lock(&self.state);
         if state.version.is_some_and(|v| v >= version) {
@@ -410,6 +425,7 @@ impl Gates {
         let mut next: HashMap<u64, TopicView> = HashMap::with_capacity(state.views.len());
         for topic in snapshot.topics() {
             let hash = topic.topic_hash();
+            let taken_in = taken_in.map_or(topic.collected_at(), |t| t.max(topic.collected_at()));
             let mut view = match state.views.remove(&hash) {
                 Some(mut view) if topic.is_stale() => {
                     // Nothing new was read: keys keep their places.
@@ -431,21 +447,28 @@ impl Gates {
                 }
                 Some(mut view) => {
                     if placement_changed(&view.placement, topic) {
-                        open(&mut view.transitions, view.placement.clone(), topic);
+                        open(
+                            &mut view.transitions,
+                            view.placement.clone(),
+                            topic,
+                            taken_in,
+                        );
                     }
                     view.placement = topic.clone();
+                    view.taken_in = taken_in;
                     view
                 }
                 None => {
                     let mut view = TopicView {
                         placement: topic.clone(),
+                        taken_in,
                         transitions: Vec::new(),
                         marks: Marks::default(),
                     };
                     // Until now keys of this topic went home (librdkafka's partitioner).
                     let everything_home = Arc::new(all_routable(topic));
                     if placement_changed(&everything_home, topic) {
-                        open(&mut view.transitions, everything_home, topic);
+                        open(&mut view.transitions, everything_home, topic, taken_in);
                     }
                     view
                 }
@@ -503,11 +526,16 @@ impl Gates {
     }
 }
 
-fn open(transitions: &mut Vec<Transition>, from: Arc<TopicHealth>, to: &TopicHealth) {
+fn open(
+    transitions: &mut Vec<Transition>,
+    from: Arc<TopicHealth>,
+    to: &TopicHealth,
+    taken_in: SystemTime,
+) {
     let losers = losers(&from, to);
     if losers.iter().any(|&l| l) {
         transitions.push(Transition {
-            seen_at: to.collected_at(),
+            seen_at: taken_in,
             from,
             drained: losers.iter().map(|&l| !l).collect(),
         });
@@ -654,6 +682,40 @@ mod tests {
         gates.observe(&feed.next(topic(2, &SICK, &[(10, 10), (50, 55), (10, 10)])));
         assert!(waits(&gates));
         gates.observe(&feed.next(topic(3, &SICK, &[(10, 10), (55, 55), (10, 10)])));
+        assert!(!waits(&gates));
+    }
+
+    /// Soak finding (code review of a reorder): a follower adopted the snapshot showing a
+    /// transition only after the leader's next collection had been read, and kept sending the
+    /// moved keys to their old partition until then; that earlier collection served as the
+    /// barrier, below those sends.
+    #[test]
+    fn a_collection_read_before_the_transition_was_taken_in_is_no_barrier() {
+        let gates = Gates::default();
+        let mut feed = Feed::new();
+        gates.observe_at(&feed.next(topic(0, &[true; 3], &[(0, 10); 3])), Some(at(0)));
+        // Read at 1, taken in only at 3: the keys of partition 1 went there until 3.
+        gates.observe_at(
+            &feed.next(topic(1, &SICK, &[(10, 10), (10, 50), (10, 10)])),
+            Some(at(3)),
+        );
+        // The collection read at 2, before this router stopped sending: no barrier, although
+        // the group is past its watermark.
+        gates.observe_at(
+            &feed.next(topic(2, &SICK, &[(10, 10), (50, 50), (10, 10)])),
+            Some(at(3)),
+        );
+        assert!(waits(&gates));
+        // The first collection read after 3 is.
+        gates.observe_at(
+            &feed.next(topic(4, &SICK, &[(10, 10), (50, 60), (10, 10)])),
+            Some(at(4)),
+        );
+        assert!(waits(&gates));
+        gates.observe_at(
+            &feed.next(topic(5, &SICK, &[(10, 10), (60, 60), (10, 10)])),
+            Some(at(5)),
+        );
         assert!(!waits(&gates));
     }
 
