@@ -29,6 +29,11 @@ doc:
 demo:
     cargo run --release --example quickstart
 
+# The chaos soak: random overlapping faults under load from three instances, every message
+# accounted for; one line per promise (`just soak 2h 42`). The test suite runs one minute of it.
+soak duration="30m" seed="7":
+    cargo run --release -p ksp-testkit --features redis --example soak -- --duration {{duration}} --seed {{seed}}
+
 # Every benchmark; rewrites docs/benchmarks.md and docs/img/ (about 20 minutes; the
 # instruction counts need valgrind).
 bench:

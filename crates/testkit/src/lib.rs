@@ -12,6 +12,8 @@
 //!   [`RedisCluster`]: three of them as a Redis Cluster.
 //! * [`SkewedCollector`]: a lag collector on a machine whose clock is off.
 //! * [`demo`]: the embedded demo behind `cargo run --example quickstart`.
+//! * `soak` (feature `redis`): the chaos soak — several instances, random overlapping
+//!   faults, every message accounted for.
 
 mod backend;
 pub mod faults;
@@ -22,6 +24,9 @@ mod read_back;
 mod redis;
 mod scenario;
 mod skew;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod soak;
 
 pub use backend::{TestKafka, TestRedis};
 pub use ksp_demo::{DrainingConsumer, DrainingConsumerBuilder, demo};

@@ -1,0 +1,950 @@
+//! A chaos soak: three producer instances (async and blocking, one in strict key order) that
+//! share Redis, keyed (Zipf) and keyless load with idempotence on, on the embedded 3-broker
+//! cluster with real draining consumers, under a seeded random schedule of overlapping faults;
+//! at the end, one line per promise.
+//!
+//! ```no_run
+//! # async fn soak() -> ksp_testkit::TestkitResult<()> {
+//! use std::time::Duration;
+//! use ksp_testkit::soak::SoakSpec;
+//!
+//! let report = SoakSpec::new(Duration::from_secs(60)).seed(7).run().await?;
+//! println!("{report}");
+//! assert!(report.all_kept());
+//! # Ok(())
+//! # }
+//! ```
+
+mod fleet;
+mod reader;
+mod schedule;
+mod verify;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use rdkafka::mocking::MockCoordinator;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+pub use schedule::FaultKind;
+pub use verify::{Accounting, Held};
+
+use fleet::Slot;
+use reader::Reader;
+use schedule::{Episode, Planned, Rng};
+use verify::Verifier;
+
+use crate::{DrainingConsumer, LagScenario, MockKafka, RedisServer, TestkitError, TestkitResult};
+
+/// The consumer group.
+pub const GROUP: &str = "soak-consumers";
+/// The topic (6 partitions).
+pub const TOPIC: &str = "soak";
+/// Its partitions.
+pub const PARTITIONS: i32 = 6;
+/// The seed of the short soak in the test suite.
+pub const DEFAULT_SEED: u64 = 20_261_130;
+/// The partition whose consumer changes speed at random.
+pub const MOODY: i32 = 0;
+
+/// How to run a soak.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SoakSpec {
+    /// How long the load runs.
+    pub duration: Duration,
+    /// The seed of the fault schedule and the load.
+    pub seed: u64,
+    /// Messages per second per instance.
+    pub rate: u32,
+    /// Share of them keyed.
+    pub keyed_share: f64,
+    /// Distinct keys (Zipf-distributed).
+    pub keys: u32,
+    /// Payload bytes.
+    pub payload: usize,
+    /// The monitors' refresh interval.
+    pub refresh: Duration,
+    /// The monitors' `max_staleness`.
+    pub max_staleness: Duration,
+    /// `message.timeout.ms`.
+    pub message_timeout: Duration,
+    /// Strict key order's `max_hold`.
+    pub max_hold: Duration,
+    /// The quiet window after each episode (at least).
+    pub quiet: Duration,
+    /// Memory is judged after this long.
+    pub warm_up: Duration,
+    /// Print a progress line every this long (`None`: quiet).
+    pub progress: Option<Duration>,
+}
+
+impl SoakSpec {
+    /// A soak of `duration` with the default seed: 200 messages per second per instance (40 %
+    /// keyed over 2 000 keys), 200-byte payloads, refresh every 200 ms, stale after 1 s,
+    /// memory judged after 5 min.
+    pub fn new(duration: Duration) -> Self {
+        Self {
+            duration,
+            seed: DEFAULT_SEED,
+            rate: 200,
+            keyed_share: 0.4,
+            keys: 2000,
+            payload: 200,
+            refresh: Duration::from_millis(200),
+            max_staleness: Duration::from_secs(1),
+            message_timeout: Duration::from_secs(30),
+            max_hold: Duration::from_secs(5),
+            quiet: Duration::from_secs(4),
+            warm_up: Duration::from_secs(300),
+            progress: None,
+        }
+    }
+
+    /// Sets the seed.
+    #[must_use]
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Prints a progress line every `every`.
+    #[must_use]
+    pub fn progress(mut self, every: Duration) -> Self {
+        self.progress = Some(every);
+        self
+    }
+
+    /// Runs it: for `duration`, or longer when episodes ran late (every planned episode runs,
+    /// with its quiet window). Needs a multi-threaded Tokio runtime (killing and starting
+    /// `redis-server` runs in `block_in_place`).
+    pub async fn run(&self) -> TestkitResult<SoakReport> {
+        run(self.clone()).await
+    }
+}
+
+/// Recovery after one episode: how long after its last fault ended every instance routed by
+/// health again.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Recovery {
+    /// The episode's faults.
+    pub kinds: Vec<FaultKind>,
+    /// When its last fault ended, from the start.
+    pub ended: Duration,
+    /// Whether some instance routed without health (stale or none) during the episode.
+    pub degraded: bool,
+    /// Time to routing by health again; `None`: not within the quiet window.
+    pub after: Option<Duration>,
+}
+
+/// What a soak found.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SoakReport {
+    /// What was run.
+    pub spec: SoakSpec,
+    /// Faults injected, per kind.
+    pub faults: BTreeMap<FaultKind, u32>,
+    /// Episodes and their recovery.
+    pub recoveries: Vec<Recovery>,
+    /// Sends handed to the producers, and resolved.
+    pub sent: u64,
+    /// Resolved (delivered or failed).
+    pub resolved: u64,
+    /// Not sent while an instance was being restarted.
+    pub skipped: u64,
+    /// Refused with a full local queue.
+    pub queue_full: u64,
+    /// The accounting.
+    pub accounting: Accounting,
+    /// Probes of the monitors.
+    pub probes: u64,
+    /// Probes that found a monitor stopped or dead.
+    pub not_running: u64,
+    /// Probes that found a monitor restarting (after a panic, by its supervisor).
+    pub restarting: u64,
+    /// Monitor restarts by their supervisor.
+    pub monitor_restarts: u64,
+    /// The oldest health seen routed by.
+    pub oldest_fresh: Duration,
+    /// Probes that saw health older than `max_staleness` routed by.
+    pub over_staleness: u64,
+    /// RSS samples: (seconds from the start, bytes).
+    pub rss: Vec<(f64, u64)>,
+    /// Entries the accounting held at the end of the load (before the final read).
+    pub held: Held,
+    /// Read errors of the tailing reader (transient, while brokers were down).
+    pub read_errors: u64,
+    /// Offsets the tailing reader skipped (the log truncated under it): must be 0, or the
+    /// accounting did not see every message.
+    pub read_skipped: u64,
+    /// Burst messages sent (the local-queue faults).
+    pub burst_sent: u64,
+    /// Leader restarts that found no leader (Redis down, an election under way) and closed
+    /// another instance instead.
+    pub no_leader_closes: u32,
+    /// Messages the setup wrote (not the soak's: counted as foreign by the accounting).
+    pub setup_messages: u64,
+    /// The first few order violations, described.
+    pub examples: Vec<String>,
+}
+
+/// One promise's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Kept.
+    Kept,
+    /// Broken.
+    Broken,
+    /// Not judged (the run is too short).
+    NotJudged,
+}
+
+impl SoakReport {
+    /// Each promise: verdict, name, detail.
+    pub fn promises(&self) -> Vec<(Verdict, &'static str, String)> {
+        let a = &self.accounting;
+        let kept = |ok: bool| if ok { Verdict::Kept } else { Verdict::Broken };
+        let mut lines = vec![
+            (
+                kept(self.sent == self.resolved),
+                "every produce resolved",
+                format!("{} sent, {} resolved", self.sent, self.resolved),
+            ),
+            (
+                kept(
+                    a.delivered + a.failed_handed_back == self.sent
+                        && a.failed_not_handed_back == 0,
+                ),
+                "sent = delivered + failed with the message handed back",
+                format!(
+                    "{} = {} + {} (failed without the message: {}; {} of the failures a full \
+                     local queue)",
+                    self.sent,
+                    a.delivered,
+                    a.failed_handed_back,
+                    a.failed_not_handed_back,
+                    self.queue_full
+                ),
+            ),
+            (
+                kept(
+                    a.found == a.delivered
+                        && self.read_skipped == 0
+                        && a.lost
+                            + a.duplicated
+                            + a.misplaced
+                            + a.failed_but_written
+                            + a.unreported
+                            == 0
+                        && a.foreign == self.setup_messages,
+                ),
+                "the topic holds each delivered message exactly once, at its reported offset",
+                format!(
+                    "{} found of {} delivered; lost {}, duplicated {}, misplaced {}, failed but \
+                     written {}, never reported {}, not the soak's {} (the setup wrote {}); \
+                     offsets the reader skipped {}",
+                    a.found,
+                    a.delivered,
+                    a.lost,
+                    a.duplicated,
+                    a.misplaced,
+                    a.failed_but_written,
+                    a.unreported,
+                    a.foreign,
+                    self.setup_messages,
+                    self.read_skipped
+                ),
+            ),
+            (
+                kept(a.out_of_order == 0),
+                "per-key order on every partition (each instance's keys)",
+                format!(
+                    "{} out of order; {} keys, {} of them moved",
+                    a.out_of_order, a.keys, a.moved_keys
+                ),
+            ),
+            (
+                kept(a.strict_out_of_order == 0 && a.strict_read > 0),
+                "strict key order: the group reads a key's message after every one delivered \
+                 before it was sent, across moves",
+                format!(
+                    "{} of the strict instance's keyed messages read by the group, {} out of \
+                     order; {} keys read from more than one partition. Outside the promise \
+                     (docs/routing.md): {} overtaken by a send made while they were in flight, \
+                     {} by a send of the instance that replaced theirs, {} after a write \
+                     slower than a refresh interval",
+                    a.strict_read,
+                    a.strict_out_of_order,
+                    a.strict_moved_keys,
+                    a.strict_overtaken_in_flight,
+                    a.strict_across_restart,
+                    a.strict_slow_write
+                ),
+            ),
+            (
+                kept(self.not_running == 0 && self.probes > 0),
+                "the monitor never stopped (restarts by its supervisor counted)",
+                format!(
+                    "{} probes: {} found a monitor stopped or dead, {} restarting; {} restarts \
+                     by the supervisor",
+                    self.probes, self.not_running, self.restarting, self.monitor_restarts
+                ),
+            ),
+            (
+                kept(self.over_staleness == 0 && self.probes > 0),
+                "health never used past max_staleness",
+                format!(
+                    "oldest health routed by: {:.1} ms (max_staleness {} ms); probes past it by \
+                     more than the timer's {} ms: {}",
+                    self.oldest_fresh.as_secs_f64() * 1e3,
+                    self.spec.max_staleness.as_millis(),
+                    fleet::STALENESS_SLACK.as_millis(),
+                    self.over_staleness
+                ),
+            ),
+        ];
+        let bound = self.spec.refresh * 2;
+        let late: Vec<&Recovery> = self
+            .recoveries
+            .iter()
+            .filter(|r| r.after.is_none_or(|a| a > bound))
+            .collect();
+        let worst = self
+            .recoveries
+            .iter()
+            .filter_map(|r| r.after)
+            .max()
+            .unwrap_or_default();
+        let degraded = self.recoveries.iter().filter(|r| r.degraded).count();
+        let late_text: Vec<String> = late
+            .iter()
+            .take(5)
+            .map(|r| {
+                let kinds: Vec<String> = r.kinds.iter().map(ToString::to_string).collect();
+                format!(
+                    "[{}] at {:.1} s: {}",
+                    kinds.join(" + "),
+                    r.ended.as_secs_f64(),
+                    r.after.map_or_else(
+                        || "not recovered".to_owned(),
+                        |a| format!("{} ms", a.as_millis())
+                    )
+                )
+            })
+            .collect();
+        lines.push((
+            kept(late.is_empty() && degraded > 0),
+            "smart routing resumed within two refresh intervals after each episode",
+            format!(
+                "{} episodes, {degraded} of them took routing off health; worst {} ms after \
+                 the episode ended (bound {} ms); late: {}{}",
+                self.recoveries.len(),
+                worst.as_millis(),
+                bound.as_millis(),
+                late.len(),
+                if late_text.is_empty() {
+                    String::new()
+                } else {
+                    format!(" — {}", late_text.join("; "))
+                }
+            ),
+        ));
+        lines.push(self.memory());
+        lines
+    }
+
+    fn memory(&self) -> (Verdict, &'static str, String) {
+        let name = "memory (RSS) flat after warm-up";
+        let warm = self.spec.warm_up.as_secs_f64();
+        let after: Vec<(f64, f64)> = self
+            .rss
+            .iter()
+            .filter(|(t, _)| *t >= warm)
+            .map(|&(t, b)| (t, b as f64 / (1 << 20) as f64))
+            .collect();
+        let first = self
+            .rss
+            .first()
+            .map_or(0.0, |s| s.1 as f64 / (1 << 20) as f64);
+        let last = self
+            .rss
+            .last()
+            .map_or(0.0, |s| s.1 as f64 / (1 << 20) as f64);
+        if after.len() < 60 {
+            return (
+                Verdict::NotJudged,
+                name,
+                format!(
+                    "run shorter than warm-up ({:.0} s) + 60 s; RSS {first:.1} → {last:.1} MiB \
+                     (the embedded broker keeps up to 5 MiB per partition, so it grows for \
+                     the first minutes)",
+                    warm
+                ),
+            );
+        }
+        // Least-squares slope over the samples after warm-up.
+        let n = after.len() as f64;
+        let (mt, mr) = (
+            after.iter().map(|s| s.0).sum::<f64>() / n,
+            after.iter().map(|s| s.1).sum::<f64>() / n,
+        );
+        let cov: f64 = after.iter().map(|s| (s.0 - mt) * (s.1 - mr)).sum();
+        let var: f64 = after.iter().map(|s| (s.0 - mt).powi(2)).sum();
+        let slope = if var > 0.0 { cov / var } else { 0.0 };
+        let span = after.last().map_or(0.0, |s| s.0) - after[0].0;
+        let growth = slope * span;
+        (
+            if growth <= mr * 0.05 {
+                Verdict::Kept
+            } else {
+                Verdict::Broken
+            },
+            name,
+            format!(
+                "{:.1} MiB at warm-up end, {last:.1} MiB at the end; trend {:+.2} MiB over the \
+                 {:.0} s after warm-up (bound: 5 % of the mean, {:.1} MiB)",
+                after[0].1,
+                growth,
+                span,
+                mr * 0.05
+            ),
+        )
+    }
+
+    /// Whether every judged promise was kept.
+    pub fn all_kept(&self) -> bool {
+        self.promises()
+            .iter()
+            .all(|(v, _, _)| *v != Verdict::Broken)
+    }
+}
+
+impl fmt::Display for SoakReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "soak: seed {}, {} s, {} instances, {} msg/s each",
+            self.spec.seed,
+            self.spec.duration.as_secs(),
+            SLOTS.len(),
+            self.spec.rate
+        )?;
+        let faults: Vec<String> = self
+            .faults
+            .iter()
+            .map(|(k, n)| format!("{k} ×{n}"))
+            .collect();
+        writeln!(
+            f,
+            "faults: {} in {} episodes: {}",
+            self.faults.values().sum::<u32>(),
+            self.recoveries.len(),
+            faults.join(", ")
+        )?;
+        for (verdict, name, detail) in self.promises() {
+            let mark = match verdict {
+                Verdict::Kept => "KEPT  ",
+                Verdict::Broken => "BROKEN",
+                Verdict::NotJudged => "n/a   ",
+            };
+            writeln!(f, "{mark} {name}: {detail}")?;
+        }
+        for example in &self.examples {
+            writeln!(f, "  {example}")?;
+        }
+        write!(
+            f,
+            "(sends not made while an instance restarted: {}; burst messages sent: {}; leader \
+             restarts that found no leader and closed another instance: {}; reader errors: {}; \
+             accounting entries held at the end: {})",
+            self.skipped, self.burst_sent, self.no_leader_closes, self.read_errors, self.held
+        )
+    }
+}
+
+/// The instances: (blocking, strict key order).
+const SLOTS: [(bool, bool); 3] = [(false, false), (true, false), (false, true)];
+
+/// Shared by the fault actions.
+struct Env {
+    kafka: rdkafka::ClientConfig,
+    redis: Arc<Mutex<RedisServer>>,
+    redis_url: String,
+    /// Leader restarts that found no leader (Redis down, an election under way) and closed
+    /// another instance.
+    no_leader_closes: std::sync::atomic::AtomicU32,
+    consumer: DrainingConsumer,
+    slots: Vec<Arc<Slot>>,
+    verifier: Arc<Verifier>,
+    spec: SoakSpec,
+    leader_shift: std::sync::atomic::AtomicI32,
+}
+
+impl Env {
+    fn mock_error(
+        context: &'static str,
+    ) -> impl FnOnce(rdkafka::error::KafkaError) -> TestkitError {
+        crate::kafka_error(context)
+    }
+
+    fn move_leaders(&self, kafka: &MockKafka) -> TestkitResult<()> {
+        let shift = self.leader_shift.fetch_add(1, Ordering::Relaxed);
+        for p in 0..PARTITIONS {
+            kafka
+                .cluster()
+                .partition_leader(TOPIC, p, Some((p + shift).rem_euclid(3) + 1))
+                .map_err(Self::mock_error("moving a leader"))?;
+        }
+        Ok(())
+    }
+
+    /// Starts a fault; returns what its end needs (the closing of an instance).
+    fn start(
+        self: &Arc<Self>,
+        kafka: &MockKafka,
+        fault: &Planned,
+    ) -> TestkitResult<Option<Closing>> {
+        let cluster = kafka.cluster();
+        match fault.kind {
+            FaultKind::BrokerDown => cluster
+                .broker_down(1 + (fault.pick % 3) as i32)
+                .map_err(Self::mock_error("taking a broker down"))?,
+            FaultKind::LeaderMoves => self.move_leaders(kafka)?,
+            FaultKind::ListOffsetsErrors => cluster.request_errors(
+                RDKafkaApiKey::ListOffsets,
+                &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 100_000],
+            ),
+            FaultKind::OffsetFetchErrors => cluster.request_errors(
+                RDKafkaApiKey::OffsetFetch,
+                &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE; 100_000],
+            ),
+            FaultKind::MetadataErrors => cluster
+                .topic_error(
+                    TOPIC,
+                    RDKafkaRespErr::RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE,
+                )
+                .map_err(Self::mock_error("setting a topic error"))?,
+            FaultKind::ProduceErrors => cluster.request_errors(
+                RDKafkaApiKey::Produce,
+                &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 100_000],
+            ),
+            FaultKind::RttSpike => {
+                let rtt = Duration::from_millis(300 + fault.pick % 1200);
+                for broker in 1..=3 {
+                    cluster
+                        .broker_round_trip_time(broker, rtt)
+                        .map_err(Self::mock_error("slowing a broker"))?;
+                }
+            }
+            FaultKind::RedisDown => {
+                // Killing waits for the process: not on a runtime worker.
+                let redis = self.redis.clone();
+                tokio::task::block_in_place(|| {
+                    redis.lock().unwrap_or_else(PoisonError::into_inner).kill();
+                });
+            }
+            FaultKind::LeaderRestart => {
+                let leader = self
+                    .slots
+                    .iter()
+                    .find(|s| s.current().is_some_and(|p| p.is_fleet_leader()));
+                if leader.is_none() {
+                    self.no_leader_closes.fetch_add(1, Ordering::Relaxed);
+                }
+                let slot = leader
+                    .unwrap_or(&self.slots[(fault.pick % self.slots.len() as u64) as usize])
+                    .clone();
+                let producer = slot.put(None);
+                let timeout = self.spec.message_timeout;
+                // Closing waits for the instance's sends: not on the schedule's clock.
+                return Ok(Some(tokio::spawn(async move {
+                    if let Some(producer) = producer {
+                        producer.close(timeout).await;
+                        slot.closed_restarts
+                            .fetch_add(producer.monitor_restarts(), Ordering::Relaxed);
+                    }
+                    slot
+                })));
+            }
+            FaultKind::ConsumerStall => self
+                .consumer
+                .set_partition_rate(1 + (fault.pick % (PARTITIONS as u64 - 1)) as i32, 0.0),
+            FaultKind::QueueSaturation => {
+                let slot = &self.slots[(fault.pick % self.slots.len() as u64) as usize];
+                slot.burst
+                    .store(3 * fleet::QUEUE_MESSAGES, Ordering::Relaxed);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Ends a fault; returns what is still to finish (an instance restarting).
+    fn stop(
+        self: &Arc<Self>,
+        kafka: &MockKafka,
+        fault: &Planned,
+        closing: Option<Closing>,
+    ) -> TestkitResult<Option<Restarting>> {
+        let cluster = kafka.cluster();
+        match fault.kind {
+            FaultKind::BrokerDown => cluster
+                .broker_up(1 + (fault.pick % 3) as i32)
+                .map_err(Self::mock_error("bringing a broker up"))?,
+            FaultKind::ListOffsetsErrors => {
+                cluster.clear_request_errors(RDKafkaApiKey::ListOffsets)
+            }
+            FaultKind::OffsetFetchErrors => {
+                cluster.clear_request_errors(RDKafkaApiKey::OffsetFetch)
+            }
+            FaultKind::ProduceErrors => cluster.clear_request_errors(RDKafkaApiKey::Produce),
+            FaultKind::MetadataErrors => cluster
+                .topic_error(TOPIC, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
+                .map_err(Self::mock_error("clearing a topic error"))?,
+            FaultKind::RttSpike => {
+                for broker in 1..=3 {
+                    cluster
+                        .broker_round_trip_time(broker, Duration::ZERO)
+                        .map_err(Self::mock_error("restoring a broker"))?;
+                }
+            }
+            FaultKind::RedisDown => {
+                // Starting waits for the server to answer (up to 10 s): not on a runtime worker.
+                let redis = self.redis.clone();
+                tokio::task::block_in_place(|| {
+                    redis
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .restart()
+                })?;
+            }
+            FaultKind::LeaderRestart => {
+                // A new instance once the old one has closed, off the schedule's clock: the
+                // old one's sends may wait for another fault of the episode to end.
+                if let Some(closing) = closing {
+                    let env = self.clone();
+                    return Ok(Some(tokio::spawn(async move {
+                        let slot = closing.await.map_err(|e| {
+                            TestkitError::Demo(format!("closing an instance failed: {e}"))
+                        })?;
+                        let producer = slot.build(&env.spec, &env.kafka, &env.redis_url)?;
+                        env.verifier.restarted(slot.index, slot.next_id());
+                        slot.put(Some(producer));
+                        Ok(())
+                    })));
+                }
+            }
+            FaultKind::ConsumerStall => self.consumer.set_partition_rate(
+                1 + (fault.pick % (PARTITIONS as u64 - 1)) as i32,
+                f64::INFINITY,
+            ),
+            FaultKind::LeaderMoves | FaultKind::QueueSaturation => {}
+        }
+        Ok(None)
+    }
+}
+
+/// An instance being closed; yields its slot.
+type Closing = tokio::task::JoinHandle<Arc<Slot>>;
+/// An instance being replaced.
+type Restarting = tokio::task::JoinHandle<TestkitResult<()>>;
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .map_or(0, |pages| pages * 4096)
+}
+
+async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
+    let kafka = MockKafka::start(3)?;
+    let scenario = LagScenario::new(TOPIC, PARTITIONS as usize);
+    scenario.create(&kafka, GROUP).await?;
+    let setup_messages = scenario.produced().iter().sum();
+    kafka
+        .cluster()
+        .coordinator(MockCoordinator::Group(GROUP.into()), 1)
+        .map_err(crate::kafka_error("placing the coordinator"))?;
+    let redis = RedisServer::start()?;
+    // Consumers prefetch at most 1 000 messages or 4 MiB per partition (the draining consumer
+    // reads through split partition queues): librdkafka's default (100 000 messages, 64 MiB)
+    // would fill the harness's memory behind a slow partition and hide the producers' memory
+    // in the RSS. (Much less would stall them: the embedded broker does not
+    // hand out a batch larger than the fetch size, and a burst makes batches of up to 1 MB.)
+    let mut consumers = kafka.client_config();
+    consumers
+        .set("queued.min.messages", "1000")
+        .set("queued.max.messages.kbytes", "4096");
+    let consumer = DrainingConsumer::builder(&consumers, GROUP, TOPIC, PARTITIONS).start()?;
+    let strict = SLOTS
+        .iter()
+        .position(|&(_, strict)| strict)
+        .map(|i| i as u8);
+    let verifier = Arc::new(Verifier::new(SLOTS.len(), strict, spec.refresh));
+    let reader = Reader::start(&consumers, TOPIC, PARTITIONS, verifier.clone())?;
+    let slots: Vec<Arc<Slot>> = SLOTS
+        .iter()
+        .enumerate()
+        .map(|(i, &(blocking, strict))| Arc::new(Slot::new(i as u8, blocking, strict)))
+        .collect();
+    for slot in &slots {
+        let producer = slot.build(&spec, &kafka.client_config(), &redis.url())?;
+        slot.put(Some(producer));
+    }
+    let env = Arc::new(Env {
+        kafka: kafka.client_config(),
+        redis_url: redis.url(),
+        redis: Arc::new(Mutex::new(redis)),
+        no_leader_closes: std::sync::atomic::AtomicU32::new(0),
+        consumer,
+        slots: slots.clone(),
+        verifier: verifier.clone(),
+        spec: spec.clone(),
+        leader_shift: std::sync::atomic::AtomicI32::new(0),
+    });
+    let episodes = schedule::plan(spec.seed, spec.duration, Duration::from_secs(3), spec.quiet);
+
+    let started = Instant::now();
+    let ms = move || started.elapsed().as_millis() as u64;
+    // The load and the probes run until the schedule is done: `duration`, or later when
+    // episodes ran late (every planned episode runs, with its quiet window).
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut loads = Vec::new();
+    let mut blocking_loads = Vec::new();
+    for slot in &slots {
+        let (slot, verifier, spec, running) = (
+            slot.clone(),
+            verifier.clone(),
+            spec.clone(),
+            running.clone(),
+        );
+        if slot.blocking {
+            blocking_loads.push(
+                std::thread::Builder::new()
+                    .name("ksp-soak-blocking".into())
+                    .spawn(move || fleet::run_blocking(slot, verifier, spec, running))?,
+            );
+        } else {
+            loads.push(tokio::spawn(fleet::run_async(
+                slot, verifier, spec, running,
+            )));
+        }
+    }
+    // Probes, memory, and the moody consumer, until the load ends.
+    let background = {
+        let (env, spec, verifier, running) =
+            (env.clone(), spec.clone(), verifier.clone(), running.clone());
+        tokio::spawn(async move {
+            let mut rng = Rng::new(spec.seed ^ 0x6d6f_6f64);
+            let mut rss = Vec::new();
+            let mut next_mood = Duration::ZERO;
+            let mut next_rss = Duration::ZERO;
+            let mut next_progress = spec.progress.unwrap_or(Duration::MAX);
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            while running.load(Ordering::Relaxed) {
+                tick.tick().await;
+                for slot in &env.slots {
+                    slot.probe(ms(), spec.max_staleness);
+                }
+                let reads = env.consumer.take_consumed();
+                verifier.group_read(
+                    reads.iter().map(|r| (r.partition, r.offset)),
+                    Instant::now(),
+                );
+                let now = started.elapsed();
+                if now >= next_rss {
+                    rss.push((now.as_secs_f64(), rss_bytes()));
+                    next_rss = now + Duration::from_secs(1);
+                }
+                if now >= next_mood {
+                    const SPEEDS: [f64; 5] = [5.0, 20.0, 60.0, 200.0, f64::INFINITY];
+                    let speed = SPEEDS[rng.below(SPEEDS.len() as u64) as usize];
+                    env.consumer.set_partition_rate(MOODY, speed);
+                    next_mood = now + rng.between(Duration::from_secs(2), Duration::from_secs(6));
+                }
+                if now >= next_progress {
+                    let held = verifier.held();
+                    let sent: u64 = env
+                        .slots
+                        .iter()
+                        .map(|s| s.sent.load(Ordering::Relaxed))
+                        .sum();
+                    tracing::info!(
+                        elapsed_s = now.as_secs(),
+                        sent,
+                        rss_mib = rss.last().map_or(0, |r: &(f64, u64)| r.1 >> 20),
+                        "soak progress"
+                    );
+                    eprintln!(
+                        "soak: {:>5} s, {sent} sent, RSS {} MiB, accounting entries {held}",
+                        now.as_secs(),
+                        rss.last().map_or(0, |r| r.1 >> 20)
+                    );
+                    next_progress = now + spec.progress.unwrap_or(Duration::MAX);
+                }
+            }
+            rss
+        })
+    };
+
+    let mut recoveries = Vec::new();
+    let mut faults: BTreeMap<FaultKind, u32> = BTreeMap::new();
+    // How far the schedule runs behind plan: an episode can outlast its plan (an instance
+    // closing waits for its sends), and the next one then starts as late, so that every
+    // episode keeps its quiet window.
+    let mut late = Duration::ZERO;
+    for episode in &episodes {
+        let began_ms = ms();
+        let ended = run_episode(&env, &kafka, episode, started, late).await?;
+        for f in &episode.faults {
+            *faults.entry(f.kind).or_default() += 1;
+        }
+        // The quiet window: every instance routes by health again before it ends.
+        let quiet_until = (late + episode.quiet_until).max(ended + spec.quiet);
+        late = quiet_until - episode.quiet_until;
+        tokio::time::sleep_until((started + quiet_until).into()).await;
+        let ended_ms = ended.as_millis() as u64;
+        let after = slots
+            .iter()
+            .map(|s| {
+                let by_health = s.last_probe_by_health.load(Ordering::Relaxed)
+                    && s.last_probe_ms.load(Ordering::Relaxed) > ended_ms;
+                by_health.then(|| {
+                    Duration::from_millis(
+                        s.last_not_by_health_ms
+                            .load(Ordering::Relaxed)
+                            .saturating_sub(ended_ms),
+                    )
+                })
+            })
+            .try_fold(Duration::ZERO, |worst, r| r.map(|r| worst.max(r)));
+        let degraded = slots
+            .iter()
+            .any(|s| s.last_not_by_health_ms.load(Ordering::Relaxed) >= began_ms);
+        recoveries.push(Recovery {
+            kinds: episode.faults.iter().map(|f| f.kind).collect(),
+            ended,
+            degraded,
+            after,
+        });
+    }
+    tokio::time::sleep_until((started + spec.duration).into()).await;
+    running.store(false, Ordering::Relaxed);
+
+    // The end: the load stops and every send resolves; then the instances close.
+    for load in loads {
+        load.await
+            .map_err(|e| TestkitError::Demo(format!("a load failed: {e}")))?;
+    }
+    for load in blocking_loads {
+        load.join()
+            .map_err(|_| TestkitError::Demo("the blocking load panicked".into()))?;
+    }
+    let rss = background
+        .await
+        .map_err(|e| TestkitError::Demo(format!("the probes failed: {e}")))?;
+    let mut monitor_restarts = 0;
+    for slot in &slots {
+        slot.burst.store(0, Ordering::Relaxed);
+        if let Some(producer) = slot.put(None) {
+            producer.close(spec.message_timeout).await;
+            monitor_restarts += producer.monitor_restarts();
+        }
+        monitor_restarts += slot.closed_restarts.load(Ordering::Relaxed);
+    }
+    // Blocking sends resolve through their callbacks, which close waits for.
+    let held = verifier.held();
+    let read_errors = reader.errors.load(Ordering::Relaxed);
+    let read_skipped = reader.skipped.clone();
+    tokio::task::spawn_blocking(move || reader.finish())
+        .await
+        .map_err(|e| TestkitError::Demo(format!("the reader failed: {e}")))??;
+    let sum = |f: fn(&Slot) -> u64| slots.iter().map(|s| f(s)).sum::<u64>();
+    let oldest_fresh_us = slots
+        .iter()
+        .map(|s| s.oldest_fresh_us.load(Ordering::Relaxed))
+        .max()
+        .unwrap_or(0);
+    Ok(SoakReport {
+        spec,
+        faults,
+        recoveries,
+        sent: sum(|s| s.sent.load(Ordering::Relaxed)),
+        resolved: sum(|s| s.resolved.load(Ordering::Relaxed)),
+        skipped: sum(|s| s.skipped.load(Ordering::Relaxed)),
+        queue_full: sum(|s| s.queue_full.load(Ordering::Relaxed)),
+        accounting: verifier.accounting(true),
+        probes: sum(|s| s.probes.load(Ordering::Relaxed)),
+        not_running: sum(|s| s.not_running.load(Ordering::Relaxed)),
+        restarting: sum(|s| s.restarting.load(Ordering::Relaxed)),
+        monitor_restarts,
+        oldest_fresh: Duration::from_micros(oldest_fresh_us),
+        over_staleness: sum(|s| s.over_staleness.load(Ordering::Relaxed)),
+        rss,
+        held,
+        read_errors,
+        read_skipped: read_skipped.load(Ordering::Relaxed),
+        burst_sent: sum(|s| s.burst_sent.load(Ordering::Relaxed)),
+        no_leader_closes: env.no_leader_closes.load(Ordering::Relaxed),
+        setup_messages,
+        examples: verifier.examples(),
+    })
+}
+
+/// Starts and stops an episode's faults on schedule (overlapping as planned), `late` behind
+/// plan; when the last one ended, from the start.
+async fn run_episode(
+    env: &Arc<Env>,
+    kafka: &MockKafka,
+    episode: &Episode,
+    started: Instant,
+    late: Duration,
+) -> TestkitResult<Duration> {
+    let mut events: Vec<(Duration, bool, usize)> = Vec::new();
+    for (i, f) in episode.faults.iter().enumerate() {
+        events.push((f.from, true, i));
+        events.push((f.to, false, i));
+    }
+    events.sort_by_key(|&(at, start, _)| (at, !start));
+    let mut closing: Vec<Option<Closing>> = episode.faults.iter().map(|_| None).collect();
+    let mut restarting = Vec::new();
+    for (at, start, i) in events {
+        tokio::time::sleep_until((started + late + at).into()).await;
+        let fault = episode.faults[i].clone();
+        if start {
+            tracing::debug!(kind = %fault.kind, "fault starts");
+            if env.spec.progress.is_some() {
+                eprintln!(
+                    "soak: {:>7.1} s  {} starts",
+                    started.elapsed().as_secs_f64(),
+                    fault.kind
+                );
+            }
+            closing[i] = env.start(kafka, &fault)?;
+        } else {
+            tracing::debug!(kind = %fault.kind, "fault ends");
+            if env.spec.progress.is_some() {
+                eprintln!(
+                    "soak: {:>7.1} s  {} ends",
+                    started.elapsed().as_secs_f64(),
+                    fault.kind
+                );
+            }
+            restarting.extend(env.stop(kafka, &fault, closing[i].take())?);
+        }
+    }
+    for restart in restarting {
+        restart
+            .await
+            .map_err(|e| TestkitError::Demo(format!("restarting an instance failed: {e}")))??;
+    }
+    Ok(started.elapsed())
+}

@@ -1,0 +1,651 @@
+//! The soak's accounting, kept while it runs: every message's outcome from its producer, and
+//! every message a tailing reader finds in the topic, matched as they come and then
+//! forgotten, so that the harness's memory does not grow with the run.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How long a read by the group waits before it is judged: its message's delivery report
+/// (which says whose it is) must be in by then.
+const REPORT_GRACE: Duration = Duration::from_secs(5);
+
+/// Ids as ranges `start → end` (exclusive); contiguous runs take one entry.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct RangeSet(BTreeMap<u64, u64>);
+
+impl RangeSet {
+    pub(crate) fn contains(&self, id: u64) -> bool {
+        self.0
+            .range(..=id)
+            .next_back()
+            .is_some_and(|(_, &end)| id < end)
+    }
+
+    /// Adds `id`; whether it was new.
+    pub(crate) fn insert(&mut self, id: u64) -> bool {
+        if self.contains(id) {
+            return false;
+        }
+        let before = self
+            .0
+            .range(..id)
+            .next_back()
+            .filter(|(_, end)| **end == id)
+            .map(|(&start, _)| start);
+        let after = self.0.get(&(id + 1)).copied();
+        match (before, after) {
+            (Some(start), Some(end)) => {
+                self.0.remove(&(id + 1));
+                self.0.insert(start, end);
+            }
+            (Some(start), None) => {
+                self.0.insert(start, id + 1);
+            }
+            (None, Some(end)) => {
+                self.0.remove(&(id + 1));
+                self.0.insert(id, end);
+            }
+            (None, None) => {
+                self.0.insert(id, id + 1);
+            }
+        }
+        true
+    }
+
+    pub(crate) fn ranges(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// Where a message landed.
+type At = (i32, i64);
+
+/// One instance's messages (ids count up across its restarts).
+#[derive(Debug, Default)]
+struct Slot {
+    /// Delivered by report, not yet found in the topic.
+    reported: HashMap<u64, At>,
+    /// Found in the topic, report not in yet.
+    seen_early: HashMap<u64, At>,
+    /// Found, and matched with its report.
+    matched: RangeSet,
+    /// Failed after it was enqueued (it could have been written).
+    failed: RangeSet,
+}
+
+/// What the accounting found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Accounting {
+    /// Deliveries reported by the producers.
+    pub delivered: u64,
+    /// Failures, the message handed back.
+    pub failed_handed_back: u64,
+    /// Failures without the message.
+    pub failed_not_handed_back: u64,
+    /// Delivered messages found exactly once, where their report said.
+    pub found: u64,
+    /// Found at another partition or offset than reported.
+    pub misplaced: u64,
+    /// Found again after being found (or matched) once.
+    pub duplicated: u64,
+    /// Found although their send failed.
+    pub failed_but_written: u64,
+    /// Reported delivered but not found (only known at the end).
+    pub lost: u64,
+    /// Found but never reported (only known at the end).
+    pub unreported: u64,
+    /// Messages found in the topic that no instance sent (unparsable).
+    pub foreign: u64,
+    /// A key's message found before an earlier one of the same key and instance, on one
+    /// partition.
+    pub out_of_order: u64,
+    /// Keys checked for order.
+    pub keys: u64,
+    /// Of those, keys found on more than one partition (moved).
+    pub moved_keys: u64,
+    /// Strict key order: the strict instance's keyed messages read by the consumer group.
+    pub strict_read: u64,
+    /// Of those, read after a message of the same key that was sent after it was delivered:
+    /// what strict key order promises never happens.
+    pub strict_out_of_order: u64,
+    /// Read after a later message of the same key that was sent before its delivery report
+    /// (the documented guarantee covers sends made after it), though written within a
+    /// refresh interval.
+    pub strict_overtaken_in_flight: u64,
+    /// Overtaken by a message the instance sent after a restart (it knows only the
+    /// transitions it saw): outside the promise.
+    pub strict_across_restart: u64,
+    /// Overtaken after taking longer than a refresh interval from `produce` handing it to
+    /// librdkafka to being written (the barrier assumes sends are written within one): outside
+    /// the promise. Written = its delivery report or the tailing reader finding it, whichever
+    /// came first (an upper bound: the append itself is not observable).
+    pub strict_slow_write: u64,
+    /// Strict keys the group read from more than one partition.
+    pub strict_moved_keys: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    slots: Vec<Slot>,
+    /// Per (instance, key, partition): the highest id found there.
+    last: HashMap<(u8, u32, i32), u64>,
+    /// Per (instance, key): the partitions it was found on (bit per partition, capped at 64).
+    homes: HashMap<(u8, u32), u64>,
+    counts: Accounting,
+    /// The strict instance's keyed messages delivered and not yet read by the group.
+    strict_at: HashMap<At, StrictSend>,
+    /// Ids from which the strict instance was a new instance (restarts).
+    strict_restarts: Vec<u64>,
+    /// The strict instance's keyed messages the reader found before their report: when (ms
+    /// since the epoch).
+    strict_found: HashMap<At, i64>,
+    /// Reads by the group waiting for their grace: when, where.
+    group_reads: VecDeque<(Instant, At)>,
+    /// Per strict key: the highest id the group read, when it was sent, and the partitions
+    /// read from.
+    strict_last: HashMap<u32, (u64, Instant, u64)>,
+    /// The first few reads out of order, described.
+    examples: Vec<String>,
+}
+
+/// The running accounting of a soak.
+#[derive(Debug)]
+pub(crate) struct Verifier {
+    state: Mutex<State>,
+    /// The instance in strict key order.
+    strict: Option<u8>,
+    /// The longest write strict key order's barrier allows for (a refresh interval).
+    slow_write: Duration,
+    started: Instant,
+}
+
+/// A message's identity, as carried in its payload: `soak|<slot>|<id>|<key or ->|` + padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tag {
+    pub(crate) slot: u8,
+    pub(crate) id: u64,
+    pub(crate) key: Option<u32>,
+}
+
+impl Tag {
+    pub(crate) fn payload(&self, size: usize) -> Vec<u8> {
+        let key = self.key.map_or_else(|| "-".to_owned(), |k| k.to_string());
+        let mut payload = format!("soak|{}|{}|{key}|", self.slot, self.id).into_bytes();
+        payload.resize(size.max(payload.len()), b'.');
+        payload
+    }
+
+    pub(crate) fn parse(payload: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(payload).ok()?;
+        let mut parts = text.strip_prefix("soak|")?.split('|');
+        let slot = parts.next()?.parse().ok()?;
+        let id = parts.next()?.parse().ok()?;
+        let key = match parts.next()? {
+            "-" => None,
+            k => Some(k.parse().ok()?),
+        };
+        Some(Self { slot, id, key })
+    }
+}
+
+impl Verifier {
+    pub(crate) fn new(slots: usize, strict: Option<u8>, slow_write: Duration) -> Self {
+        let mut state = State::default();
+        state.slots.resize_with(slots, Slot::default);
+        Self {
+            state: Mutex::new(state),
+            strict,
+            slow_write,
+            started: Instant::now(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A new instance took `slot`'s place; its ids start at `first_id`.
+    pub(crate) fn restarted(&self, slot: u8, first_id: u64) {
+        if Some(slot) == self.strict {
+            self.lock().strict_restarts.push(first_id);
+        }
+    }
+
+    /// The consumer group read these messages, in this order (partition, offset).
+    pub(crate) fn group_read(&self, reads: impl IntoIterator<Item = At>, now: Instant) {
+        let mut state = self.lock();
+        state
+            .group_reads
+            .extend(reads.into_iter().map(|at| (now, at)));
+        self.judge_group_reads(&mut state, Some(now));
+    }
+
+    /// Judges the group's reads whose grace has passed (all of them with `None`): the strict
+    /// instance's messages of a key must be read in the order they were sent, across moves.
+    fn judge_group_reads(&self, state: &mut State, now: Option<Instant>) {
+        while let Some(&(at, place)) = state.group_reads.front() {
+            if now.is_some_and(|now| now.duration_since(at) < REPORT_GRACE) {
+                break;
+            }
+            state.group_reads.pop_front();
+            let Some(send) = state.strict_at.remove(&place) else {
+                continue;
+            };
+            let StrictSend { key, id, sent, .. } = send;
+            state.counts.strict_read += 1;
+            let (last, last_sent, partitions) =
+                state.strict_last.entry(key).or_insert((id, sent, 0));
+            *partitions |= 1u64 << (place.0.clamp(0, 63) as u32);
+            if *last <= id {
+                (*last, *last_sent) = (id, sent);
+                continue;
+            }
+            // Overtaken by the highest id read so far (ids grow with send time: it was sent
+            // last). Outside the promise first, then inside it.
+            let last = *last;
+            let last_sent = *last_sent;
+            if incarnation(&state.strict_restarts, last) != incarnation(&state.strict_restarts, id)
+            {
+                state.counts.strict_across_restart += 1;
+            } else if written_after(send.enqueued_ms, send.written_ms) > self.slow_write {
+                state.counts.strict_slow_write += 1;
+            } else if last_sent <= send.reported {
+                state.counts.strict_overtaken_in_flight += 1;
+            } else {
+                state.counts.strict_out_of_order += 1;
+                if state.examples.len() < 10 {
+                    state.examples.push(format!(
+                        "strict key {key}: id {id} at {place:?} read after id {last}, sent after \
+                         it was delivered; {:.1} s from the start",
+                        at.duration_since(self.started).as_secs_f64()
+                    ));
+                }
+            }
+        }
+    }
+
+    /// A producer reported `tag`, sent (its `produce` called) at `sent`, delivered at `at`;
+    /// `enqueued_ms`: its timestamp (librdkafka stamps a message when it is handed over).
+    pub(crate) fn delivered(&self, tag: Tag, sent: Instant, at: At, enqueued_ms: Option<i64>) {
+        let reported = Instant::now();
+        let now_ms = epoch_ms();
+        let mut state = self.lock();
+        state.counts.delivered += 1;
+        if let Some(key) = tag.key.filter(|_| Some(tag.slot) == self.strict) {
+            let written_ms = state
+                .strict_found
+                .remove(&at)
+                .map_or(now_ms, |f| f.min(now_ms));
+            state.strict_at.insert(
+                at,
+                StrictSend {
+                    key,
+                    id: tag.id,
+                    sent,
+                    reported,
+                    enqueued_ms,
+                    written_ms,
+                },
+            );
+        }
+        let State { slots, counts, .. } = &mut *state;
+        let Some(slot) = slots.get_mut(usize::from(tag.slot)) else {
+            return;
+        };
+        match slot.seen_early.remove(&tag.id) {
+            Some(found) => {
+                if found == at {
+                    counts.found += 1;
+                } else {
+                    counts.misplaced += 1;
+                }
+                slot.matched.insert(tag.id);
+            }
+            None => {
+                slot.reported.insert(tag.id, at);
+            }
+        }
+    }
+
+    /// A send failed; `enqueued`: librdkafka had it (so it may have been written).
+    pub(crate) fn failed(&self, tag: Tag, handed_back: bool, enqueued: bool) {
+        let mut state = self.lock();
+        if handed_back {
+            state.counts.failed_handed_back += 1;
+        } else {
+            state.counts.failed_not_handed_back += 1;
+        }
+        if enqueued && let Some(slot) = state.slots.get_mut(usize::from(tag.slot)) {
+            slot.failed.insert(tag.id);
+        }
+    }
+
+    /// The reader found `payload` at `at`. Reads of one partition come in offset order.
+    pub(crate) fn found(&self, payload: &[u8], at: At) {
+        let mut state = self.lock();
+        let Some(tag) = Tag::parse(payload) else {
+            state.counts.foreign += 1;
+            return;
+        };
+        let State {
+            slots,
+            last,
+            homes,
+            counts,
+            strict_at,
+            strict_found,
+            ..
+        } = &mut *state;
+        let Some(slot) = slots.get_mut(usize::from(tag.slot)) else {
+            counts.foreign += 1;
+            return;
+        };
+        if tag.key.is_some() && Some(tag.slot) == self.strict {
+            // In the log by now: a bound on when it was written.
+            let now_ms = epoch_ms();
+            match strict_at.get_mut(&at) {
+                Some(send) => send.written_ms = send.written_ms.min(now_ms),
+                None => {
+                    strict_found.insert(at, now_ms);
+                }
+            }
+        }
+        if let Some(key) = tag.key {
+            let previous = last.entry((tag.slot, key, at.0)).or_insert(tag.id);
+            if *previous > tag.id {
+                counts.out_of_order += 1;
+            } else {
+                *previous = tag.id;
+            }
+            *homes.entry((tag.slot, key)).or_default() |= 1u64 << (at.0.clamp(0, 63) as u32);
+        }
+        if slot.failed.contains(tag.id) {
+            counts.failed_but_written += 1;
+        } else if slot.matched.contains(tag.id) || slot.seen_early.contains_key(&tag.id) {
+            counts.duplicated += 1;
+        } else if let Some(reported) = slot.reported.remove(&tag.id) {
+            if reported == at {
+                counts.found += 1;
+            } else {
+                counts.misplaced += 1;
+            }
+            slot.matched.insert(tag.id);
+        } else {
+            slot.seen_early.insert(tag.id, at);
+        }
+    }
+
+    /// The counts so far; `finished`: every send resolved and the topic read to its end, so
+    /// what is still unmatched is lost or unreported.
+    pub(crate) fn accounting(&self, finished: bool) -> Accounting {
+        let mut state = self.lock();
+        if finished {
+            self.judge_group_reads(&mut state, None);
+        }
+        let mut counts = state.counts;
+        counts.strict_moved_keys = state
+            .strict_last
+            .values()
+            .filter(|(_, _, p)| p.count_ones() > 1)
+            .count() as u64;
+        counts.keys = state.homes.len() as u64;
+        counts.moved_keys = state.homes.values().filter(|h| h.count_ones() > 1).count() as u64;
+        if finished {
+            counts.lost = state.slots.iter().map(|s| s.reported.len() as u64).sum();
+            counts.unreported = state.slots.iter().map(|s| s.seen_early.len() as u64).sum();
+        }
+        counts
+    }
+
+    /// The first few order violations, described.
+    pub(crate) fn examples(&self) -> Vec<String> {
+        self.lock().examples.clone()
+    }
+
+    /// Entries held now: what the harness keeps in memory for the accounting.
+    pub(crate) fn held(&self) -> Held {
+        let state = self.lock();
+        let sum = |f: fn(&Slot) -> usize| state.slots.iter().map(f).sum::<usize>();
+        Held {
+            delivered_unread: sum(|s| s.reported.len()),
+            read_unreported: sum(|s| s.seen_early.len()),
+            ranges: sum(|s| s.matched.ranges() + s.failed.ranges()),
+            key_positions: state.last.len() + state.homes.len() + state.strict_last.len(),
+            strict_unread: state.strict_at.len()
+                + state.group_reads.len()
+                + state.strict_found.len(),
+        }
+    }
+}
+
+/// A strict instance's keyed message, delivered, until the group reads it.
+#[derive(Debug, Clone, Copy)]
+struct StrictSend {
+    key: u32,
+    id: u64,
+    /// When its `produce` was called.
+    sent: Instant,
+    /// When its delivery report came.
+    reported: Instant,
+    /// Its timestamp: when librdkafka was handed it (ms since the epoch).
+    enqueued_ms: Option<i64>,
+    /// When it was known written: its report or the reader finding it, the earlier.
+    written_ms: i64,
+}
+
+fn epoch_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// How long a message took from librdkafka being handed it to being known written.
+fn written_after(enqueued_ms: Option<i64>, written_ms: i64) -> Duration {
+    enqueued_ms.map_or(Duration::ZERO, |ms| {
+        Duration::from_millis(written_ms.saturating_sub(ms).max(0) as u64)
+    })
+}
+
+/// Which instance of a slot sent `id`, given the ids its restarts started at.
+fn incarnation(restarts: &[u64], id: u64) -> usize {
+    restarts.iter().filter(|&&first| first <= id).count()
+}
+
+/// What the accounting holds in memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Held {
+    /// Delivered, not yet found by the tailing reader.
+    pub delivered_unread: usize,
+    /// Found by the reader, report not in yet.
+    pub read_unreported: usize,
+    /// Ranges of ids matched or failed.
+    pub ranges: usize,
+    /// Per key and partition: the last id seen; per key, its partitions.
+    pub key_positions: usize,
+    /// The strict instance's messages not yet read (or judged) by the group.
+    pub strict_unread: usize,
+}
+
+impl Held {
+    /// All entries.
+    pub fn total(&self) -> usize {
+        self.delivered_unread
+            + self.read_unreported
+            + self.ranges
+            + self.key_positions
+            + self.strict_unread
+    }
+}
+
+impl std::fmt::Display for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (delivered unread {}, read unreported {}, id ranges {}, key positions {}, strict \
+             unread {})",
+            self.total(),
+            self.delivered_unread,
+            self.read_unreported,
+            self.ranges,
+            self.key_positions,
+            self.strict_unread
+        )
+    }
+}
+
+impl Verifier {
+    #[cfg(test)]
+    fn held_total(&self) -> usize {
+        self.held().total()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tag(slot: u8, id: u64, key: Option<u32>) -> Tag {
+        Tag { slot, id, key }
+    }
+
+    #[test]
+    fn range_sets_merge_neighbours() {
+        let mut set = RangeSet::default();
+        for id in [5, 7, 6, 1, 3, 2] {
+            assert!(set.insert(id));
+        }
+        assert!(!set.insert(6));
+        assert_eq!(set.ranges(), 2);
+        assert!(set.contains(1) && set.contains(3) && !set.contains(4) && set.contains(7));
+        assert!(set.insert(4));
+        assert_eq!(set.ranges(), 1);
+        assert!(!set.contains(0) && !set.contains(8));
+    }
+
+    #[test]
+    fn payloads_round_trip() {
+        for t in [tag(2, 123_456, Some(17)), tag(0, 0, None)] {
+            let payload = t.payload(200);
+            assert_eq!(payload.len(), 200);
+            assert_eq!(Tag::parse(&payload), Some(t));
+        }
+        assert_eq!(Tag::parse(b"msg-1-2"), None);
+    }
+
+    #[test]
+    fn matches_in_either_order_and_finds_every_defect() {
+        let v = Verifier::new(2, None, Duration::from_millis(200));
+        let t0 = Instant::now();
+        let p = |t: Tag| t.payload(40);
+        // Report first, then found.
+        v.delivered(tag(0, 0, Some(1)), t0, (0, 10), None);
+        v.found(&p(tag(0, 0, Some(1))), (0, 10));
+        // Found first, then reported.
+        v.found(&p(tag(0, 1, Some(1))), (0, 11));
+        v.delivered(tag(0, 1, Some(1)), t0, (0, 11), None);
+        assert_eq!(v.accounting(false).found, 2);
+        assert_eq!(
+            v.held_total(),
+            3,
+            "one range; one key's position and partitions"
+        );
+        // A duplicate.
+        v.found(&p(tag(0, 1, Some(1))), (0, 12));
+        // Misplaced.
+        v.delivered(tag(1, 0, None), t0, (3, 5), None);
+        v.found(&p(tag(1, 0, None)), (3, 6));
+        // Failed but written.
+        v.failed(tag(1, 1, None), false, true);
+        v.found(&p(tag(1, 1, None)), (3, 7));
+        // Out of order on one partition; a move to another partition is not.
+        v.delivered(tag(0, 3, Some(1)), t0, (0, 13), None);
+        v.found(&p(tag(0, 3, Some(1))), (0, 13));
+        v.delivered(tag(0, 2, Some(1)), t0, (0, 14), None);
+        v.found(&p(tag(0, 2, Some(1))), (0, 14));
+        v.delivered(tag(0, 4, Some(1)), t0, (1, 0), None);
+        v.found(&p(tag(0, 4, Some(1))), (1, 0));
+        // Lost, and unreported.
+        v.delivered(tag(0, 5, None), t0, (2, 0), None);
+        v.found(&p(tag(0, 6, None)), (2, 1));
+        v.found(b"something else", (2, 2));
+        let a = v.accounting(true);
+        assert_eq!(
+            (a.found, a.duplicated, a.misplaced, a.failed_but_written),
+            (5, 1, 1, 1)
+        );
+        assert_eq!((a.out_of_order, a.keys, a.moved_keys), (1, 1, 1));
+        assert_eq!((a.lost, a.unreported, a.foreign), (1, 1, 1));
+        assert_eq!((a.failed_not_handed_back, a.failed_handed_back), (1, 0));
+    }
+
+    #[test]
+    fn the_group_reads_a_strict_key_in_send_order_across_partitions() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(1);
+        let v = Verifier::new(2, Some(1), Duration::from_millis(200));
+        // Strict key 7: ids 0 and 1 on partition 0, id 2 moved to partition 3 and sent after
+        // they were delivered.
+        v.delivered(tag(1, 0, Some(7)), t0, (0, 0), None);
+        v.delivered(tag(1, 1, Some(7)), t0, (0, 1), None);
+        v.delivered(tag(1, 2, Some(7)), later, (3, 0), None);
+        // Another instance's key and a keyless message are not judged.
+        v.delivered(tag(0, 0, Some(7)), t0, (0, 2), None);
+        v.delivered(tag(1, 3, None), t0, (0, 3), None);
+        // Read: the moved message before the first two.
+        v.group_read([(3, 0), (0, 0), (0, 1), (0, 2), (0, 3)], t0);
+        assert_eq!(
+            v.accounting(false).strict_read,
+            0,
+            "judged only after the grace"
+        );
+        let a = v.accounting(true);
+        assert_eq!(
+            (a.strict_read, a.strict_out_of_order, a.strict_moved_keys),
+            (3, 2, 1)
+        );
+        assert_eq!(a.strict_overtaken_in_flight, 0);
+
+        // Sent while the earlier ones were in flight: outside the promise, counted apart.
+        let v = Verifier::new(2, Some(1), Duration::from_millis(200));
+        v.delivered(tag(1, 0, Some(7)), t0, (0, 0), None);
+        v.delivered(tag(1, 1, Some(7)), t0, (3, 0), None);
+        v.group_read([(3, 0), (0, 0)], t0);
+        let a = v.accounting(true);
+        assert_eq!(
+            (a.strict_out_of_order, a.strict_overtaken_in_flight),
+            (0, 1)
+        );
+
+        // Across a restart of the instance, or after a slow write: outside the promise.
+        let v = Verifier::new(2, Some(1), Duration::from_millis(200));
+        v.restarted(1, 1);
+        v.delivered(tag(1, 0, Some(7)), t0, (0, 0), None);
+        v.delivered(tag(1, 1, Some(7)), later, (3, 0), None);
+        v.group_read([(3, 0), (0, 0)], t0);
+        let a = v.accounting(true);
+        assert_eq!((a.strict_out_of_order, a.strict_across_restart), (0, 1));
+        let v = Verifier::new(2, Some(1), Duration::from_millis(200));
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        v.delivered(tag(1, 0, Some(7)), t0, (0, 0), Some(now_ms - 1000));
+        v.delivered(tag(1, 1, Some(7)), later, (3, 0), Some(now_ms));
+        v.group_read([(3, 0), (0, 0)], t0);
+        let a = v.accounting(true);
+        assert_eq!((a.strict_out_of_order, a.strict_slow_write), (0, 1));
+
+        // In order: nothing out of order.
+        let v = Verifier::new(2, Some(1), Duration::from_millis(200));
+        v.delivered(tag(1, 0, Some(7)), t0, (0, 0), None);
+        v.delivered(tag(1, 1, Some(7)), later, (3, 0), None);
+        v.group_read([(0, 0)], t0);
+        v.group_read([(3, 0)], t0 + REPORT_GRACE * 2);
+        let a = v.accounting(false);
+        assert_eq!((a.strict_read, a.strict_out_of_order), (1, 0));
+        assert_eq!(v.accounting(true).strict_read, 2);
+    }
+}
