@@ -47,6 +47,8 @@ pub const TOPIC: &str = "soak";
 pub const PARTITIONS: i32 = 6;
 /// The seed of the short soak in the test suite.
 pub const DEFAULT_SEED: u64 = 20_261_130;
+/// How often every instance is probed (monitor status, health age, routing by health).
+pub const PROBE_PERIOD: Duration = Duration::from_millis(50);
 /// The partition whose consumer changes speed at random.
 pub const MOODY: i32 = 0;
 
@@ -308,7 +310,8 @@ impl SoakReport {
                 ),
             ),
         ];
-        let bound = self.spec.refresh * 2;
+        // Two refresh intervals, plus the probes' period (they sample every 50 ms).
+        let bound = self.spec.refresh * 2 + PROBE_PERIOD;
         let late: Vec<&Recovery> = self
             .recoveries
             .iter()
@@ -561,9 +564,18 @@ impl Env {
                     .clone();
                 let producer = slot.put(None);
                 let timeout = self.spec.message_timeout;
+                let drain = self.spec.max_hold + self.spec.message_timeout;
                 // Closing waits for the instance's sends: not on the schedule's clock.
                 return Ok(Some(tokio::spawn(async move {
                     if let Some(producer) = producer {
+                        // A graceful shutdown: no new sends, and the ones made resolve first
+                        // (closing releases sends still waiting under strict key order to
+                        // librdkafka's partitioner, with no order kept: docs/routing.md).
+                        let resolved = || {
+                            slot.resolved.load(Ordering::Relaxed)
+                                >= slot.sent.load(Ordering::Relaxed)
+                        };
+                        crate::wait_for(drain, resolved).await;
                         producer.close(timeout).await;
                         slot.closed_restarts
                             .fetch_add(producer.monitor_restarts(), Ordering::Relaxed);
@@ -575,9 +587,15 @@ impl Env {
                 .consumer
                 .set_partition_rate(1 + (fault.pick % (PARTITIONS as u64 - 1)) as i32, 0.0),
             FaultKind::QueueSaturation => {
-                let slot = &self.slots[(fault.pick % self.slots.len() as u64) as usize];
+                // Into a live instance (not one being restarted), from the drawn one on.
+                let n = self.slots.len();
+                let first = (fault.pick % n as u64) as usize;
+                let slot = (0..n)
+                    .map(|i| &self.slots[(first + i) % n])
+                    .find(|s| s.current().is_some())
+                    .unwrap_or(&self.slots[first]);
                 slot.burst
-                    .store(3 * fleet::QUEUE_MESSAGES, Ordering::Relaxed);
+                    .fetch_add(3 * fleet::QUEUE_MESSAGES, Ordering::Relaxed);
             }
         }
         Ok(None)
@@ -748,7 +766,7 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
             let mut next_mood = Duration::ZERO;
             let mut next_rss = Duration::ZERO;
             let mut next_progress = spec.progress.unwrap_or(Duration::MAX);
-            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            let mut tick = tokio::time::interval(PROBE_PERIOD);
             while running.load(Ordering::Relaxed) {
                 tick.tick().await;
                 for slot in &env.slots {

@@ -317,8 +317,15 @@ impl Verifier {
         } else {
             state.counts.failed_not_handed_back += 1;
         }
-        if enqueued && let Some(slot) = state.slots.get_mut(usize::from(tag.slot)) {
-            slot.failed.insert(tag.id);
+        if enqueued {
+            let State { slots, counts, .. } = &mut *state;
+            if let Some(slot) = slots.get_mut(usize::from(tag.slot)) {
+                // Found in the topic before its failure was reported: written after all.
+                if slot.seen_early.remove(&tag.id).is_some() {
+                    counts.failed_but_written += 1;
+                }
+                slot.failed.insert(tag.id);
+            }
         }
     }
 
@@ -557,9 +564,11 @@ mod tests {
         // Misplaced.
         v.delivered(tag(1, 0, None), t0, (3, 5), None);
         v.found(&p(tag(1, 0, None)), (3, 6));
-        // Failed but written.
+        // Failed but written, found after its failure or before it.
         v.failed(tag(1, 1, None), false, true);
         v.found(&p(tag(1, 1, None)), (3, 7));
+        v.found(&p(tag(1, 7, None)), (3, 8));
+        v.failed(tag(1, 7, None), true, true);
         // Out of order on one partition; a move to another partition is not.
         v.delivered(tag(0, 3, Some(1)), t0, (0, 13), None);
         v.found(&p(tag(0, 3, Some(1))), (0, 13));
@@ -574,11 +583,11 @@ mod tests {
         let a = v.accounting(true);
         assert_eq!(
             (a.found, a.duplicated, a.misplaced, a.failed_but_written),
-            (5, 1, 1, 1)
+            (5, 1, 1, 2)
         );
         assert_eq!((a.out_of_order, a.keys, a.moved_keys), (1, 1, 1));
         assert_eq!((a.lost, a.unreported, a.foreign), (1, 1, 1));
-        assert_eq!((a.failed_not_handed_back, a.failed_handed_back), (1, 0));
+        assert_eq!((a.failed_not_handed_back, a.failed_handed_back), (1, 1));
     }
 
     #[test]
