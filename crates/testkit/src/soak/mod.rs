@@ -515,7 +515,7 @@ impl Env {
         let cluster = kafka.cluster();
         match fault.kind {
             FaultKind::BrokerDown => cluster
-                .broker_down(1 + (fault.pick % 3) as i32)
+                .broker_down(fault.broker())
                 .map_err(Self::mock_error("taking a broker down"))?,
             FaultKind::LeaderMoves => self.move_leaders(kafka)?,
             FaultKind::ListOffsetsErrors => cluster.request_errors(
@@ -585,7 +585,7 @@ impl Env {
             }
             FaultKind::ConsumerStall => self
                 .consumer
-                .set_partition_rate(1 + (fault.pick % (PARTITIONS as u64 - 1)) as i32, 0.0),
+                .set_partition_rate(fault.stalled_partition(), 0.0),
             FaultKind::QueueSaturation => {
                 // Into a live instance (not one being restarted), from the drawn one on.
                 let n = self.slots.len();
@@ -611,7 +611,7 @@ impl Env {
         let cluster = kafka.cluster();
         match fault.kind {
             FaultKind::BrokerDown => cluster
-                .broker_up(1 + (fault.pick % 3) as i32)
+                .broker_up(fault.broker())
                 .map_err(Self::mock_error("bringing a broker up"))?,
             FaultKind::ListOffsetsErrors => {
                 cluster.clear_request_errors(RDKafkaApiKey::ListOffsets)
@@ -656,13 +656,25 @@ impl Env {
                     })));
                 }
             }
-            FaultKind::ConsumerStall => self.consumer.set_partition_rate(
-                1 + (fault.pick % (PARTITIONS as u64 - 1)) as i32,
-                f64::INFINITY,
-            ),
+            FaultKind::ConsumerStall => self
+                .consumer
+                .set_partition_rate(fault.stalled_partition(), f64::INFINITY),
             FaultKind::LeaderMoves | FaultKind::QueueSaturation => {}
         }
         Ok(None)
+    }
+}
+
+impl Planned {
+    /// The broker a broker fault takes down (1–3): the same at its start and its end.
+    fn broker(&self) -> i32 {
+        1 + (self.pick % 3) as i32
+    }
+
+    /// The partition a consumer stall stops (never the moody one): the same at its start and
+    /// its end.
+    fn stalled_partition(&self) -> i32 {
+        1 + (self.pick % (PARTITIONS as u64 - 1)) as i32
     }
 }
 
