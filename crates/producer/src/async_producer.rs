@@ -26,7 +26,11 @@ use crate::summary::TopicSummary;
 pub struct Delivery {
     /// The partition it was written to.
     pub partition: i32,
-    /// Its offset in that partition.
+    /// Its offset in that partition; `-1001` (`RD_KAFKA_OFFSET_INVALID`) when librdkafka's
+    /// idempotent producer counts the message delivered without an offset: a later batch's
+    /// success acknowledged it implicitly (a broker accepts a batch only after the ones before
+    /// it), or a retry was answered `DUPLICATE_SEQUENCE_NUMBER`. librdkafka's mock cluster
+    /// checks no sequence numbers, so there such a message may not have been written.
     pub offset: i64,
     /// Its timestamp.
     pub timestamp: Timestamp,

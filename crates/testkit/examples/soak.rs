@@ -4,7 +4,9 @@
 //! seeded random schedule of overlapping faults. Ends with one line per promise; exits with
 //! status 1 if one was broken.
 //!
-//! Needs `redis-server` on `PATH` (or `KSP_REDIS_SERVER`).
+//! Needs `redis-server` on `PATH` (or `KSP_REDIS_SERVER`). With `RUST_LOG` set (say
+//! `RUST_LOG=ksp_monitor=warn`), the instances' logs go to standard error, stamped with the
+//! time since the start like the fault timeline.
 //!
 //! ```text
 //! cargo run --release -p ksp-testkit --features redis --example soak -- --duration 30m --seed 7
@@ -52,6 +54,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_timer(tracing_subscriber::fmt::time::uptime())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let mut spec = SoakSpec::new(args.duration)
         .seed(args.seed)
         .progress(Duration::from_secs(60));

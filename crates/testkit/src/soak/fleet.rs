@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
@@ -15,6 +15,7 @@ use ksp_producer::{
     AsyncSmartProducer, Fallback, KeyOrderConfig, ProduceError, Route, RouterConfig,
 };
 use rdkafka::ClientConfig;
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, FutureRecord};
 
@@ -128,8 +129,9 @@ pub(crate) struct Slot {
     pub(crate) probes: AtomicU64,
     pub(crate) restarting: AtomicU64,
     pub(crate) not_running: AtomicU64,
-    /// The last probe (ms from the start) whose route was not by health.
+    /// The last probe (ms from the start) whose route was not by health, and that route.
     pub(crate) last_not_by_health_ms: AtomicU64,
+    last_fallback: Mutex<Option<Route>>,
     /// The last probe, ms from the start.
     pub(crate) last_probe_ms: AtomicU64,
     /// Whether that probe routed by health.
@@ -158,6 +160,7 @@ impl Slot {
             restarting: AtomicU64::new(0),
             not_running: AtomicU64::new(0),
             last_not_by_health_ms: AtomicU64::new(0),
+            last_fallback: Mutex::new(None),
             last_probe_ms: AtomicU64::new(0),
             last_probe_by_health: AtomicBool::new(false),
             oldest_fresh_us: AtomicU64::new(0),
@@ -214,10 +217,12 @@ impl Slot {
         let builder = AsyncSmartProducer::builder(config)
             .consumer_group(GROUP)
             .topics([TOPIC])
+            // The default collection budget (the refresh interval): a round under way when a
+            // fault ends is over within it (plus the monitor's 100 ms slack), and the next one
+            // starts at once, so health is back within two refresh intervals.
             .monitor(
                 MonitorConfig::default()
                     .with_refresh_interval(spec.refresh)
-                    .with_collect_timeout(spec.refresh.mul_f64(1.5))
                     .with_max_staleness(spec.max_staleness),
             )
             .router(RouterConfig::default().with_key_order(order))
@@ -257,12 +262,35 @@ impl Slot {
                 self.over_staleness.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let smart = by_health(producer.keyless_route());
+        let route = producer.keyless_route();
+        let smart = by_health(route);
         if !smart {
             self.last_not_by_health_ms.store(now_ms, Ordering::Relaxed);
+            *self
+                .last_fallback
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(route);
         }
         self.last_probe_by_health.store(smart, Ordering::Relaxed);
         self.last_probe_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// The last route not by health a probe saw.
+    pub(crate) fn last_fallback(&self) -> String {
+        self.last_fallback
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map_or_else(|| "by health".to_owned(), |r| r.to_string())
+    }
+
+    /// Which instance: its index and kind.
+    pub(crate) fn describe(&self) -> String {
+        let kind = match (self.blocking, self.strict) {
+            (true, _) => "blocking",
+            (false, true) => "async, strict key order",
+            (false, false) => "async",
+        };
+        format!("instance {} ({kind})", self.index)
     }
 
     /// The id the next send will get.
@@ -366,6 +394,17 @@ impl Pacer {
     }
 }
 
+/// Why a send failed, whether that leaves its message possibly written (timed out or purged
+/// while in flight: Kafka's "possibly persisted"; docs/reliability.md), and its partition.
+fn failure(error: &ProduceError) -> (String, bool, i32) {
+    let maybe_written = matches!(
+        error.error().rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::PurgeInflight)
+    );
+    let partition = error.message().map_or(-1, |m| m.partition());
+    (error.error().to_string(), maybe_written, partition)
+}
+
 fn handed_back(error: &ProduceError, payload: &[u8]) -> bool {
     error
         .message()
@@ -419,7 +458,11 @@ pub(crate) async fn run_async(
                                 if e.is_queue_full() {
                                     slot.queue_full.fetch_add(1, Ordering::Relaxed);
                                 }
-                                verifier.failed(send.tag, handed_back(&e, &send.payload), !e.is_queue_full());
+                                verifier.failed(
+                                    send.tag,
+                                    handed_back(&e, &send.payload),
+                                    (!e.is_queue_full()).then(|| failure(&e)),
+                                );
                             }
                         }
                         slot.resolved.fetch_add(1, Ordering::Relaxed);
@@ -466,7 +509,7 @@ pub(crate) fn run_blocking(
                         (d.partition, d.offset),
                         d.timestamp.to_millis(),
                     ),
-                    Err(e) => reporter.failed(tag, handed_back(&e, &payload), true),
+                    Err(e) => reporter.failed(tag, handed_back(&e, &payload), Some(failure(&e))),
                 }
                 reported_slot.resolved.fetch_add(1, Ordering::Relaxed);
             });
@@ -474,7 +517,7 @@ pub(crate) fn run_blocking(
                 if e.is_queue_full() {
                     slot.queue_full.fetch_add(1, Ordering::Relaxed);
                 }
-                verifier.failed(send.tag, handed_back(&e, &send.payload), false);
+                verifier.failed(send.tag, handed_back(&e, &send.payload), None);
                 slot.resolved.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,14 @@ pub(crate) struct Reader {
     /// Offsets skipped: a message read at another offset than the one after the last read
     /// (the log truncated under the reader, which then resets to its start). Must stay 0.
     pub(crate) skipped: Arc<AtomicU64>,
+    /// Partitions whose log the embedded broker has trimmed (low watermark above 0): it keeps
+    /// at most 5 MiB of each, so the memory it holds for them grows until every partition's is
+    /// trimmed, and stays level after.
+    pub(crate) logs_at_cap: Arc<AtomicU32>,
 }
+
+/// How often the reader reads the low watermarks.
+const WATERMARKS_EVERY: Duration = Duration::from_secs(5);
 
 impl Reader {
     pub(crate) fn start(
@@ -54,11 +61,13 @@ impl Reader {
         let finish = Arc::new(AtomicBool::new(false));
         let errors = Arc::new(AtomicU64::new(0));
         let skipped = Arc::new(AtomicU64::new(0));
+        let logs_at_cap = Arc::new(AtomicU32::new(0));
         let thread = {
-            let (finish, errors, skipped, topic) = (
+            let (finish, errors, skipped, logs_at_cap, topic) = (
                 finish.clone(),
                 errors.clone(),
                 skipped.clone(),
+                logs_at_cap.clone(),
                 topic.to_owned(),
             );
             std::thread::Builder::new()
@@ -66,7 +75,29 @@ impl Reader {
                 .spawn(move || {
                     let mut next: HashMap<i32, i64> = HashMap::new();
                     let mut ends: Option<(HashMap<i32, i64>, Instant)> = None;
+                    // Partitions seen trimmed (once trimmed, a log stays at its cap).
+                    let mut trimmed = vec![false; usize::try_from(partitions).unwrap_or(0)];
+                    let mut next_watermarks = Instant::now();
                     loop {
+                        if ends.is_none()
+                            && Instant::now() >= next_watermarks
+                            && trimmed.contains(&false)
+                        {
+                            next_watermarks = Instant::now() + WATERMARKS_EVERY;
+                            for (p, trimmed) in (0..partitions).zip(trimmed.iter_mut()) {
+                                // A broker down: asked again next time.
+                                if let Ok((low, _)) =
+                                    consumer.fetch_watermarks(&topic, p, Duration::from_millis(500))
+                                {
+                                    *trimmed |= low > 0;
+                                }
+                            }
+                            let at_cap = trimmed.iter().filter(|t| **t).count();
+                            logs_at_cap.store(
+                                u32::try_from(at_cap).unwrap_or(u32::MAX),
+                                Ordering::Relaxed,
+                            );
+                        }
                         if ends.is_none() && finish.load(Ordering::Relaxed) {
                             let mut high = HashMap::new();
                             for p in 0..partitions {
@@ -121,6 +152,7 @@ impl Reader {
             thread: Some(thread),
             errors,
             skipped,
+            logs_at_cap,
         })
     }
 

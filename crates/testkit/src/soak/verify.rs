@@ -66,12 +66,23 @@ type At = (i32, i64);
 struct Slot {
     /// Delivered by report, not yet found in the topic.
     reported: HashMap<u64, At>,
-    /// Found in the topic, report not in yet.
-    seen_early: HashMap<u64, At>,
+    /// Delivered by report with no offset (librdkafka's implicit ack), not yet found: the
+    /// partition.
+    offset_unknown: HashMap<u64, i32>,
+    /// Found in the topic, report (or failure) not in yet: every copy, in the order found.
+    seen_early: HashMap<u64, Vec<At>>,
+    /// Found first before its reported offset on the same partition: the reported offset,
+    /// where librdkafka's retry of the batch wrote it again (the embedded broker does not
+    /// deduplicate).
+    retry_copy_due: HashMap<u64, At>,
     /// Found, and matched with its report.
     matched: RangeSet,
-    /// Failed after it was enqueued (it could have been written).
+    /// Failed after it was enqueued, with an error that says it was not written.
     failed: RangeSet,
+    /// Failed after it was enqueued, with an error that leaves it possibly written (timed out
+    /// or purged in flight: Kafka's "possibly persisted"): its partition (-1 unknown), and
+    /// whether a copy was found (a second one is a duplicate).
+    failed_maybe_written: HashMap<u64, (i32, bool)>,
 }
 
 /// What the accounting found.
@@ -90,8 +101,26 @@ pub struct Accounting {
     pub misplaced: u64,
     /// Found again after being found (or matched) once.
     pub duplicated: u64,
+    /// Found twice on its reported partition: first, then again at its reported offset. A
+    /// batch librdkafka sent again after its response was lost, which the embedded broker
+    /// writes twice (it checks sequence numbers only for transactional producers: pinned by
+    /// `tests/embedded_broker.rs`; a Kafka broker recognizes the retry and answers with the first
+    /// write's offsets).
+    /// Counted in `found`.
+    pub retry_copies: u64,
+    /// Reported delivered with no offset and never found: librdkafka's implicit ack of a
+    /// refused batch after a later batch succeeded, which the embedded broker accepts out of
+    /// sequence (pinned by `tests/embedded_broker.rs`; a Kafka broker refuses the later batch
+    /// with `OUT_OF_ORDER_SEQUENCE_NUMBER`). Only known at the end.
+    pub acked_unwritten: u64,
+    /// Reported delivered with no offset and found on the reported partition. Counted in
+    /// `found`.
+    pub offset_unknown: u64,
     /// Found although their send failed.
     pub failed_but_written: u64,
+    /// Found although their send failed with an error that leaves a message possibly written
+    /// (`MessageTimedOut`, `PurgeInflight`: Kafka's "possibly persisted", docs/reliability.md).
+    pub failed_possibly_written: u64,
     /// Reported delivered but not found (only known at the end).
     pub lost: u64,
     /// Found but never reported (only known at the end).
@@ -148,6 +177,30 @@ struct State {
     strict_last: HashMap<u32, (u64, Instant, u64)>,
     /// The first few reads out of order, described.
     examples: Vec<String>,
+    /// Failures other than a full local queue, by reason.
+    failure_reasons: BTreeMap<String, Failures>,
+}
+
+/// Failures of one reason: how many, and the first few instances and seconds (from the start)
+/// they came at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Failures {
+    /// How many.
+    pub count: u64,
+    /// (instance, whole seconds from the start), distinct, the first 20.
+    pub when: Vec<(u8, u64)>,
+}
+
+impl std::fmt::Display for Failures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let when: Vec<String> = self
+            .when
+            .iter()
+            .map(|(slot, s)| format!("{slot}@{s}s"))
+            .collect();
+        write!(f, "{} (instance@time: {})", self.count, when.join(" "))
+    }
 }
 
 /// The running accounting of a soak.
@@ -273,58 +326,135 @@ impl Verifier {
         let now_ms = epoch_ms();
         let mut state = self.lock();
         state.counts.delivered += 1;
-        if let Some(key) = tag.key.filter(|_| Some(tag.slot) == self.strict) {
-            let written_ms = state
-                .strict_found
-                .remove(&at)
-                .map_or(now_ms, |f| f.min(now_ms));
-            state.strict_at.insert(
-                at,
-                StrictSend {
-                    key,
-                    id: tag.id,
-                    sent,
-                    reported,
-                    enqueued_ms,
-                    written_ms,
-                },
-            );
-        }
-        let State { slots, counts, .. } = &mut *state;
+        let State {
+            slots,
+            counts,
+            strict_at,
+            strict_found,
+            ..
+        } = &mut *state;
         let Some(slot) = slots.get_mut(usize::from(tag.slot)) else {
             return;
         };
-        match slot.seen_early.remove(&tag.id) {
-            Some(found) => {
-                if found == at {
-                    counts.found += 1;
-                } else {
-                    counts.misplaced += 1;
+        let id = tag.id;
+        let copies = slot.seen_early.remove(&id);
+        if let Some(key) = tag.key.filter(|_| Some(tag.slot) == self.strict) {
+            // Written by the time its report or a copy of it was found, the earlier; the
+            // copies' marks go with the report.
+            let mut written_ms = now_ms;
+            for place in std::iter::once(&at).chain(copies.iter().flatten()) {
+                if let Some(found) = strict_found.remove(place) {
+                    written_ms = written_ms.min(found);
                 }
-                slot.matched.insert(tag.id);
             }
-            None => {
-                slot.reported.insert(tag.id, at);
+            // With no offset, the group's read of it cannot be told: not judged.
+            if at.1 >= 0 {
+                strict_at.insert(
+                    at,
+                    StrictSend {
+                        key,
+                        id,
+                        sent,
+                        reported,
+                        enqueued_ms,
+                        written_ms,
+                    },
+                );
             }
         }
+        let Some(copies) = copies else {
+            if at.1 < 0 {
+                slot.offset_unknown.insert(id, at.0);
+            } else {
+                slot.reported.insert(id, at);
+            }
+            return;
+        };
+        let extra = copies.len() as u64 - 1;
+        if at.1 < 0 {
+            // No offset: found if every copy is on the reported partition.
+            if copies.iter().all(|c| c.0 == at.0) {
+                counts.found += 1;
+                counts.offset_unknown += 1;
+            } else {
+                counts.misplaced += 1;
+            }
+            counts.duplicated += extra;
+        } else if let [first] = copies[..]
+            && is_retry_copy(first, at)
+        {
+            // Found before its reported offset: the retry's copy may come.
+            slot.retry_copy_due.insert(id, at);
+            return;
+        } else if copies.contains(&at) {
+            counts.found += 1;
+            if let [first, second] = copies[..]
+                && second == at
+                && is_retry_copy(first, at)
+            {
+                counts.retry_copies += 1;
+            } else {
+                counts.duplicated += extra;
+            }
+        } else {
+            counts.misplaced += 1;
+            counts.duplicated += extra;
+        }
+        slot.matched.insert(id);
     }
 
-    /// A send failed; `enqueued`: librdkafka had it (so it may have been written).
-    pub(crate) fn failed(&self, tag: Tag, handed_back: bool, enqueued: bool) {
+    /// A send failed; `enqueued`: librdkafka had it: why it failed, whether that error leaves
+    /// it possibly written, and its partition (-1 unknown).
+    pub(crate) fn failed(
+        &self,
+        tag: Tag,
+        handed_back: bool,
+        enqueued: Option<(String, bool, i32)>,
+    ) {
         let mut state = self.lock();
         if handed_back {
             state.counts.failed_handed_back += 1;
         } else {
             state.counts.failed_not_handed_back += 1;
         }
-        if enqueued {
-            let State { slots, counts, .. } = &mut *state;
+        if let Some((reason, maybe_written, partition)) = enqueued {
+            let second = (tag.slot, self.started.elapsed().as_secs());
+            let failures = state.failure_reasons.entry(reason).or_default();
+            failures.count += 1;
+            if failures.when.len() < 20 && !failures.when.contains(&second) {
+                failures.when.push(second);
+            }
+            let State {
+                slots,
+                counts,
+                strict_found,
+                ..
+            } = &mut *state;
             if let Some(slot) = slots.get_mut(usize::from(tag.slot)) {
-                // Found in the topic before its failure was reported: written after all.
-                if slot.seen_early.remove(&tag.id).is_some() {
-                    counts.failed_but_written += 1;
+                // Copies found in the topic before its failure was reported.
+                let copies = slot.seen_early.remove(&tag.id).unwrap_or_default();
+                for place in &copies {
+                    strict_found.remove(place);
                 }
-                slot.failed.insert(tag.id);
+                if maybe_written {
+                    // Possibly written once, on its partition; a second copy is a duplicate, a
+                    // copy elsewhere misplaced.
+                    let mut seen = false;
+                    for copy in copies {
+                        if seen {
+                            counts.duplicated += 1;
+                        } else if partition < 0 || copy.0 == partition {
+                            counts.failed_possibly_written += 1;
+                        } else {
+                            counts.misplaced += 1;
+                        }
+                        seen = true;
+                    }
+                    slot.failed_maybe_written.insert(tag.id, (partition, seen));
+                } else {
+                    counts.failed_but_written += copies.len() as u64;
+                    slot.failed.insert(tag.id);
+                }
             }
         }
     }
@@ -349,38 +479,81 @@ impl Verifier {
             counts.foreign += 1;
             return;
         };
+        let id = tag.id;
+        // A copy of a message already found: judged below, not for its order (the first
+        // copy was).
+        let again = slot.matched.contains(id)
+            || slot.seen_early.contains_key(&id)
+            || slot.retry_copy_due.contains_key(&id)
+            || slot.failed_maybe_written.get(&id).is_some_and(|f| f.1);
         if tag.key.is_some() && Some(tag.slot) == self.strict {
-            // In the log by now: a bound on when it was written.
+            // In the log by now: a bound on when it was written. Marked for the report only
+            // where the report can name it (a first copy whose report is not in).
             let now_ms = epoch_ms();
             match strict_at.get_mut(&at) {
                 Some(send) => send.written_ms = send.written_ms.min(now_ms),
-                None => {
+                None if !again
+                    && !slot.reported.contains_key(&id)
+                    && !slot.offset_unknown.contains_key(&id) =>
+                {
                     strict_found.insert(at, now_ms);
                 }
+                None => {}
             }
         }
-        if let Some(key) = tag.key {
-            let previous = last.entry((tag.slot, key, at.0)).or_insert(tag.id);
-            if *previous > tag.id {
+        if let Some(key) = tag.key.filter(|_| !again) {
+            let previous = last.entry((tag.slot, key, at.0)).or_insert(id);
+            if *previous > id {
                 counts.out_of_order += 1;
             } else {
-                *previous = tag.id;
+                *previous = id;
             }
             *homes.entry((tag.slot, key)).or_default() |= 1u64 << (at.0.clamp(0, 63) as u32);
         }
-        if slot.failed.contains(tag.id) {
+        if slot.failed.contains(id) {
             counts.failed_but_written += 1;
-        } else if slot.matched.contains(tag.id) || slot.seen_early.contains_key(&tag.id) {
-            counts.duplicated += 1;
-        } else if let Some(reported) = slot.reported.remove(&tag.id) {
-            if reported == at {
-                counts.found += 1;
+        } else if let Some((partition, seen)) = slot.failed_maybe_written.get_mut(&id) {
+            if *seen {
+                counts.duplicated += 1;
+            } else if *partition < 0 || *partition == at.0 {
+                counts.failed_possibly_written += 1;
             } else {
                 counts.misplaced += 1;
             }
-            slot.matched.insert(tag.id);
+            *seen = true;
+        } else if let Some(&due) = slot.retry_copy_due.get(&id) {
+            if due == at {
+                slot.retry_copy_due.remove(&id);
+                counts.found += 1;
+                counts.retry_copies += 1;
+                slot.matched.insert(id);
+            } else {
+                counts.duplicated += 1;
+            }
+        } else if slot.matched.contains(id) {
+            counts.duplicated += 1;
+        } else if let Some(copies) = slot.seen_early.get_mut(&id) {
+            copies.push(at);
+        } else if let Some(partition) = slot.offset_unknown.remove(&id) {
+            if partition == at.0 {
+                counts.found += 1;
+                counts.offset_unknown += 1;
+            } else {
+                counts.misplaced += 1;
+            }
+            slot.matched.insert(id);
+        } else if let Some(reported) = slot.reported.remove(&id) {
+            if reported == at {
+                counts.found += 1;
+                slot.matched.insert(id);
+            } else if is_retry_copy(at, reported) {
+                slot.retry_copy_due.insert(id, reported);
+            } else {
+                counts.misplaced += 1;
+                slot.matched.insert(id);
+            }
         } else {
-            slot.seen_early.insert(tag.id, at);
+            slot.seen_early.insert(id, vec![at]);
         }
     }
 
@@ -400,8 +573,12 @@ impl Verifier {
         counts.keys = state.homes.len() as u64;
         counts.moved_keys = state.homes.values().filter(|h| h.count_ones() > 1).count() as u64;
         if finished {
-            counts.lost = state.slots.iter().map(|s| s.reported.len() as u64).sum();
-            counts.unreported = state.slots.iter().map(|s| s.seen_early.len() as u64).sum();
+            let sum = |f: fn(&Slot) -> usize| state.slots.iter().map(f).sum::<usize>() as u64;
+            counts.lost = sum(|s| s.reported.len());
+            counts.acked_unwritten = sum(|s| s.offset_unknown.len());
+            counts.unreported = sum(|s| s.seen_early.len());
+            // Found before the reported offset, never at it.
+            counts.misplaced += sum(|s| s.retry_copy_due.len());
         }
         counts
     }
@@ -411,14 +588,19 @@ impl Verifier {
         self.lock().examples.clone()
     }
 
+    /// Failures other than a full local queue, by reason.
+    pub(crate) fn failure_reasons(&self) -> BTreeMap<String, Failures> {
+        self.lock().failure_reasons.clone()
+    }
+
     /// Entries held now: what the harness keeps in memory for the accounting.
     pub(crate) fn held(&self) -> Held {
         let state = self.lock();
         let sum = |f: fn(&Slot) -> usize| state.slots.iter().map(f).sum::<usize>();
         Held {
-            delivered_unread: sum(|s| s.reported.len()),
-            read_unreported: sum(|s| s.seen_early.len()),
-            ranges: sum(|s| s.matched.ranges() + s.failed.ranges()),
+            delivered_unread: sum(|s| s.reported.len() + s.offset_unknown.len()),
+            read_unreported: sum(|s| s.seen_early.len() + s.retry_copy_due.len()),
+            ranges: sum(|s| s.matched.ranges() + s.failed.ranges() + s.failed_maybe_written.len()),
             key_positions: state.last.len() + state.homes.len() + state.strict_last.len(),
             strict_unread: state.strict_at.len()
                 + state.group_reads.len()
@@ -440,6 +622,13 @@ struct StrictSend {
     enqueued_ms: Option<i64>,
     /// When it was known written: its report or the reader finding it, the earlier.
     written_ms: i64,
+}
+
+/// Whether a message found at `first`, reported at `reported`, is a batch written twice: on
+/// the same partition, the reported copy after the first (librdkafka's retry writes a batch
+/// again; it never moves a message to another partition or back in the log).
+fn is_retry_copy(first: At, reported: At) -> bool {
+    first.0 == reported.0 && first.1 < reported.1
 }
 
 fn epoch_ms() -> i64 {
@@ -466,9 +655,9 @@ fn incarnation(restarts: &[u64], id: u64) -> usize {
 pub struct Held {
     /// Delivered, not yet found by the tailing reader.
     pub delivered_unread: usize,
-    /// Found by the reader, report not in yet.
+    /// Found by the reader, report not in yet (or a batch's second copy not yet found).
     pub read_unreported: usize,
-    /// Ranges of ids matched or failed.
+    /// Ranges of ids matched or failed, and failures possibly written (one each).
     pub ranges: usize,
     /// Per key and partition: the last id seen; per key, its partitions.
     pub key_positions: usize,
@@ -565,10 +754,13 @@ mod tests {
         v.delivered(tag(1, 0, None), t0, (3, 5), None);
         v.found(&p(tag(1, 0, None)), (3, 6));
         // Failed but written, found after its failure or before it.
-        v.failed(tag(1, 1, None), false, true);
+        v.failed(tag(1, 1, None), false, Some(("refused".into(), false, 3)));
         v.found(&p(tag(1, 1, None)), (3, 7));
         v.found(&p(tag(1, 7, None)), (3, 8));
-        v.failed(tag(1, 7, None), true, true);
+        v.failed(tag(1, 7, None), true, Some(("refused".into(), false, 3)));
+        // Failed with an error that leaves it possibly written: counted apart.
+        v.failed(tag(1, 9, None), true, Some(("timed out".into(), true, 3)));
+        v.found(&p(tag(1, 9, None)), (3, 9));
         // Out of order on one partition; a move to another partition is not.
         v.delivered(tag(0, 3, Some(1)), t0, (0, 13), None);
         v.found(&p(tag(0, 3, Some(1))), (0, 13));
@@ -587,7 +779,133 @@ mod tests {
         );
         assert_eq!((a.out_of_order, a.keys, a.moved_keys), (1, 1, 1));
         assert_eq!((a.lost, a.unreported, a.foreign), (1, 1, 1));
-        assert_eq!((a.failed_not_handed_back, a.failed_handed_back), (1, 1));
+        assert_eq!((a.failed_not_handed_back, a.failed_handed_back), (1, 2));
+        assert_eq!(a.failed_possibly_written, 1);
+    }
+
+    /// The embedded broker's two departures from Kafka (`tests/embedded_broker.rs`) are
+    /// counted apart, in every order of report and reads; anything else stays a defect.
+    #[test]
+    fn a_batch_written_twice_by_a_retry_and_an_ack_without_offset_are_counted_apart() {
+        let v = Verifier::new(1, None, Duration::from_millis(200));
+        let t0 = Instant::now();
+        let p = |t: Tag| t.payload(40);
+        // Written at 10, its response lost, written again at 20 (reported): report first,
+        // between the copies, and last. The later copy is not judged for order.
+        v.delivered(tag(0, 0, Some(1)), t0, (0, 20), None);
+        v.found(&p(tag(0, 0, Some(1))), (0, 10));
+        v.found(&p(tag(0, 5, Some(1))), (0, 15));
+        v.found(&p(tag(0, 0, Some(1))), (0, 20));
+        v.found(&p(tag(0, 1, None)), (0, 11));
+        v.delivered(tag(0, 1, None), t0, (0, 21), None);
+        v.found(&p(tag(0, 1, None)), (0, 21));
+        v.found(&p(tag(0, 2, None)), (0, 12));
+        v.found(&p(tag(0, 2, None)), (0, 22));
+        v.delivered(tag(0, 2, None), t0, (0, 22), None);
+        // Acked with no offset: found on its partition (before or after the report), or never.
+        v.delivered(tag(0, 3, None), t0, (1, -1001), None);
+        v.found(&p(tag(0, 3, None)), (1, 0));
+        v.found(&p(tag(0, 4, None)), (1, 1));
+        v.delivered(tag(0, 4, None), t0, (1, -1001), None);
+        v.delivered(tag(0, 6, None), t0, (1, -1001), None);
+        v.delivered(tag(0, 5, Some(1)), t0, (0, 15), None);
+        let a = v.accounting(true);
+        assert_eq!(
+            (a.found, a.retry_copies, a.offset_unknown, a.acked_unwritten),
+            (6, 3, 2, 1)
+        );
+        assert_eq!(
+            (
+                a.duplicated,
+                a.misplaced,
+                a.lost,
+                a.unreported,
+                a.out_of_order
+            ),
+            (0, 0, 0, 0, 0)
+        );
+
+        // Not a retry: a copy after the reported offset, on another partition, or a first copy
+        // whose reported one never shows up; and a no-offset ack found on another partition.
+        let v = Verifier::new(1, None, Duration::from_millis(200));
+        v.delivered(tag(0, 0, None), t0, (0, 10), None);
+        v.found(&p(tag(0, 0, None)), (0, 10));
+        v.found(&p(tag(0, 0, None)), (0, 11));
+        v.delivered(tag(0, 1, None), t0, (0, 12), None);
+        v.found(&p(tag(0, 1, None)), (2, 0));
+        v.found(&p(tag(0, 1, None)), (0, 12));
+        v.delivered(tag(0, 2, None), t0, (0, 30), None);
+        v.found(&p(tag(0, 2, None)), (0, 13));
+        v.delivered(tag(0, 3, None), t0, (1, -1001), None);
+        v.found(&p(tag(0, 3, None)), (2, 1));
+        let a = v.accounting(true);
+        assert_eq!((a.found, a.retry_copies, a.offset_unknown), (1, 0, 0));
+        assert_eq!((a.duplicated, a.misplaced), (2, 3));
+    }
+
+    /// Copies found before the report or the failure, in every number and place.
+    #[test]
+    fn copies_found_before_the_report_or_the_failure_are_each_judged() {
+        let t0 = Instant::now();
+        let p = |t: Tag| t.payload(40);
+        let v = Verifier::new(1, Some(0), Duration::from_millis(200));
+        // Three copies, then the report at the last: two duplicates.
+        for offset in [10, 15, 20] {
+            v.found(&p(tag(0, 0, None)), (0, offset));
+        }
+        v.delivered(tag(0, 0, None), t0, (0, 20), None);
+        // Two copies on the partition, then a report with no offset: found, one duplicate.
+        v.found(&p(tag(0, 1, None)), (1, 0));
+        v.found(&p(tag(0, 1, None)), (1, 1));
+        v.delivered(tag(0, 1, None), t0, (1, -1001), None);
+        let a = v.accounting(true);
+        assert_eq!(
+            (
+                a.found,
+                a.duplicated,
+                a.misplaced,
+                a.retry_copies,
+                a.offset_unknown
+            ),
+            (2, 3, 0, 0, 1)
+        );
+
+        // Failed as timed out: possibly written once on its partition; a second copy is a
+        // duplicate and a copy elsewhere misplaced, found before the failure or after it.
+        let v = Verifier::new(1, Some(0), Duration::from_millis(200));
+        let timed_out = |partition| Some(("timed out".to_owned(), true, partition));
+        v.found(&p(tag(0, 0, None)), (2, 0));
+        v.found(&p(tag(0, 0, None)), (2, 1));
+        v.failed(tag(0, 0, None), true, timed_out(2));
+        v.failed(tag(0, 1, None), true, timed_out(2));
+        v.found(&p(tag(0, 1, None)), (2, 2));
+        v.found(&p(tag(0, 1, None)), (2, 3));
+        v.found(&p(tag(0, 2, None)), (3, 0));
+        v.failed(tag(0, 2, None), true, timed_out(2));
+        let a = v.accounting(true);
+        assert_eq!(
+            (a.failed_possibly_written, a.duplicated, a.misplaced),
+            (2, 2, 1)
+        );
+
+        // A strict key's batch written twice, its report before, between or after the copies,
+        // and a report with no offset: nothing left behind for the group's reads.
+        let v = Verifier::new(1, Some(0), Duration::from_millis(200));
+        v.delivered(tag(0, 0, Some(1)), t0, (0, 20), None);
+        v.found(&p(tag(0, 0, Some(1))), (0, 10));
+        v.found(&p(tag(0, 0, Some(1))), (0, 20));
+        v.found(&p(tag(0, 1, Some(1))), (0, 11));
+        v.delivered(tag(0, 1, Some(1)), t0, (0, 21), None);
+        v.found(&p(tag(0, 1, Some(1))), (0, 21));
+        v.found(&p(tag(0, 2, Some(1))), (0, 12));
+        v.found(&p(tag(0, 2, Some(1))), (0, 22));
+        v.delivered(tag(0, 2, Some(1)), t0, (0, 22), None);
+        v.found(&p(tag(0, 3, Some(1))), (0, 23));
+        v.delivered(tag(0, 3, Some(1)), t0, (0, -1001), None);
+        v.group_read([(0, 20), (0, 21), (0, 22), (0, 23)], t0);
+        let a = v.accounting(true);
+        assert_eq!((a.found, a.retry_copies, a.strict_read), (4, 3, 3));
+        assert_eq!(v.held().strict_unread, 0, "{:?}", v.held());
     }
 
     #[test]
