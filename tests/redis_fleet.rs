@@ -336,6 +336,37 @@ async fn a_restarted_instance_picks_up_shared_health_and_key_moves(redis: Redis)
 }
 }
 
+/// Regression: closing and dropping a producer left its Redis client's connection task running
+/// (fred reconnects forever until it is told to quit), so every instance closed left a
+/// connection open, and a reconnect loop behind it. Found by the chaos soak, which closes an
+/// instance about once a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_producer_leaves_no_redis_connection_behind() {
+    let redis = RedisServer::start().unwrap();
+    let kafka = cluster().await;
+    let connections = || {
+        redis
+            .command(&["CLIENT", "LIST"])
+            .unwrap()
+            .matches("id=")
+            .count()
+    };
+    let before = connections();
+    for _ in 0..3 {
+        let a = Instance::start(&kafka.client_config(), redis_config(redis.url()));
+        // Connected: leading the fleet.
+        assert!(until(Duration::from_secs(10), || a.is_leader()).await);
+        assert!(until(Duration::from_secs(10), || connections() > before).await);
+        a.producer.close(Duration::from_secs(5)).await.unwrap();
+        drop(a);
+    }
+    assert!(
+        until(Duration::from_secs(5), || connections() == before).await,
+        "{} connections open, {before} before the instances",
+        connections()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_carry_on_while_redis_is_down_and_sharing_resumes_when_it_is_back() {
     common::init_tracing();

@@ -332,9 +332,10 @@ impl AsyncSmartProducer {
             .map_err(|_| KafkaError::Canceled)?
     }
 
-    /// Stops the health monitor (and hands a fleet's collector lease over), then flushes, at
-    /// most `timeout` for the flush. Messages still in flight keep being delivered: every
-    /// pending `produce` resolves. Later sends fall back to librdkafka's partitioner.
+    /// Stops the health monitor (and, with Redis, hands a fleet's collector lease over and
+    /// closes the connections, each step at most `command_timeout`), then flushes, at most
+    /// `timeout` for the flush. Messages still in flight keep being delivered: every pending
+    /// `produce` resolves. Later sends fall back to librdkafka's partitioner.
     ///
     /// # Errors
     ///

@@ -349,8 +349,9 @@ impl SmartProducer {
         self.producer.flush(timeout)
     }
 
-    /// Stops the health monitor (handing a fleet's lease over) and flushes, at most `timeout`
-    /// for the flush.
+    /// Stops the health monitor (with Redis, handing a fleet's lease over and closing the
+    /// connections, each step at most `command_timeout`) and flushes, at most `timeout` for
+    /// the flush.
     ///
     /// # Errors
     ///

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 use fred::types::config::{Options, ReconnectPolicy};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::breaker::{BreakerState, CircuitBreaker};
 use crate::config::RedisConfig;
@@ -25,6 +26,9 @@ pub struct RedisClient {
 
 struct Inner {
     client: Client,
+    /// fred's connection task: it reconnects forever until `quit`, so it is aborted when the
+    /// last clone of this client goes (or on `quit`), closing the connection.
+    connection: AbortOnDropHandle<Result<(), fred::error::Error>>,
     config: RedisConfig,
     /// Fails fast while disconnected.
     options: Options,
@@ -32,6 +36,8 @@ struct Inner {
     /// first commands of a new client are not lost to the connection handshake.
     first_options: Options,
     ever_connected: AtomicBool,
+    /// Set by `quit`: commands fail at once, without asking fred or the breaker.
+    closed: AtomicBool,
     breaker: CircuitBreaker,
     calls: AtomicU64,
     failures: AtomicU64,
@@ -43,9 +49,9 @@ impl RedisClient {
         config.validate()?;
         let client = builder(config)?.build().map_err(L2Error::Redis)?;
         // Connect in the background: with a reconnect policy fred retries forever, and
-        // commands fail fast until the connection is up.
-        // The connection task runs until `quit`; its handle is not needed.
-        drop(client.connect());
+        // commands fail fast until the connection is up. The task would run until `quit`:
+        // its handle aborts it when the client goes.
+        let connection = AbortOnDropHandle::new(client.connect());
         let options = Options {
             timeout: Some(config.command_timeout),
             fail_fast: true,
@@ -59,8 +65,10 @@ impl RedisClient {
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
+                connection,
                 first_options,
                 ever_connected: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
                 breaker: CircuitBreaker::new(config.breaker),
                 config: config.clone(),
                 options,
@@ -98,6 +106,12 @@ impl RedisClient {
         F: FnOnce(fred::clients::WithOptions<Client>) -> Fut,
         Fut: Future<Output = Result<T, fred::error::Error>>,
     {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(L2Error::Redis(fred::error::Error::new(
+                fred::error::ErrorKind::Canceled,
+                "the redis client was closed",
+            )));
+        }
         let timeout = self.inner.config.command_timeout;
         let Some(permit) = self
             .inner
@@ -165,14 +179,21 @@ impl RedisClient {
         )
     }
 
-    /// Closes the connection. Errors are ignored: the connection is going away either way.
+    /// Closes the connection (`QUIT`, waiting at most `command_timeout`) and stops
+    /// reconnecting; every clone's commands fail from then on. Errors are ignored: the
+    /// connection is going away either way. Dropping the last clone closes it too.
     ///
     /// # Cancel safety
     ///
-    /// Cancel-safe: dropping the future may leave the connection open until the client is
+    /// Cancel-safe: dropping the future may leave the connection open until the last clone is
     /// dropped.
     pub async fn quit(&self) {
-        let _ = self.inner.client.quit().await;
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _ =
+            tokio::time::timeout(self.inner.config.command_timeout, self.inner.client.quit()).await;
+        self.inner.connection.abort();
     }
 }
 

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use fred::prelude::*;
+use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::debug;
@@ -22,8 +23,10 @@ pub(crate) fn listen(
 ) -> L2Result<AbortOnDropHandle<()>> {
     let subscriber = client.subscriber()?;
     let task = async move {
-        drop(subscriber.connect());
-        let _resubscribe = subscriber.manage_subscriptions();
+        // fred's tasks (the connection, which reconnects forever, and the resubscriber) end
+        // with this one, even when `quit` below times out or never runs (aborted).
+        let _connection = AbortOnDropHandle::new(subscriber.connect());
+        let _resubscribe = AbortOnDropHandle::new(subscriber.manage_subscriptions());
         let mut messages = subscriber.message_rx();
         let subscribe = {
             let subscriber = subscriber.clone();
@@ -58,15 +61,18 @@ pub(crate) fn listen(
                 () = cancel.cancelled() => break,
                 m = messages.recv() => m,
             };
-            let Ok(message) = message else {
-                // Lagged behind the broadcast channel or closed: polling still covers us.
-                continue;
+            let message = match message {
+                Ok(message) => message,
+                // Lagged behind the broadcast channel: polling still covers us.
+                Err(RecvError::Lagged(_)) => continue,
+                // Closed: no message will come (polling still covers us).
+                Err(RecvError::Closed) => break,
             };
             if let Some(text) = message.value.as_str() {
                 on_message(&text);
             }
         }
-        let _ = subscriber.quit().await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), subscriber.quit()).await;
     };
     Ok(AbortOnDropHandle::new(tokio::spawn(task)))
 }

@@ -310,14 +310,16 @@ impl L2 {
         Stopper {
             cancel: self.cancel.clone(),
             fleet: self.fleet.clone(),
+            client: self.client.clone(),
         }
     }
 }
 
-/// Stops an L2: listeners end, a held lease is handed over.
+/// Stops an L2: listeners end, a held lease is handed over, the connection closes.
 pub(crate) struct Stopper {
     cancel: CancellationToken,
     fleet: Option<Arc<FleetCollector>>,
+    client: RedisClient,
 }
 
 impl Stopper {
@@ -326,6 +328,9 @@ impl Stopper {
         if let Some(fleet) = &self.fleet {
             fleet.shutdown().await;
         }
+        // After the lease is handed over (with this connection); later key moves go without
+        // Redis (their commands fail fast).
+        self.client.quit().await;
     }
 }
 
