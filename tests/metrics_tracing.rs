@@ -88,6 +88,15 @@ async fn routes_refreshes_and_health_are_counted() {
         + counter("ksp_messages_total", ("route", "moved"));
     assert_eq!(keyed, 40);
     assert_eq!(counter("ksp_messages_total", ("fallback", "no_health")), 1);
+    // A waiting decision is an answer to `decide`, never a send's route: no series for it
+    // (it was registered, and stayed 0 forever).
+    assert!(
+        !metrics
+            .iter()
+            .any(|(n, labels, _)| n == "ksp_messages_total"
+                && labels.iter().any(|(k, v)| k == "route" && v == "waiting")),
+        "ksp_messages_total{{route=\"waiting\"}} is registered"
+    );
     let moved = counter("ksp_messages_total", ("route", "moved"));
     assert_eq!(
         counter("ksp_key_cache_total", ("result", "hit"))

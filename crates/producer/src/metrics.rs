@@ -16,10 +16,12 @@ pub(crate) struct SendMetrics {
     cache_miss: Counter,
 }
 
-const ROUTES: usize = 12;
+const ROUTES: usize = 11;
 
-fn slot(route: Route) -> usize {
-    match route {
+/// A send route's counter; `None` for [`Route::Waiting`], an answer to `decide`, never the
+/// route a message is sent by.
+fn slot(route: Route) -> Option<usize> {
+    Some(match route {
         Route::Explicit => 0,
         Route::Sticky => 1,
         Route::Home => 2,
@@ -31,8 +33,8 @@ fn slot(route: Route) -> usize {
         Route::Fallback(Fallback::TooFewRoutable) => 8,
         Route::Fallback(Fallback::PartitionUnknownToProducer) => 9,
         Route::Pinned => 10,
-        Route::Waiting => 11,
-    }
+        Route::Waiting => return None,
+    })
 }
 
 const LABELS: [(&str, &str); ROUTES] = [
@@ -47,7 +49,6 @@ const LABELS: [(&str, &str); ROUTES] = [
     ("fallback", "too_few_routable"),
     ("fallback", "partition_unknown_to_producer"),
     ("pinned", ""),
-    ("waiting", ""),
 ];
 
 impl SendMetrics {
@@ -65,7 +66,9 @@ impl SendMetrics {
     /// (a key-cache miss).
     #[inline]
     pub(crate) fn record(&self, route: Route, first_move: bool) {
-        self.routes[slot(route)].increment(1);
+        if let Some(slot) = slot(route) {
+            self.routes[slot].increment(1);
+        }
         if route == Route::Moved {
             if first_move {
                 self.cache_miss.increment(1);
