@@ -17,6 +17,12 @@ use crate::{
     TestkitResult, read_topic,
 };
 
+/// Errors queued for a request fault (here and in the soak): more than its requests in a few
+/// seconds, and few, since the embedded broker moves the whole queue down by one for every
+/// request it fails, on the one thread that serves every broker (100 000 made that 1.6 MB per
+/// request).
+pub(crate) const REQUEST_ERRORS: usize = 5_000;
+
 /// The consumer group of the scenarios.
 pub const GROUP: &str = "processors";
 /// The topic: 6 partitions; leader of partition `p` is broker `p % 3 + 1`.
@@ -70,11 +76,11 @@ impl Fault {
             Fault::BrokerDown => e(cluster.broker_down(2))?,
             Fault::ListOffsetsErrors => cluster.request_errors(
                 RDKafkaApiKey::ListOffsets,
-                &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 100_000],
+                &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; REQUEST_ERRORS],
             ),
             Fault::OffsetFetchErrors => cluster.request_errors(
                 RDKafkaApiKey::OffsetFetch,
-                &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED; 100_000],
+                &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED; REQUEST_ERRORS],
             ),
             Fault::MetadataErrors => e(cluster.topic_error(
                 TOPIC,

@@ -26,9 +26,12 @@ use rdkafka::util::Timeout;
 
 const TOPIC: &str = "embedded-broker";
 
-/// An idempotent producer, one message per request, with its producer id and metadata in
-/// hand (a first message delivered).
-async fn producer(kafka: &MockKafka) -> FutureProducer {
+/// One broker and the topic; an idempotent producer, one message per request, with its
+/// producer id and metadata in hand (a first message delivered); then the broker answers
+/// after `rtt`.
+async fn start(rtt: Duration) -> (MockKafka, FutureProducer) {
+    let kafka = MockKafka::start(1).unwrap();
+    kafka.create_topic(TOPIC, 1).unwrap();
     let producer: FutureProducer = kafka
         .client_config()
         .set("enable.idempotence", "true")
@@ -43,7 +46,8 @@ async fn producer(kafka: &MockKafka) -> FutureProducer {
         )
         .await
         .unwrap();
-    producer
+    kafka.cluster().broker_round_trip_time(1, rtt).unwrap();
+    (kafka, producer)
 }
 
 /// Sends `n` messages at once (payload = index); returns each one's reported offset or error.
@@ -78,15 +82,9 @@ async fn copies(kafka: &MockKafka) -> HashMap<usize, usize> {
 
 #[tokio::test]
 async fn a_batch_refused_before_later_ones_succeed_is_reported_delivered_but_never_written() {
-    let kafka = MockKafka::start(1).unwrap();
-    kafka.create_topic(TOPIC, 1).unwrap();
-    let producer = producer(&kafka).await;
     // Responses slow enough that several requests are in flight when the first is refused
     // (the next ones go out within the second even on a busy machine).
-    kafka
-        .cluster()
-        .broker_round_trip_time(1, Duration::from_secs(1))
-        .unwrap();
+    let (kafka, producer) = start(Duration::from_secs(1)).await;
     kafka.cluster().request_errors(
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION],
@@ -116,16 +114,10 @@ async fn a_batch_refused_before_later_ones_succeed_is_reported_delivered_but_nev
 
 #[tokio::test]
 async fn a_batch_whose_response_was_lost_is_written_again_by_the_retry() {
-    let kafka = MockKafka::start(1).unwrap();
-    kafka.create_topic(TOPIC, 1).unwrap();
-    let producer = producer(&kafka).await;
     // The broker appends at once and answers after 5 s; it goes down before it answers, so
     // the responses are lost and the batches in flight (sent within the first second even on
     // a busy machine) are sent again once it is back.
-    kafka
-        .cluster()
-        .broker_round_trip_time(1, Duration::from_secs(5))
-        .unwrap();
+    let (kafka, producer) = start(Duration::from_secs(5)).await;
     let sending = tokio::spawn({
         let producer = producer.clone();
         async move { send_all(&producer, 20).await }

@@ -37,6 +37,7 @@ use reader::Reader;
 use schedule::{Episode, Planned, Rng};
 use verify::Verifier;
 
+use crate::faults::REQUEST_ERRORS;
 use crate::{DrainingConsumer, LagScenario, MockKafka, RedisServer, TestkitError, TestkitResult};
 
 /// The consumer group.
@@ -507,12 +508,6 @@ impl fmt::Display for SoakReport {
         )
     }
 }
-
-/// Errors queued for a request fault: more than its requests in 4 s, and few, since the
-/// embedded broker moves the whole queue down by one for every request it fails (with
-/// 100 000, 1.6 MB per request: its single thread, which serves every broker, slowed
-/// everything down).
-const REQUEST_ERRORS: usize = 5_000;
 
 /// The instances: (blocking, strict key order).
 const SLOTS: [(bool, bool); 3] = [(false, false), (true, false), (false, true)];

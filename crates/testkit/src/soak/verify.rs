@@ -65,10 +65,8 @@ type At = (i32, i64);
 #[derive(Debug, Default)]
 struct Slot {
     /// Delivered by report, not yet found in the topic.
+    /// (An offset below 0: reported with none, librdkafka's implicit ack.)
     reported: HashMap<u64, At>,
-    /// Delivered by report with no offset (librdkafka's implicit ack), not yet found: the
-    /// partition.
-    offset_unknown: HashMap<u64, i32>,
     /// Found in the topic, report (or failure) not in yet: every copy, in the order found.
     seen_early: HashMap<u64, Vec<At>>,
     /// Found first before its reported offset on the same partition: the reported offset,
@@ -363,11 +361,7 @@ impl Verifier {
             }
         }
         let Some(copies) = copies else {
-            if at.1 < 0 {
-                slot.offset_unknown.insert(id, at.0);
-            } else {
-                slot.reported.insert(id, at);
-            }
+            slot.reported.insert(id, at);
             return;
         };
         let extra = copies.len() as u64 - 1;
@@ -492,10 +486,7 @@ impl Verifier {
             let now_ms = epoch_ms();
             match strict_at.get_mut(&at) {
                 Some(send) => send.written_ms = send.written_ms.min(now_ms),
-                None if !again
-                    && !slot.reported.contains_key(&id)
-                    && !slot.offset_unknown.contains_key(&id) =>
-                {
+                None if !again && !slot.reported.contains_key(&id) => {
                     strict_found.insert(at, now_ms);
                 }
                 None => {}
@@ -534,17 +525,10 @@ impl Verifier {
             counts.duplicated += 1;
         } else if let Some(copies) = slot.seen_early.get_mut(&id) {
             copies.push(at);
-        } else if let Some(partition) = slot.offset_unknown.remove(&id) {
-            if partition == at.0 {
-                counts.found += 1;
-                counts.offset_unknown += 1;
-            } else {
-                counts.misplaced += 1;
-            }
-            slot.matched.insert(id);
         } else if let Some(reported) = slot.reported.remove(&id) {
-            if reported == at {
+            if reported == at || (reported.1 < 0 && reported.0 == at.0) {
                 counts.found += 1;
+                counts.offset_unknown += u64::from(reported.1 < 0);
                 slot.matched.insert(id);
             } else if is_retry_copy(at, reported) {
                 slot.retry_copy_due.insert(id, reported);
@@ -574,8 +558,11 @@ impl Verifier {
         counts.moved_keys = state.homes.values().filter(|h| h.count_ones() > 1).count() as u64;
         if finished {
             let sum = |f: fn(&Slot) -> usize| state.slots.iter().map(f).sum::<usize>() as u64;
-            counts.lost = sum(|s| s.reported.len());
-            counts.acked_unwritten = sum(|s| s.offset_unknown.len());
+            fn no_offset(s: &Slot) -> usize {
+                s.reported.values().filter(|at| at.1 < 0).count()
+            }
+            counts.lost = sum(|s| s.reported.len() - no_offset(s));
+            counts.acked_unwritten = sum(no_offset);
             counts.unreported = sum(|s| s.seen_early.len());
             // Found before the reported offset, never at it.
             counts.misplaced += sum(|s| s.retry_copy_due.len());
@@ -598,7 +585,7 @@ impl Verifier {
         let state = self.lock();
         let sum = |f: fn(&Slot) -> usize| state.slots.iter().map(f).sum::<usize>();
         Held {
-            delivered_unread: sum(|s| s.reported.len() + s.offset_unknown.len()),
+            delivered_unread: sum(|s| s.reported.len()),
             read_unreported: sum(|s| s.seen_early.len() + s.retry_copy_due.len()),
             ranges: sum(|s| s.matched.ranges() + s.failed.ranges() + s.failed_maybe_written.len()),
             key_positions: state.last.len() + state.homes.len() + state.strict_last.len(),
