@@ -886,3 +886,63 @@ async fn a_replaced_detour_is_forgotten_by_the_other_instances(redis: Redis) {
     assert!(moved.is_some(), "{:?}", a.status());
 }
 }
+
+/// librdkafka's threads in this process (it names them `rdk:…`): each client has a few, so a
+/// client left behind shows here.
+fn librdkafka_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("rdk:"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_producer_leaves_no_librdkafka_client_behind() {
+    common::init_tracing();
+    let redis = RedisServer::start().unwrap();
+    let kafka = cluster().await;
+    let before = librdkafka_threads();
+    for blocking in [false, true, false, true] {
+        let builder = AsyncSmartProducer::builder(kafka.client_config())
+            .consumer_group(GROUP)
+            .topics([TOPIC])
+            .monitor(MonitorConfig::default().with_refresh_interval(Duration::from_millis(300)))
+            .redis(redis_config(redis.url()));
+        if blocking {
+            let producer = builder.build_blocking().unwrap();
+            for i in 0..20 {
+                let payload = format!("b{i}");
+                producer
+                    .send(
+                        kafka_smart_producer::rdkafka::producer::BaseRecord::to(TOPIC)
+                            .key(&payload)
+                            .payload(&payload),
+                        |_| {},
+                    )
+                    .unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            tokio::task::spawn_blocking(move || producer.close(Duration::from_secs(5)))
+                .await
+                .unwrap()
+                .unwrap();
+        } else {
+            let producer = builder.build().unwrap();
+            for i in 0..20 {
+                let payload = format!("a{i}");
+                producer
+                    .produce(FutureRecord::to(TOPIC).key(&payload).payload(&payload))
+                    .await
+                    .unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            producer.close(Duration::from_secs(5)).await.unwrap();
+        }
+    }
+    assert!(
+        until(Duration::from_secs(10), || librdkafka_threads() == before).await,
+        "{} librdkafka threads, {before} before the producers",
+        librdkafka_threads()
+    );
+}
