@@ -1,24 +1,32 @@
 //! Instructions per message, counted by callgrind: `ksp-bench instructions` sends N messages
-//! through one producer inside `ksp_measured_sends`, which callgrind is told to count
-//! (`--toggle-collect=ksp_bench::instructions::ksp_measured_sends`: the exact name, since
-//! callgrind flips collection on entering and leaving *every* function that matches, and a
-//! wildcard also matches the drop glue of its closures), with the broker in a child process
-//! that runs outside valgrind.
+//! through one producer, with the broker in a child process that runs outside valgrind.
+//! Callgrind counts two functions, by their exact names
+//! (`--toggle-collect=ksp_bench::instructions::ksp_measured_sends` and `…_deliveries`: a
+//! wildcard would also match the drop glue of their closures, and callgrind flips collection on
+//! entering and leaving *every* function that matches):
 //!
-//! What is counted: everything the calling thread executes for the N sends: building each
-//! record, the routing layer (smart producer only), librdkafka's enqueue
-//! (`rd_kafka_producev`), and awaiting each delivery. librdkafka's own threads (batching,
-//! the network, delivery reports) are not counted: they do the same work for both producers
-//! but for batch fill, which `ksp-bench throughput` measures.
+//! 1. `ksp_measured_sends`: each send up to its enqueue. Its `produce`/`send` future is boxed
+//!    (as `tokio::spawn` would) and polled once: the local queue's reservation (smart producer
+//!    only), the routing layer (smart only), librdkafka's partitioner (plain only: the smart
+//!    producer names the partition), and librdkafka's enqueue (`rd_kafka_producev`).
+//! 2. `ksp_measured_deliveries`: once every delivery report is in (waited for, not counted),
+//!    each future polled to its end, which takes one poll.
+//!
+//! So the count follows the code, not the machine: no wake-up, batch of ready deliveries or
+//! executor scheduling that timing decides is inside it. The records are built outside it.
+//! librdkafka's own threads (batching, the network, delivery reports) are not counted: they do
+//! the same work for both producers but for batch fill, which `ksp-bench throughput` measures.
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Waker};
 use std::time::Duration;
 
-use futures::StreamExt;
 use ksp_monitor::MonitorConfig;
 use ksp_producer::AsyncSmartProducer;
 use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 use crate::throughput::BrokerProcess;
 
@@ -38,42 +46,120 @@ pub(crate) enum Sender {
     Plain(FutureProducer),
 }
 
-/// What callgrind counts: `messages` sends through [`send`]. Not inlined, under a name
-/// callgrind toggles on (its callees are counted with it).
+/// What callgrind counts, first part: [`sends`]. Not inlined, under a name callgrind toggles on
+/// (its callees are counted with it).
 #[inline(never)]
-fn ksp_measured_sends(
-    runtime: &tokio::runtime::Runtime,
-    sender: &Sender,
+fn ksp_measured_sends<F: Future>(
     messages: usize,
-    keyed: bool,
-) {
-    send(runtime, sender, messages, keyed);
+    send: impl FnMut(usize) -> F,
+) -> Vec<Option<Pin<Box<F>>>> {
+    sends(messages, send)
 }
 
-/// Sends `messages` messages (100-byte payloads; keyed over 10 000 keys or keyless), at most
-/// 1 000 in flight, and waits for every delivery.
-fn send(runtime: &tokio::runtime::Runtime, sender: &Sender, messages: usize, keyed: bool) {
+/// What callgrind counts, second part: [`deliveries`].
+#[inline(never)]
+fn ksp_measured_deliveries<F: Future>(
+    runtime: &tokio::runtime::Runtime,
+    futures: Vec<Option<Pin<Box<F>>>>,
+) -> usize {
+    deliveries(runtime, futures)
+}
+
+/// Each of `messages` sends up to its enqueue. Each `produce`/`send` future is boxed (as
+/// `tokio::spawn` would) and polled once: it reserves room, routes, hands the message to
+/// librdkafka and stops at the wait for its delivery report.
+fn sends<F: Future>(messages: usize, mut send: impl FnMut(usize) -> F) -> Vec<Option<Pin<Box<F>>>> {
+    let mut cx = Context::from_waker(Waker::noop());
+    (0..messages)
+        .map(|i| {
+            let mut future = Box::pin(send(i));
+            future.as_mut().poll(&mut cx).is_pending().then_some(future)
+        })
+        .collect()
+}
+
+/// Each future polled to its end once every delivery report is in (so each completes in one
+/// poll, with no wake-up that the machine's timing decides). Returns how many were not ready
+/// yet (awaited).
+fn deliveries<F: Future>(
+    runtime: &tokio::runtime::Runtime,
+    futures: Vec<Option<Pin<Box<F>>>>,
+) -> usize {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut late = 0;
+    for mut future in futures.into_iter().flatten() {
+        if future.as_mut().poll(&mut cx).is_pending() {
+            late += 1;
+            runtime.block_on(future);
+        }
+    }
+    late
+}
+
+/// Sends `messages` messages (100-byte payloads; keyed over 10 000 keys or keyless) in two
+/// parts, [`sends`] and [`deliveries`] (through the functions callgrind counts if `counted`),
+/// every delivery report waited for between them.
+fn send(
+    runtime: &tokio::runtime::Runtime,
+    sender: &Sender,
+    keys: &[String],
+    messages: usize,
+    keyed: bool,
+    counted: bool,
+) -> anyhow::Result<()> {
     let payload = [b'x'; 100];
-    runtime.block_on(futures::stream::iter(0..messages).for_each_concurrent(
-        1_000,
-        |i| async move {
-            let key = format!("key-{}", i % 10_000);
-            let mut record = FutureRecord::to(TOPIC).payload(&payload[..]);
-            if keyed {
-                record = record.key(&key);
+    let record = |i: usize| {
+        let record = FutureRecord::to(TOPIC).payload(&payload[..]);
+        if keyed {
+            record.key(&keys[i % keys.len()])
+        } else {
+            record
+        }
+    };
+    // Entered so that the futures find the runtime (timers, the blocking pool) when polled.
+    let _runtime = runtime.enter();
+    let late = match sender {
+        Sender::Smart(p) => {
+            let send = |i| p.produce(record(i));
+            let pending = if counted {
+                ksp_measured_sends(messages, send)
+            } else {
+                sends(messages, send)
+            };
+            runtime.block_on(p.flush(Duration::from_secs(30)))?;
+            settle();
+            if counted {
+                ksp_measured_deliveries(runtime, pending)
+            } else {
+                deliveries(runtime, pending)
             }
-            match sender {
-                Sender::Smart(p) => {
-                    p.produce(record).await.expect("delivered");
-                }
-                Sender::Plain(p) => {
-                    p.send(record, Duration::from_secs(30))
-                        .await
-                        .expect("delivered");
-                }
+        }
+        Sender::Plain(p) => {
+            let send = |i| p.send(record(i), Duration::from_secs(30));
+            let pending = if counted {
+                ksp_measured_sends(messages, send)
+            } else {
+                sends(messages, send)
+            };
+            p.flush(Duration::from_secs(30))?;
+            settle();
+            if counted {
+                ksp_measured_deliveries(runtime, pending)
+            } else {
+                deliveries(runtime, pending)
             }
-        },
-    ));
+        }
+    };
+    if late > 0 {
+        eprintln!("{late} of {messages} deliveries were not in when polled (awaited, counted)");
+    }
+    Ok(())
+}
+
+/// librdkafka's `flush` returns once the last report is taken off its queue, possibly while
+/// rdkafka's polling thread is still completing it: a moment for that, not counted.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(200));
 }
 
 /// Runs one measurement: warms up (2 000 messages, or 10 000 keyed: every key once), then
@@ -108,18 +194,15 @@ pub fn run(
             Kind::Plain => Sender::Plain(config.create()?),
         })
     })?;
-    warm_up(&runtime, &sender, keyed);
-    ksp_measured_sends(&runtime, &sender, messages, keyed);
+    let keys: Vec<String> = (0..10_000).map(|i| format!("key-{i}")).collect();
+    // Connections, metadata, buffers, and (keyed) every one of the 10 000 keys once.
+    let warm_up = if keyed { 10_000 } else { 2_000 };
+    send(&runtime, &sender, &keys, warm_up, keyed, false)?;
+    send(&runtime, &sender, &keys, messages, keyed, true)?;
     if let Sender::Smart(p) = &sender {
         runtime.block_on(p.close(Duration::from_secs(10)))?;
     }
     Ok(())
-}
-
-/// The same sends, not counted: connections, metadata, buffers, and (keyed) every one of the
-/// 10 000 keys once.
-fn warm_up(runtime: &tokio::runtime::Runtime, sender: &Sender, keyed: bool) {
-    send(runtime, sender, if keyed { 10_000 } else { 2_000 }, keyed);
 }
 
 /// One configuration's counts: instructions per message.
@@ -129,15 +212,18 @@ pub struct Row {
     pub partitions: i32,
     /// Keyed over 10 000 keys.
     pub keyed: bool,
-    /// On the sending thread, plain then smart; two runs each.
-    pub caller: [[f64; 2]; 2],
+    /// On the sending thread, per message, plain then smart; two runs each.
+    pub caller: [[Counted; 2]; 2],
     /// The whole producer process (every thread), plain then smart: the slope between a run
     /// of 10 000 and one of 30 000 messages, so setup and idle work cancel out.
     pub process: [f64; 2],
 }
 
 /// The function callgrind counts, by its exact (demangled) name.
-const MEASURED: &str = "ksp_bench::instructions::ksp_measured_sends";
+const MEASURED: [&str; 2] = [
+    "ksp_bench::instructions::ksp_measured_sends",
+    "ksp_bench::instructions::ksp_measured_deliveries",
+];
 
 /// Removes a file when dropped.
 struct TempFile(std::path::PathBuf);
@@ -148,7 +234,138 @@ impl Drop for TempFile {
     }
 }
 
-/// The instructions callgrind counted in one run of `exe instructions`.
+/// What callgrind counted in one run.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Counted {
+    /// Every instruction.
+    pub total: f64,
+    /// Of which the heap allocator's own: glibc's `malloc` family, and the counting wrapper
+    /// around it that this binary installs (for its allocation table).
+    pub allocator: f64,
+    /// Calls to `malloc`, `calloc` and `realloc`.
+    pub allocations: f64,
+}
+
+impl Counted {
+    /// Instructions outside the allocator.
+    pub fn outside_allocator(&self) -> f64 {
+        self.total - self.allocator
+    }
+
+    fn per(self, messages: usize) -> Self {
+        let n = messages as f64;
+        Self {
+            total: self.total / n,
+            allocator: self.allocator / n,
+            allocations: self.allocations / n,
+        }
+    }
+}
+
+/// Whether a function is the heap allocator's: by its source file (glibc's `malloc/`
+/// directory), or by name when the file is unknown.
+fn is_allocator(file: &str, function: &str) -> bool {
+    const GLIBC: &[&str] = &[
+        "malloc",
+        "free",
+        "realloc",
+        "calloc",
+        "_int_malloc",
+        "_int_free",
+        "_int_realloc",
+        "malloc_consolidate",
+        "sysmalloc",
+        "unlink_chunk.constprop.0",
+        "tcache_init",
+        "arena_get2",
+    ];
+    file.contains("/malloc/")
+        || function.contains("CountingAllocator")
+        || (file == "???" && GLIBC.contains(&function))
+}
+
+/// Reads callgrind's output format (`positions: line`, `events: Ir`): every instruction, the
+/// allocator's (a function's self cost, not what it calls), and the calls to allocate.
+fn parse_callgrind(text: &str) -> anyhow::Result<Counted> {
+    use std::collections::HashMap;
+    // Names are compressed: `(id) name` the first time, `(id)` after.
+    fn name(names: &mut HashMap<String, String>, spec: &str) -> String {
+        let spec = spec.trim();
+        match spec.strip_prefix('(').and_then(|s| s.split_once(')')) {
+            Some((id, rest)) => {
+                let rest = rest.trim();
+                if rest.is_empty() {
+                    names.get(id).cloned().unwrap_or_default()
+                } else {
+                    names.insert(id.to_owned(), rest.to_owned());
+                    rest.to_owned()
+                }
+            }
+            None => spec.to_owned(),
+        }
+    }
+    let (mut files, mut functions) = (HashMap::new(), HashMap::new());
+    let mut file = String::new();
+    let mut in_allocator = false;
+    let mut callee = String::new();
+    let mut call_cost_next = false;
+    let mut counted = Counted::default();
+    for line in text.lines() {
+        if let Some(spec) = line.strip_prefix("fl=") {
+            file = name(&mut files, spec);
+        } else if let Some(spec) = line
+            .strip_prefix("fi=")
+            .or_else(|| line.strip_prefix("fe="))
+            .or_else(|| line.strip_prefix("cfi="))
+            .or_else(|| line.strip_prefix("cfl="))
+        {
+            name(&mut files, spec);
+        } else if let Some(spec) = line.strip_prefix("fn=") {
+            let function = name(&mut functions, spec);
+            in_allocator = is_allocator(&file, &function);
+        } else if let Some(spec) = line.strip_prefix("cfn=") {
+            callee = name(&mut functions, spec);
+        } else if let Some(calls) = line.strip_prefix("calls=") {
+            if matches!(callee.as_str(), "malloc" | "calloc" | "realloc") {
+                let n: f64 = calls
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| anyhow::anyhow!("bad calls line: {line}"))?;
+                counted.allocations += n;
+            }
+            call_cost_next = true;
+        } else if line.starts_with(|c: char| c.is_ascii_digit() || "+-*".contains(c)) {
+            // A cost line: the position, then the cost. After `calls=`, the call's inclusive
+            // cost, already in the callee's own lines.
+            if std::mem::take(&mut call_cost_next) {
+                continue;
+            }
+            let cost: f64 = line
+                .split_whitespace()
+                .nth(1)
+                .map_or(Ok(0.0), str::parse)
+                .map_err(|e| anyhow::anyhow!("bad cost line {line:?}: {e}"))?;
+            counted.total += cost;
+            if in_allocator {
+                counted.allocator += cost;
+            }
+        }
+    }
+    let summary = text
+        .lines()
+        .find_map(|l| l.strip_prefix("summary:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("no summary in callgrind's output"))?;
+    anyhow::ensure!(
+        counted.total == summary,
+        "callgrind's output read wrong: {} instructions in its lines, {summary} in its summary",
+        counted.total
+    );
+    Ok(counted)
+}
+
+/// What callgrind counted in one run of `exe instructions`.
 fn count(
     exe: &Path,
     kind: Kind,
@@ -156,7 +373,7 @@ fn count(
     partitions: i32,
     messages: usize,
     toggled: bool,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Counted> {
     static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let out = TempFile(std::env::temp_dir().join(format!(
         "ksp-callgrind-{}-{}",
@@ -170,7 +387,7 @@ fn count(
     if toggled {
         command
             .arg("--collect-atstart=no")
-            .arg(format!("--toggle-collect={MEASURED}"));
+            .args(MEASURED.map(|f| format!("--toggle-collect={f}")));
     }
     command
         .arg(exe)
@@ -193,17 +410,12 @@ fn count(
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }
-    let text = std::fs::read_to_string(&out.0)?;
-    let total = text
-        .lines()
-        .find_map(|l| l.strip_prefix("summary:"))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .ok_or_else(|| anyhow::anyhow!("no summary in callgrind's output"))?;
+    let counted = parse_callgrind(&std::fs::read_to_string(&out.0)?)?;
     anyhow::ensure!(
-        total > 0.0,
-        "callgrind counted nothing: is {MEASURED} still the measured function's name?"
+        counted.total > 0.0,
+        "callgrind counted nothing: are {MEASURED:?} still the measured functions' names?"
     );
-    Ok(total)
+    Ok(counted)
 }
 
 /// Every configuration (8 and 1 024 partitions, keyless and keyed, plain and smart), or
@@ -224,14 +436,14 @@ pub fn measure(exe: &Path) -> anyhow::Result<Option<Vec<Row>>> {
     let mut rows = Vec::new();
     for partitions in [8, 1024] {
         for keyed in [false, true] {
-            let mut caller = [[0.0; 2]; 2];
+            let mut caller = [[Counted::default(); 2]; 2];
             let mut process = [0.0; 2];
             for (i, kind) in [Kind::Plain, Kind::Smart].into_iter().enumerate() {
                 for slot in &mut caller[i] {
-                    *slot = count(exe, kind, keyed, partitions, N, true)? / N as f64;
+                    *slot = count(exe, kind, keyed, partitions, N, true)?.per(N);
                 }
-                let short = count(exe, kind, keyed, partitions, N, false)?;
-                let long = count(exe, kind, keyed, partitions, 3 * N, false)?;
+                let short = count(exe, kind, keyed, partitions, N, false)?.total;
+                let long = count(exe, kind, keyed, partitions, 3 * N, false)?.total;
                 process[i] = (long - short) / (2 * N) as f64;
             }
             rows.push(Row {
@@ -245,46 +457,86 @@ pub fn measure(exe: &Path) -> anyhow::Result<Option<Vec<Row>>> {
     Ok(Some(rows))
 }
 
+impl Row {
+    /// Plain then smart, each the mean of its two runs, by `figure`.
+    pub fn means(&self, figure: impl Fn(&Counted) -> f64) -> [f64; 2] {
+        self.caller
+            .map(|runs| (figure(&runs[0]) + figure(&runs[1])) / 2.0)
+    }
+
+    /// The larger difference between a producer's two runs, relative to their mean.
+    pub fn spread(&self, figure: impl Fn(&Counted) -> f64) -> f64 {
+        self.caller
+            .iter()
+            .map(|runs| {
+                let (a, b) = (figure(&runs[0]), figure(&runs[1]));
+                (a - b).abs() / ((a + b) / 2.0)
+            })
+            .fold(0.0, f64::max)
+    }
+
+    /// What the smart producer adds on the sending thread, outside the allocator, relative to
+    /// the plain one: the headline figure.
+    pub fn smart_adds(&self) -> f64 {
+        let [plain, smart] = self.means(Counted::outside_allocator);
+        smart / plain - 1.0
+    }
+}
+
+/// `a → b (+d, +p %)`.
+fn change(a: f64, b: f64) -> String {
+    format!(
+        "{a:.0} → {b:.0} ({:+.0}, {:+.1} %)",
+        b - a,
+        (b / a - 1.0) * 100.0
+    )
+}
+
 /// The markdown table of [`measure`]'s rows.
 pub fn table(rows: Option<&[Row]>) -> String {
     let Some(rows) = rows else {
         return "Not measured: valgrind is not installed (`apt-get install valgrind`).\n".into();
     };
     let mut md = String::from(
-        "| partitions | keys | sending thread, plain → smart (instructions per message) | smart adds | run-to-run spread | whole producer process, plain → smart | smart adds |\n|---:|---|---|---:|---:|---|---:|\n",
+        "| partitions | keys | sending thread, outside the allocator: plain → smart | spread | allocations per message | sending thread, allocator included | spread | whole producer process (upper bound) |\n|---:|---|---|---:|---|---|---:|---|\n",
     );
     for r in rows {
-        let mean = |v: [f64; 2]| (v[0] + v[1]) / 2.0;
-        let spread = r
-            .caller
-            .iter()
-            .map(|v| (v[0] - v[1]).abs() / mean(*v))
-            .fold(0.0, f64::max);
-        let (cp, cs) = (mean(r.caller[0]), mean(r.caller[1]));
-        let (pp, ps) = (r.process[0], r.process[1]);
+        let [op, os] = r.means(Counted::outside_allocator);
+        let [ap, as_] = r.means(|c| c.allocations);
+        let [tp, ts] = r.means(|c| c.total);
         md.push_str(&format!(
-            "| {} | {} | {cp:.0} → {cs:.0} | {:+.0} ({:+.1} %) | {:.2} % | {pp:.0} → {ps:.0} | {:+.0} ({:+.1} %) |\n",
+            "| {} | {} | {} | {:.2} % | {ap:.2} → {as_:.2} | {} | {:.2} % | {} |\n",
             r.partitions,
             if r.keyed { "10 000 keys" } else { "none" },
-            cs - cp,
-            (cs / cp - 1.0) * 100.0,
-            spread * 100.0,
-            ps - pp,
-            (ps / pp - 1.0) * 100.0,
+            change(op, os),
+            r.spread(Counted::outside_allocator) * 100.0,
+            change(tp, ts),
+            r.spread(|c| c.total) * 100.0,
+            change(r.process[0], r.process[1]),
         ));
     }
     md.push_str(
         "\n`cargo run --release -p ksp-bench -- instructions-table` (needs valgrind): callgrind \
-         counts the instructions of 10 000 sends of 100-byte messages (1 000 in flight, after a \
-         warm-up not counted: 2 000 messages, or keyed 10 000, every key once), the broker in a child process that valgrind does not trace. *Sending \
-         thread*: only what the thread that calls `produce`/`send` executes (building the record, \
-         the routing layer, librdkafka's enqueue, awaiting the delivery), twice per producer; \
-         the spread is the larger difference between the two runs. *Whole producer process*: \
-         every thread of it (librdkafka's batching, network and delivery threads too), as the \
-         slope between a run of 10 000 and one of 30 000 messages, so that setup cancels out. \
-         Work that follows the clock does not: under valgrind a longer run takes longer, so \
-         librdkafka's timers (and, for the smart producer, its lag reader's threads) stay in \
-         the slope, one run each: read it as an upper bound, not as the figure.\n",
+         counts the instructions of 10 000 sends of 100-byte messages, after a warm-up not \
+         counted (2 000 messages, or keyed 10 000, every key once), the broker in a child \
+         process that valgrind does not trace. *Sending thread*: what the thread that calls \
+         `produce`/`send` executes, in two parts: every send polled once, up to its enqueue \
+         (the smart producer's queue reservation and routing, librdkafka's partitioner for the \
+         plain one, librdkafka's enqueue), then, once every delivery report is in, every \
+         future polled to its end. No wake-up or executor scheduling that timing decides is \
+         inside the count. The heap allocator's instructions are: glibc's `malloc` costs more \
+         or less per call with the state of its heap, which librdkafka's threads change as \
+         they free the messages the sending thread allocated, so they move with the \
+         machine's timing. Hence the first column, without the allocator's own instructions \
+         (glibc's `malloc` family, and the counting wrapper this binary installs for its \
+         allocation table), beside the allocations per message (calls to `malloc`, `calloc`, \
+         `realloc`), which do not move; and the total with them. Two runs per producer; the \
+         spread is the larger difference between the two. *Whole producer process*: every thread of it (librdkafka's batching, network \
+         and delivery threads too), as the slope between a run of 10 000 and one of 30 000 \
+         messages, so that setup cancels out. Work that follows the clock does not: under \
+         valgrind a longer run takes longer, so librdkafka's timers (and, for the smart \
+         producer, its lag reader's threads) stay in the slope, one run each: read it as an \
+         upper bound, not as the figure.\n",
     );
     md
 }
@@ -293,21 +545,71 @@ pub fn table(rows: Option<&[Row]>) -> String {
 mod tests {
     use super::*;
 
+    fn counted(total: f64, allocator: f64, allocations: f64) -> Counted {
+        Counted {
+            total,
+            allocator,
+            allocations,
+        }
+    }
+
     #[test]
     fn the_table_shows_what_smart_adds_and_the_spread() {
         let row = Row {
             partitions: 8,
             keyed: false,
-            caller: [[1000.0, 1010.0], [1100.0, 1100.0]],
+            caller: [
+                [counted(1300.0, 300.0, 2.0), counted(1330.0, 320.0, 2.0)],
+                [counted(1400.0, 300.0, 3.0), counted(1400.0, 300.0, 3.0)],
+            ],
             process: [2000.0, 2050.0],
         };
         let md = table(Some(&[row]));
         assert!(
             md.contains(
-                "| 8 | none | 1005 → 1100 | +95 (+9.5 %) | 1.00 % | 2000 → 2050 | +50 (+2.5 %) |"
+                "| 8 | none | 1005 → 1100 (+95, +9.5 %) | 1.00 % | 2.00 → 3.00 | 1315 → 1400 (+85, +6.5 %) | 2.28 % | 2000 → 2050 (+50, +2.5 %) |"
             ),
             "{md}"
         );
+        assert!(
+            (row.smart_adds() - 0.0945).abs() < 1e-3,
+            "{}",
+            row.smart_adds()
+        );
         assert!(table(None).contains("valgrind is not installed"));
+    }
+
+    #[test]
+    fn callgrind_output_is_split_into_the_allocator_and_the_rest() {
+        // Names compressed after their first use; a call's inclusive cost (the line after
+        // `calls=`) is not counted again.
+        let out = "\
+events: Ir
+summary: 1000
+
+ob=(1) /bin/x
+fl=(1) ???
+fn=(1) ksp_bench::instructions::ksp_measured_sends
+0 300
+cfl=(2) ./malloc/./malloc/malloc.c
+cfn=(2) malloc
+calls=4 0
+0 200
++2 100
+fl=(2)
+fn=(2)
+0 150
+cfn=(3) _int_malloc
+calls=4 0
+0 50
+fn=(3)
+0 50
+fl=(1)
+fn=(4) <allocation_counter::allocator::CountingAllocator as core::alloc::global::GlobalAlloc>::alloc
+0 400
+";
+        assert_eq!(parse_callgrind(out).unwrap(), counted(1000.0, 600.0, 4.0));
+        let wrong = out.replace("summary: 1000", "summary: 999");
+        assert!(parse_callgrind(&wrong).is_err());
     }
 }
