@@ -3,6 +3,7 @@
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use crate::health::PartitionHealth;
@@ -15,7 +16,8 @@ use crate::sticky::StickyCursor;
 ///
 /// A `TopicHealth` is immutable except for its [`StickyCursor`], the router's scratch space for
 /// sticky keyless routing (see [`TopicHealth::cursor`]), which successive healths of a topic
-/// can share.
+/// can share, and a one-entry cache of the last keyless batch's partition (see
+/// [`TopicHealth::pick_for_batch`]).
 #[derive(Debug)]
 pub struct TopicHealth {
     topic: Box<str>,
@@ -37,7 +39,13 @@ pub struct TopicHealth {
     by_capacity: bool,
     stale: bool,
     cursor: Arc<StickyCursor>,
+    /// The last batch [`pick_for_batch`](Self::pick_for_batch) picked for: its number in the
+    /// high half, its partition + 1 in the low half; [`NO_PICK`] before the first.
+    last_pick: AtomicU64,
 }
+
+/// [`TopicHealth::last_pick`] before any pick (no partition is `u32::MAX - 1`).
+const NO_PICK: u64 = u64::MAX;
 
 impl TopicHealth {
     /// Highest partition count a topic's health may have. Partition ids at or above it are
@@ -123,6 +131,7 @@ impl TopicHealth {
             by_capacity,
             stale: false,
             cursor: Arc::new(StickyCursor::new()),
+            last_pick: AtomicU64::new(NO_PICK),
         }
     }
 
@@ -212,6 +221,7 @@ impl TopicHealth {
             by_capacity: self.by_capacity,
             stale: true,
             cursor: self.cursor.clone(),
+            last_pick: AtomicU64::new(NO_PICK),
         }
     }
 
@@ -300,6 +310,31 @@ impl TopicHealth {
         self.picks.get(index).copied()
     }
 
+    /// The partition of keyless batch number `batch` (from the topic's [`StickyCursor`]):
+    /// [`pick_weighted`](Self::pick_weighted) of the batch number spread over `[0, 2^64)`.
+    ///
+    /// Consecutive batch numbers times the golden ratio spread over `[0, 2^64)` as evenly as
+    /// any sequence can (a Weyl sequence): each partition's share converges to its weight
+    /// within a few dozen batches, where hashing the batch number would leave random swings.
+    ///
+    /// Every message of a batch asks, so the last batch's answer is kept: a batch's partition
+    /// is a function of this health and the batch number alone, so two callers racing on it
+    /// store the same answer, and a caller on another batch computes its own.
+    #[inline]
+    pub fn pick_for_batch(&self, batch: u32) -> Option<i32> {
+        let last = self.last_pick.load(Ordering::Relaxed);
+        if last != NO_PICK && (last >> 32) as u32 == batch {
+            return Some((last as u32 - 1) as i32);
+        }
+        let spread = u64::from(batch).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let partition = self.pick_weighted(spread)?;
+        self.last_pick.store(
+            (u64::from(batch) << 32) | u64::from(partition as u32 + 1),
+            Ordering::Relaxed,
+        );
+        Some(partition)
+    }
+
     /// Each partition's share of keyless traffic, indexed by partition (0 for those never
     /// picked).
     pub fn keyless_shares(&self) -> Vec<f64> {
@@ -374,6 +409,49 @@ mod tests {
 
     fn health(partition: i32, score: f64, healthy: bool) -> PartitionHealth {
         PartitionHealth::new(PartitionLag::from_lag(partition, 0), score, healthy)
+    }
+
+    #[test]
+    fn a_batch_is_picked_as_pick_weighted_says_whether_or_not_it_was_just_asked() {
+        let scores = [1.0, 0.2, 0.7, 0.05, 1.0, 0.4, 0.9, 0.6];
+        let t = TopicHealth::new(
+            "t",
+            SystemTime::now(),
+            scores
+                .iter()
+                .enumerate()
+                .map(|(p, &s)| health(p as i32, s, s > 0.1))
+                .collect(),
+        );
+        let expected =
+            |batch: u32| t.pick_weighted(u64::from(batch).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        // Repeated, interleaved, the batch numbers at both ends, and a batch whose number is
+        // the cache's empty marker in its high half.
+        let batches = [
+            0,
+            0,
+            1,
+            1,
+            0,
+            7,
+            7,
+            7,
+            3,
+            7,
+            u32::MAX,
+            u32::MAX,
+            0,
+            u32::MAX - 1,
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for batch in batches {
+            assert_eq!(t.pick_for_batch(batch), expected(batch), "batch {batch}");
+            seen.insert(t.pick_for_batch(batch));
+        }
+        assert!(seen.len() > 1, "every batch on one partition: {seen:?}");
+        let none = TopicHealth::new("t", SystemTime::now(), vec![]);
+        assert_eq!(none.pick_for_batch(5), None);
+        assert_eq!(none.pick_for_batch(5), None);
     }
 
     #[test]

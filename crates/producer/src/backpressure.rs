@@ -226,7 +226,9 @@ impl LocalQueue {
             if self.timeout.is_zero() {
                 return None;
             }
-            tokio::time::timeout(self.timeout, self.room.take(bytes))
+            // Boxed: the wait's timer would otherwise make every send's future larger, and
+            // futures are moved (into a task, a `FuturesUnordered`) by the byte.
+            Box::pin(tokio::time::timeout(self.timeout, self.room.take(bytes)))
                 .await
                 .ok()?;
         }

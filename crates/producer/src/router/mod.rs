@@ -217,12 +217,8 @@ impl Router {
             self.clock.raw(),
             self.sticky_linger_ticks,
         );
-        // Consecutive batch numbers times the golden ratio spread over [0, 2^64) as evenly as
-        // any sequence can (a Weyl sequence): each partition's share converges to its weight
-        // within a few dozen batches, where hashing the batch number would leave random
-        // swings. The cursor starts at a random batch, so producers do not move in step.
-        let spread = u64::from(batch).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        match health.pick_weighted(spread) {
+        // The cursor starts at a random batch, so producers do not move in step.
+        match health.pick_for_batch(batch) {
             Some(partition) => Decision {
                 partition: Some(partition),
                 route: Route::Sticky,
