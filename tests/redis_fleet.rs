@@ -888,7 +888,8 @@ async fn a_replaced_detour_is_forgotten_by_the_other_instances(redis: Redis) {
 }
 
 /// librdkafka's threads in this process (it names them `rdk:…`): each client has a few, so a
-/// client left behind shows here.
+/// client left behind shows here. Counts every test's in the process: right under nextest, which
+/// runs each test in a process of its own (the test command's runner).
 fn librdkafka_threads() -> usize {
     std::fs::read_dir("/proc/self/task")
         .unwrap()
@@ -941,7 +942,7 @@ async fn a_closed_producer_leaves_no_librdkafka_client_behind() {
         }
     }
     assert!(
-        until(Duration::from_secs(10), || librdkafka_threads() == before).await,
+        until(Duration::from_secs(10), || librdkafka_threads() <= before).await,
         "{} librdkafka threads, {before} before the producers",
         librdkafka_threads()
     );

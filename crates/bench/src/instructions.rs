@@ -13,14 +13,18 @@
 //!    each future polled to its end, which takes one poll.
 //!
 //! So the count follows the code, not the machine: no wake-up, batch of ready deliveries or
-//! executor scheduling that timing decides is inside it. The records are built outside it.
+//! executor scheduling that timing decides is inside it. The records are built before it. A run
+//! where a send ends at its first poll, a future has not ended when polled once every report
+//! is in, or a message is not delivered fails instead of counting something else. The heap
+//! allocator's cost per call still follows the machine (glibc's heap is shared with
+//! librdkafka's threads), so it is counted apart.
 //! librdkafka's own threads (batching, the network, delivery reports) are not counted: they do
 //! the same work for both producers but for batch fill, which `ksp-bench throughput` measures.
 
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
-use std::task::{Context, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use ksp_monitor::MonitorConfig;
@@ -51,54 +55,75 @@ pub(crate) enum Sender {
 #[inline(never)]
 fn ksp_measured_sends<F: Future>(
     messages: usize,
-    send: impl FnMut(usize) -> F,
-) -> Vec<Option<Pin<Box<F>>>> {
+    send: impl FnMut() -> F,
+) -> (Vec<Pin<Box<F>>>, usize) {
     sends(messages, send)
 }
 
 /// What callgrind counts, second part: [`deliveries`].
 #[inline(never)]
 fn ksp_measured_deliveries<F: Future>(
-    runtime: &tokio::runtime::Runtime,
-    futures: Vec<Option<Pin<Box<F>>>>,
-) -> usize {
-    deliveries(runtime, futures)
+    futures: Vec<Pin<Box<F>>>,
+    delivered: impl Fn(&F::Output) -> bool,
+) -> Outcome {
+    deliveries(futures, delivered)
 }
 
 /// Each of `messages` sends up to its enqueue. Each `produce`/`send` future is boxed (as
 /// `tokio::spawn` would) and polled once: it reserves room, routes, hands the message to
-/// librdkafka and stops at the wait for its delivery report.
-fn sends<F: Future>(messages: usize, mut send: impl FnMut(usize) -> F) -> Vec<Option<Pin<Box<F>>>> {
+/// librdkafka and stops at the wait for its delivery report. Returns the futures, and how many
+/// ended at once instead (refused: the run is then void).
+fn sends<F: Future>(messages: usize, mut send: impl FnMut() -> F) -> (Vec<Pin<Box<F>>>, usize) {
     let mut cx = Context::from_waker(Waker::noop());
-    (0..messages)
-        .map(|i| {
-            let mut future = Box::pin(send(i));
-            future.as_mut().poll(&mut cx).is_pending().then_some(future)
-        })
-        .collect()
-}
-
-/// Each future polled to its end once every delivery report is in (so each completes in one
-/// poll, with no wake-up that the machine's timing decides). Returns how many were not ready
-/// yet (awaited).
-fn deliveries<F: Future>(
-    runtime: &tokio::runtime::Runtime,
-    futures: Vec<Option<Pin<Box<F>>>>,
-) -> usize {
-    let mut cx = Context::from_waker(Waker::noop());
-    let mut late = 0;
-    for mut future in futures.into_iter().flatten() {
+    let mut futures = Vec::with_capacity(messages);
+    let mut ended = 0;
+    for _ in 0..messages {
+        let mut future = Box::pin(send());
         if future.as_mut().poll(&mut cx).is_pending() {
-            late += 1;
-            runtime.block_on(future);
+            futures.push(future);
+        } else {
+            ended += 1;
         }
     }
-    late
+    (futures, ended)
+}
+
+/// How the second part went.
+#[derive(Debug, Default)]
+struct Outcome {
+    /// Futures not ended when polled (their report not in yet).
+    late: usize,
+    /// Futures that ended otherwise than delivered.
+    failed: usize,
+}
+
+/// Each future polled once, when every delivery report is in: each ends in that one poll,
+/// with no wake-up that the machine's timing decides. A future that does not is left as it is
+/// (and the run is then void).
+fn deliveries<F: Future>(
+    futures: Vec<Pin<Box<F>>>,
+    delivered: impl Fn(&F::Output) -> bool,
+) -> Outcome {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut outcome = Outcome::default();
+    for mut future in futures {
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(output) if delivered(&output) => {}
+            Poll::Ready(_) => outcome.failed += 1,
+            Poll::Pending => outcome.late += 1,
+        }
+    }
+    outcome
 }
 
 /// Sends `messages` messages (100-byte payloads; keyed over 10 000 keys or keyless) in two
 /// parts, [`sends`] and [`deliveries`] (through the functions callgrind counts if `counted`),
-/// every delivery report waited for between them.
+/// every delivery report waited for between them. The records are built before either.
+///
+/// # Errors
+///
+/// When a send ended at once (refused), a future had not ended when polled once every report
+/// was in, or a message was not delivered: the count would not be the one described.
 fn send(
     runtime: &tokio::runtime::Runtime,
     sender: &Sender,
@@ -108,51 +133,63 @@ fn send(
     counted: bool,
 ) -> anyhow::Result<()> {
     let payload = [b'x'; 100];
-    let record = |i: usize| {
-        let record = FutureRecord::to(TOPIC).payload(&payload[..]);
-        if keyed {
-            record.key(&keys[i % keys.len()])
-        } else {
-            record
-        }
-    };
+    let mut records = (0..messages)
+        .map(|i| {
+            let record = FutureRecord::to(TOPIC).payload(&payload[..]);
+            if keyed {
+                record.key(&keys[i % keys.len()])
+            } else {
+                record
+            }
+        })
+        .collect::<Vec<_>>()
+        .into_iter();
+    let mut next = move || records.next().expect("one record per send");
     // Entered so that the futures find the runtime (timers, the blocking pool) when polled.
     let _runtime = runtime.enter();
-    let late = match sender {
+    let (ended, outcome) = match sender {
         Sender::Smart(p) => {
-            let send = |i| p.produce(record(i));
-            let pending = if counted {
+            let send = || p.produce(next());
+            let (pending, ended) = if counted {
                 ksp_measured_sends(messages, send)
             } else {
                 sends(messages, send)
             };
             runtime.block_on(p.flush(Duration::from_secs(30)))?;
             settle();
-            if counted {
-                ksp_measured_deliveries(runtime, pending)
+            let delivered = |r: &Result<_, _>| r.is_ok();
+            let outcome = if counted {
+                ksp_measured_deliveries(pending, delivered)
             } else {
-                deliveries(runtime, pending)
-            }
+                deliveries(pending, delivered)
+            };
+            (ended, outcome)
         }
         Sender::Plain(p) => {
-            let send = |i| p.send(record(i), Duration::from_secs(30));
-            let pending = if counted {
+            let send = || p.send(next(), Duration::from_secs(30));
+            let (pending, ended) = if counted {
                 ksp_measured_sends(messages, send)
             } else {
                 sends(messages, send)
             };
             p.flush(Duration::from_secs(30))?;
             settle();
-            if counted {
-                ksp_measured_deliveries(runtime, pending)
+            let delivered = |r: &Result<_, _>| r.is_ok();
+            let outcome = if counted {
+                ksp_measured_deliveries(pending, delivered)
             } else {
-                deliveries(runtime, pending)
-            }
+                deliveries(pending, delivered)
+            };
+            (ended, outcome)
         }
     };
-    if late > 0 {
-        eprintln!("{late} of {messages} deliveries were not in when polled (awaited, counted)");
-    }
+    anyhow::ensure!(
+        ended == 0 && outcome.late == 0 && outcome.failed == 0,
+        "of {messages} sends, {ended} ended at their first poll, {} had not ended once every \
+         report was in, {} were not delivered: the count would not be the one described",
+        outcome.late,
+        outcome.failed
+    );
     Ok(())
 }
 
@@ -262,30 +299,64 @@ impl Counted {
     }
 }
 
-/// Whether a function is the heap allocator's: by its source file (glibc's `malloc/`
-/// directory), or by name when the file is unknown.
+/// Whether a function is the heap allocator's: glibc's `malloc` family (by its source file,
+/// `malloc/`, or by name when the file is unknown), Rust's allocation shims, and the counting
+/// wrapper this binary installs around glibc's `malloc`.
 fn is_allocator(file: &str, function: &str) -> bool {
     const GLIBC: &[&str] = &[
         "malloc",
         "free",
         "realloc",
         "calloc",
-        "_int_malloc",
-        "_int_free",
-        "_int_realloc",
-        "malloc_consolidate",
-        "sysmalloc",
-        "unlink_chunk.constprop.0",
-        "tcache_init",
-        "arena_get2",
+        "posix_memalign",
+        "aligned_alloc",
+        "memalign",
+        "__libc_malloc",
+        "__libc_free",
+        "__libc_realloc",
+        "__libc_calloc",
+        "__libc_memalign",
     ];
     file.contains("/malloc/")
+        || file.contains("allocation-counter")
         || function.contains("CountingAllocator")
-        || (file == "???" && GLIBC.contains(&function))
+        || function.contains("core::alloc::global::GlobalAlloc")
+        || function.contains("__rust_alloc")
+        || function.contains("__rust_dealloc")
+        || function.contains("__rust_realloc")
+        || function.starts_with("__rg_")
+        || GLIBC.contains(&function)
 }
 
-/// Reads callgrind's output format (`positions: line`, `events: Ir`): every instruction, the
-/// allocator's (a function's self cost, not what it calls), and the calls to allocate.
+/// Whether `function` (an allocator function) hands out memory: a call to it from outside the
+/// allocator is one allocation.
+fn allocates(function: &str) -> bool {
+    const ENTRIES: &[&str] = &[
+        "malloc",
+        "calloc",
+        "realloc",
+        "posix_memalign",
+        "aligned_alloc",
+        "memalign",
+        "__libc_malloc",
+        "__libc_calloc",
+        "__libc_realloc",
+        "__libc_memalign",
+    ];
+    ENTRIES.contains(&function)
+        || function.ends_with("__rust_alloc")
+        || function.ends_with("__rust_alloc_zeroed")
+        || function.ends_with("__rust_realloc")
+        || matches!(
+            function,
+            "__rg_alloc" | "__rg_alloc_zeroed" | "__rg_realloc"
+        )
+}
+
+/// Reads callgrind's output format (`positions: line`, `events: Ir`): every instruction; the
+/// allocator's, as the inclusive cost of every call from outside the allocator into it (so
+/// what it calls, `memset`, `memcpy`, `brk`, a lock wait, is its too); and those calls that
+/// allocate.
 fn parse_callgrind(text: &str) -> anyhow::Result<Counted> {
     use std::collections::HashMap;
     // Names are compressed: `(id) name` the first time, `(id)` after.
@@ -304,11 +375,25 @@ fn parse_callgrind(text: &str) -> anyhow::Result<Counted> {
             None => spec.to_owned(),
         }
     }
+    let header = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::trim)
+    };
+    anyhow::ensure!(
+        header("events:") == Some("Ir") && header("positions:").is_none_or(|p| p == "line"),
+        "callgrind's output has other events or positions than read here (events: {:?}, \
+         positions: {:?})",
+        header("events:"),
+        header("positions:")
+    );
     let (mut files, mut functions) = (HashMap::new(), HashMap::new());
     let mut file = String::new();
     let mut in_allocator = false;
-    let mut callee = String::new();
-    let mut call_cost_next = false;
+    let (mut callee_file, mut callee) = (None::<String>, String::new());
+    // Set by a `calls=` line: whether the cost line after it (the call's inclusive cost) is
+    // the allocator's.
+    let mut call: Option<bool> = None;
     let mut counted = Counted::default();
     for line in text.lines() {
         if let Some(spec) = line.strip_prefix("fl=") {
@@ -316,17 +401,23 @@ fn parse_callgrind(text: &str) -> anyhow::Result<Counted> {
         } else if let Some(spec) = line
             .strip_prefix("fi=")
             .or_else(|| line.strip_prefix("fe="))
-            .or_else(|| line.strip_prefix("cfi="))
-            .or_else(|| line.strip_prefix("cfl="))
         {
             name(&mut files, spec);
+        } else if let Some(spec) = line
+            .strip_prefix("cfi=")
+            .or_else(|| line.strip_prefix("cfl="))
+        {
+            callee_file = Some(name(&mut files, spec));
         } else if let Some(spec) = line.strip_prefix("fn=") {
             let function = name(&mut functions, spec);
             in_allocator = is_allocator(&file, &function);
         } else if let Some(spec) = line.strip_prefix("cfn=") {
             callee = name(&mut functions, spec);
         } else if let Some(calls) = line.strip_prefix("calls=") {
-            if matches!(callee.as_str(), "malloc" | "calloc" | "realloc") {
+            // A callee's file is the caller's unless a `cfi=`/`cfl=` line said otherwise.
+            let into =
+                !in_allocator && is_allocator(callee_file.as_deref().unwrap_or(&file), &callee);
+            if into && allocates(&callee) {
                 let n: f64 = calls
                     .split_whitespace()
                     .next()
@@ -334,28 +425,27 @@ fn parse_callgrind(text: &str) -> anyhow::Result<Counted> {
                     .ok_or_else(|| anyhow::anyhow!("bad calls line: {line}"))?;
                 counted.allocations += n;
             }
-            call_cost_next = true;
+            callee_file = None;
+            call = Some(into);
         } else if line.starts_with(|c: char| c.is_ascii_digit() || "+-*".contains(c)) {
-            // A cost line: the position, then the cost. After `calls=`, the call's inclusive
-            // cost, already in the callee's own lines.
-            if std::mem::take(&mut call_cost_next) {
-                continue;
-            }
             let cost: f64 = line
                 .split_whitespace()
                 .nth(1)
                 .map_or(Ok(0.0), str::parse)
                 .map_err(|e| anyhow::anyhow!("bad cost line {line:?}: {e}"))?;
-            counted.total += cost;
-            if in_allocator {
-                counted.allocator += cost;
+            match call.take() {
+                // A call's inclusive cost: already in the callee's own lines.
+                Some(into_allocator) => {
+                    if into_allocator {
+                        counted.allocator += cost;
+                    }
+                }
+                None => counted.total += cost,
             }
         }
     }
-    let summary = text
-        .lines()
-        .find_map(|l| l.strip_prefix("summary:"))
-        .and_then(|v| v.trim().parse::<f64>().ok())
+    let summary = header("summary:")
+        .and_then(|v| v.parse::<f64>().ok())
         .ok_or_else(|| anyhow::anyhow!("no summary in callgrind's output"))?;
     anyhow::ensure!(
         counted.total == summary,
@@ -414,6 +504,11 @@ fn count(
     anyhow::ensure!(
         counted.total > 0.0,
         "callgrind counted nothing: are {MEASURED:?} still the measured functions' names?"
+    );
+    anyhow::ensure!(
+        counted.allocator > 0.0 && counted.allocations > 0.0,
+        "no allocator found in callgrind's output ({counted:?}): are glibc's and Rust's \
+         allocator functions still named as `is_allocator` expects?"
     );
     Ok(counted)
 }
@@ -524,13 +619,13 @@ pub fn table(rows: Option<&[Row]>) -> String {
          (the smart producer's queue reservation and routing, librdkafka's partitioner for the \
          plain one, librdkafka's enqueue), then, once every delivery report is in, every \
          future polled to its end. No wake-up or executor scheduling that timing decides is \
-         inside the count. The heap allocator's instructions are: glibc's `malloc` costs more \
-         or less per call with the state of its heap, which librdkafka's threads change as \
-         they free the messages the sending thread allocated, so they move with the \
-         machine's timing. Hence the first column, without the allocator's own instructions \
-         (glibc's `malloc` family, and the counting wrapper this binary installs for its \
-         allocation table), beside the allocations per message (calls to `malloc`, `calloc`, \
-         `realloc`), which do not move; and the total with them. Two runs per producer; the \
+         inside the count. The heap allocator's instructions still follow timing: glibc's \
+         `malloc` costs more or less per call with the state of its heap, which librdkafka's \
+         threads change as they free the messages the sending thread allocated. Hence the \
+         first column, without the allocator (every call from outside it into glibc's \
+         `malloc` family, Rust's allocation shims or the counting wrapper this binary installs \
+         for its allocation table, with all it calls), beside the allocations per message \
+         (those calls that allocate), and the total with the allocator. Two runs per producer; the \
          spread is the larger difference between the two. *Whole producer process*: every thread of it (librdkafka's batching, network \
          and delivery threads too), as the slope between a run of 10 000 and one of 30 000 \
          messages, so that setup cancels out. Work that follows the clock does not: under \
@@ -581,11 +676,15 @@ mod tests {
 
     #[test]
     fn callgrind_output_is_split_into_the_allocator_and_the_rest() {
-        // Names compressed after their first use; a call's inclusive cost (the line after
-        // `calls=`) is not counted again.
+        // Names compressed after their first use. A call's inclusive cost (the line after
+        // `calls=`) is not counted again in the total; a call from outside the allocator into
+        // it is the allocator's, with what it calls (here `memset`), and a call from inside it
+        // is not counted twice.
         let out = "\
+version: 1
+positions: line
 events: Ir
-summary: 1000
+summary: 800
 
 ob=(1) /bin/x
 fl=(1) ???
@@ -596,6 +695,9 @@ cfn=(2) malloc
 calls=4 0
 0 200
 +2 100
+cfn=(5) memcpy
+calls=1 0
+0 20
 fl=(2)
 fn=(2)
 0 150
@@ -603,13 +705,31 @@ cfn=(3) _int_malloc
 calls=4 0
 0 50
 fn=(3)
-0 50
+0 30
+cfl=(4) ./string/memset.S
+cfn=(4) memset
+calls=4 0
+0 20
+fl=(4)
+fn=(4)
+0 20
 fl=(1)
-fn=(4) <allocation_counter::allocator::CountingAllocator as core::alloc::global::GlobalAlloc>::alloc
-0 400
+fn=(5)
+0 20
+fn=(6) ksp_bench::instructions::deliveries
+0 80
+cfn=(7) <allocation_counter::allocator::CountingAllocator as core::alloc::global::GlobalAlloc>::dealloc
+calls=2 0
+0 100
+fn=(7)
+0 100
 ";
-        assert_eq!(parse_callgrind(out).unwrap(), counted(1000.0, 600.0, 4.0));
-        let wrong = out.replace("summary: 1000", "summary: 999");
+        assert_eq!(parse_callgrind(out).unwrap(), counted(800.0, 300.0, 4.0));
+        let wrong = out.replace("summary: 800", "summary: 799");
         assert!(parse_callgrind(&wrong).is_err());
+        let other_events = out.replace("events: Ir", "events: Ir Dr");
+        assert!(parse_callgrind(&other_events).is_err());
+        let by_instruction = out.replace("positions: line", "positions: instr line");
+        assert!(parse_callgrind(&by_instruction).is_err());
     }
 }
