@@ -148,40 +148,20 @@ fn send(
     // Entered so that the futures find the runtime (timers, the blocking pool) when polled.
     let _runtime = runtime.enter();
     let (ended, outcome) = match sender {
-        Sender::Smart(p) => {
-            let send = || p.produce(next());
-            let (pending, ended) = if counted {
-                ksp_measured_sends(messages, send)
-            } else {
-                sends(messages, send)
-            };
-            runtime.block_on(p.flush(Duration::from_secs(30)))?;
-            settle();
-            let delivered = |r: &Result<_, _>| r.is_ok();
-            let outcome = if counted {
-                ksp_measured_deliveries(pending, delivered)
-            } else {
-                deliveries(pending, delivered)
-            };
-            (ended, outcome)
-        }
-        Sender::Plain(p) => {
-            let send = || p.send(next(), Duration::from_secs(30));
-            let (pending, ended) = if counted {
-                ksp_measured_sends(messages, send)
-            } else {
-                sends(messages, send)
-            };
-            p.flush(Duration::from_secs(30))?;
-            settle();
-            let delivered = |r: &Result<_, _>| r.is_ok();
-            let outcome = if counted {
-                ksp_measured_deliveries(pending, delivered)
-            } else {
-                deliveries(pending, delivered)
-            };
-            (ended, outcome)
-        }
+        Sender::Smart(p) => parts(
+            messages,
+            counted,
+            || p.produce(next()),
+            || Ok(runtime.block_on(p.flush(Duration::from_secs(30)))?),
+            Result::is_ok,
+        )?,
+        Sender::Plain(p) => parts(
+            messages,
+            counted,
+            || p.send(next(), Duration::from_secs(30)),
+            || Ok(p.flush(Duration::from_secs(30))?),
+            Result::is_ok,
+        )?,
     };
     anyhow::ensure!(
         ended == 0 && outcome.late == 0 && outcome.failed == 0,
@@ -191,6 +171,30 @@ fn send(
         outcome.failed
     );
     Ok(())
+}
+
+/// [`sends`], `flush`, a moment, then [`deliveries`]; through the functions callgrind counts if
+/// `counted`.
+fn parts<F: Future>(
+    messages: usize,
+    counted: bool,
+    send: impl FnMut() -> F,
+    flush: impl FnOnce() -> anyhow::Result<()>,
+    delivered: impl Fn(&F::Output) -> bool,
+) -> anyhow::Result<(usize, Outcome)> {
+    let (pending, ended) = if counted {
+        ksp_measured_sends(messages, send)
+    } else {
+        sends(messages, send)
+    };
+    flush()?;
+    settle();
+    let outcome = if counted {
+        ksp_measured_deliveries(pending, delivered)
+    } else {
+        deliveries(pending, delivered)
+    };
+    Ok((ended, outcome))
 }
 
 /// librdkafka's `flush` returns once the last report is taken off its queue, possibly while
@@ -279,8 +283,6 @@ pub struct Counted {
     /// Of which the heap allocator's own: glibc's `malloc` family, and the counting wrapper
     /// around it that this binary installs (for its allocation table).
     pub allocator: f64,
-    /// Calls to `malloc`, `calloc` and `realloc`.
-    pub allocations: f64,
 }
 
 impl Counted {
@@ -294,7 +296,6 @@ impl Counted {
         Self {
             total: self.total / n,
             allocator: self.allocator / n,
-            allocations: self.allocations / n,
         }
     }
 }
@@ -328,35 +329,12 @@ fn is_allocator(file: &str, function: &str) -> bool {
         || GLIBC.contains(&function)
 }
 
-/// Whether `function` (an allocator function) hands out memory: a call to it from outside the
-/// allocator is one allocation.
-fn allocates(function: &str) -> bool {
-    const ENTRIES: &[&str] = &[
-        "malloc",
-        "calloc",
-        "realloc",
-        "posix_memalign",
-        "aligned_alloc",
-        "memalign",
-        "__libc_malloc",
-        "__libc_calloc",
-        "__libc_realloc",
-        "__libc_memalign",
-    ];
-    ENTRIES.contains(&function)
-        || function.ends_with("__rust_alloc")
-        || function.ends_with("__rust_alloc_zeroed")
-        || function.ends_with("__rust_realloc")
-        || matches!(
-            function,
-            "__rg_alloc" | "__rg_alloc_zeroed" | "__rg_realloc"
-        )
-}
-
-/// Reads callgrind's output format (`positions: line`, `events: Ir`): every instruction; the
-/// allocator's, as the inclusive cost of every call from outside the allocator into it (so
-/// what it calls, `memset`, `memcpy`, `brk`, a lock wait, is its too); and those calls that
-/// allocate.
+/// Reads callgrind's output format (`positions: line`, `events: Ir`): every instruction, and
+/// the allocator's, as the inclusive cost of every call from outside the allocator into it (so
+/// what it calls, `memset`, `memcpy`, `brk`, a lock wait, is its too).
+///
+/// Not the number of allocations: callgrind counts calls whether or not it is collecting, so
+/// its call counts include the warm-up and the setup.
 fn parse_callgrind(text: &str) -> anyhow::Result<Counted> {
     use std::collections::HashMap;
     // Names are compressed: `(id) name` the first time, `(id)` after.
@@ -413,18 +391,10 @@ fn parse_callgrind(text: &str) -> anyhow::Result<Counted> {
             in_allocator = is_allocator(&file, &function);
         } else if let Some(spec) = line.strip_prefix("cfn=") {
             callee = name(&mut functions, spec);
-        } else if let Some(calls) = line.strip_prefix("calls=") {
+        } else if line.starts_with("calls=") {
             // A callee's file is the caller's unless a `cfi=`/`cfl=` line said otherwise.
             let into =
                 !in_allocator && is_allocator(callee_file.as_deref().unwrap_or(&file), &callee);
-            if into && allocates(&callee) {
-                let n: f64 = calls
-                    .split_whitespace()
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .ok_or_else(|| anyhow::anyhow!("bad calls line: {line}"))?;
-                counted.allocations += n;
-            }
             callee_file = None;
             call = Some(into);
         } else if line.starts_with(|c: char| c.is_ascii_digit() || "+-*".contains(c)) {
@@ -506,7 +476,7 @@ fn count(
         "callgrind counted nothing: are {MEASURED:?} still the measured functions' names?"
     );
     anyhow::ensure!(
-        counted.allocator > 0.0 && counted.allocations > 0.0,
+        counted.allocator > 0.0,
         "no allocator found in callgrind's output ({counted:?}): are glibc's and Rust's \
          allocator functions still named as `is_allocator` expects?"
     );
@@ -593,14 +563,13 @@ pub fn table(rows: Option<&[Row]>) -> String {
         return "Not measured: valgrind is not installed (`apt-get install valgrind`).\n".into();
     };
     let mut md = String::from(
-        "| partitions | keys | sending thread, outside the allocator: plain → smart | spread | allocations per message | sending thread, allocator included | spread | whole producer process (upper bound) |\n|---:|---|---|---:|---|---|---:|---|\n",
+        "| partitions | keys | sending thread, outside the allocator: plain → smart | spread | sending thread, allocator included | spread | whole producer process (upper bound) |\n|---:|---|---|---:|---|---:|---|\n",
     );
     for r in rows {
         let [op, os] = r.means(Counted::outside_allocator);
-        let [ap, as_] = r.means(|c| c.allocations);
         let [tp, ts] = r.means(|c| c.total);
         md.push_str(&format!(
-            "| {} | {} | {} | {:.2} % | {ap:.2} → {as_:.2} | {} | {:.2} % | {} |\n",
+            "| {} | {} | {} | {:.2} % | {} | {:.2} % | {} |\n",
             r.partitions,
             if r.keyed { "10 000 keys" } else { "none" },
             change(op, os),
@@ -624,9 +593,9 @@ pub fn table(rows: Option<&[Row]>) -> String {
          threads change as they free the messages the sending thread allocated. Hence the \
          first column, without the allocator (every call from outside it into glibc's \
          `malloc` family, Rust's allocation shims or the counting wrapper this binary installs \
-         for its allocation table, with all it calls), beside the allocations per message \
-         (those calls that allocate), and the total with the allocator. Two runs per producer; the \
-         spread is the larger difference between the two. *Whole producer process*: every thread of it (librdkafka's batching, network \
+         for its allocation table, with all it calls), then the total with the allocator. Two \
+         runs per producer; the spread is the larger difference between the two. *Whole \
+         producer process*: every thread of it (librdkafka's batching, network \
          and delivery threads too), as the slope between a run of 10 000 and one of 30 000 \
          messages, so that setup cancels out. Work that follows the clock does not: under \
          valgrind a longer run takes longer, so librdkafka's timers (and, for the smart \
@@ -640,12 +609,8 @@ pub fn table(rows: Option<&[Row]>) -> String {
 mod tests {
     use super::*;
 
-    fn counted(total: f64, allocator: f64, allocations: f64) -> Counted {
-        Counted {
-            total,
-            allocator,
-            allocations,
-        }
+    fn counted(total: f64, allocator: f64) -> Counted {
+        Counted { total, allocator }
     }
 
     #[test]
@@ -654,15 +619,15 @@ mod tests {
             partitions: 8,
             keyed: false,
             caller: [
-                [counted(1300.0, 300.0, 2.0), counted(1330.0, 320.0, 2.0)],
-                [counted(1400.0, 300.0, 3.0), counted(1400.0, 300.0, 3.0)],
+                [counted(1300.0, 300.0), counted(1330.0, 320.0)],
+                [counted(1400.0, 300.0), counted(1400.0, 300.0)],
             ],
             process: [2000.0, 2050.0],
         };
         let md = table(Some(&[row]));
         assert!(
             md.contains(
-                "| 8 | none | 1005 → 1100 (+95, +9.5 %) | 1.00 % | 2.00 → 3.00 | 1315 → 1400 (+85, +6.5 %) | 2.28 % | 2000 → 2050 (+50, +2.5 %) |"
+                "| 8 | none | 1005 → 1100 (+95, +9.5 %) | 1.00 % | 1315 → 1400 (+85, +6.5 %) | 2.28 % | 2000 → 2050 (+50, +2.5 %) |"
             ),
             "{md}"
         );
@@ -724,7 +689,7 @@ calls=2 0
 fn=(7)
 0 100
 ";
-        assert_eq!(parse_callgrind(out).unwrap(), counted(800.0, 300.0, 4.0));
+        assert_eq!(parse_callgrind(out).unwrap(), counted(800.0, 300.0));
         let wrong = out.replace("summary: 800", "summary: 799");
         assert!(parse_callgrind(&wrong).is_err());
         let other_events = out.replace("events: Ir", "events: Ir Dr");

@@ -245,10 +245,9 @@ const TPUT_INTRO: &str = "`cargo run --release -p ksp-bench -- throughput` (the 
 const INSTR_INTRO: &str = "The figure that moves least with the machine's load: what the \
     smart producer adds per message, in instructions, over a plain `FutureProducer` (the broker \
     in a child process, not pinned: instructions do not depend on it). The first column leaves \
-    out the heap allocator's own instructions, whose cost per call follows the state of glibc's \
-    heap and so the machine's timing; the allocations per message, which do not move, stand \
-    beside it, and the total with the allocator after them. The spread columns say how well \
-    each repeats; the whole process's count is an upper bound. The target is at most 3 % more \
+    out the heap allocator's instructions, whose cost per call follows the state of glibc's \
+    heap and so the machine's timing; the total with the allocator comes after it. The \
+    spread columns say how well each repeats; the whole process's count is an upper bound. The target is at most 3 % more \
     instructions per message than plain, repeating within 0.5 %.";
 
 /// Routing cost under strict key order: kept by hand (criterion's `route_strict` group is not
@@ -374,7 +373,7 @@ async fn all(root: &Path) -> anyhow::Result<()> {
     )?;
     match &instr_rows {
         Some(rows) => {
-            use ksp_bench::instructions::{Counted, Row};
+            use ksp_bench::instructions::Counted;
             let worst = |figure: fn(&Counted) -> f64| {
                 rows.iter()
                     .map(|r| {
@@ -389,13 +388,6 @@ async fn all(root: &Path) -> anyhow::Result<()> {
                 .map(|r| r.spread(Counted::outside_allocator))
                 .fold(0.0, f64::max);
             let with_allocator = worst(|c| c.total);
-            let allocations = rows
-                .iter()
-                .map(|r: &Row| {
-                    let [plain, smart] = r.means(|c| c.allocations);
-                    smart - plain
-                })
-                .fold(f64::NEG_INFINITY, f64::max);
             writeln!(
                 headline,
                 "| instructions per message the smart producer adds on the sending thread, outside the heap allocator (callgrind; worst of 8/1024 partitions, keyless/keyed) | ≤ 3 % | {:+.1} % | {} |",
@@ -413,11 +405,6 @@ async fn all(root: &Path) -> anyhow::Result<()> {
                 "| the same, heap allocator included (its cost per call follows the machine's timing) | ≤ 3 % | {:+.1} % | {} |",
                 with_allocator * 100.0,
                 verdict(with_allocator <= 0.03)
-            )?;
-            writeln!(
-                headline,
-                "| allocations per message the smart producer adds (calls into `malloc` and its kin) | ≤ 0 | {allocations:+.3} | {} |",
-                verdict(allocations <= 0.0)
             )?;
         }
         None => writeln!(
