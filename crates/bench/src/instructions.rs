@@ -116,7 +116,7 @@ fn deliveries<F: Future>(
     outcome
 }
 
-/// Sends `messages` messages (100-byte payloads; keyed over 10 000 keys or keyless) in two
+/// Sends `messages` messages (`payload` bytes each; keyed over 10 000 keys or keyless) in two
 /// parts, [`sends`] and [`deliveries`] (through the functions callgrind counts if `counted`),
 /// every delivery report waited for between them. The records are built before either.
 ///
@@ -129,10 +129,11 @@ fn send(
     sender: &Sender,
     keys: &[String],
     messages: usize,
+    payload: usize,
     keyed: bool,
     counted: bool,
 ) -> anyhow::Result<()> {
-    let payload = [b'x'; 100];
+    let payload = vec![b'x'; payload];
     let mut records = (0..messages)
         .map(|i| {
             let record = FutureRecord::to(TOPIC).payload(&payload[..]);
@@ -204,12 +205,13 @@ fn settle() {
 }
 
 /// Runs one measurement: warms up (2 000 messages, or 10 000 keyed: every key once), then
-/// measures `messages`.
+/// measures `messages` of `payload` bytes (the table's are 100 bytes).
 pub fn run(
     kind: Kind,
     keyed: bool,
     partitions: i32,
     messages: usize,
+    payload: usize,
     ksp_bench: &Path,
 ) -> anyhow::Result<()> {
     let (_broker, bootstrap) = BrokerProcess::start_unpinned(ksp_bench, partitions)?;
@@ -238,8 +240,8 @@ pub fn run(
     let keys: Vec<String> = (0..10_000).map(|i| format!("key-{i}")).collect();
     // Connections, metadata, buffers, and (keyed) every one of the 10 000 keys once.
     let warm_up = if keyed { 10_000 } else { 2_000 };
-    send(&runtime, &sender, &keys, warm_up, keyed, false)?;
-    send(&runtime, &sender, &keys, messages, keyed, true)?;
+    send(&runtime, &sender, &keys, warm_up, payload, keyed, false)?;
+    send(&runtime, &sender, &keys, messages, payload, keyed, true)?;
     if let Sender::Smart(p) = &sender {
         runtime.block_on(p.close(Duration::from_secs(10)))?;
     }

@@ -94,6 +94,9 @@ enum Command {
         /// Messages counted.
         #[arg(long, default_value_t = 10_000)]
         messages: usize,
+        /// Bytes of payload per message (`instructions-table` counts 100).
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
     },
     /// Cost of one lag refresh.
     Refresh {
@@ -189,10 +192,11 @@ async fn main() -> anyhow::Result<()> {
             keyed,
             partitions,
             messages,
+            payload,
         } => {
             let exe = std::env::current_exe()?;
             tokio::task::spawn_blocking(move || {
-                ksp_bench::instructions::run(producer, keyed, partitions, messages, &exe)
+                ksp_bench::instructions::run(producer, keyed, partitions, messages, payload, &exe)
             })
             .await??;
         }
