@@ -282,8 +282,9 @@ impl Drop for TempFile {
 pub struct Counted {
     /// Every instruction.
     pub total: f64,
-    /// Of which the heap allocator's own: glibc's `malloc` family, and the counting wrapper
-    /// around it that this binary installs (for its allocation table).
+    /// Of which the heap allocator's: every call from outside it into glibc's `malloc` family,
+    /// Rust's allocation shims or the counting wrapper this binary installs (for its allocation
+    /// table), with all it calls.
     pub allocator: f64,
 }
 
