@@ -22,6 +22,7 @@ pub(crate) fn listen(
     on_message: impl Fn(&str) + Send + 'static,
 ) -> L2Result<AbortOnDropHandle<()>> {
     let subscriber = client.subscriber()?;
+    let quit_within = client.config().command_timeout;
     let task = async move {
         // fred's tasks (the connection, which reconnects forever, and the resubscriber) end
         // with this one, even when `quit` below times out or never runs (aborted).
@@ -72,7 +73,8 @@ pub(crate) fn listen(
                 on_message(&text);
             }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), subscriber.quit()).await;
+        // Bounded like every other command: the server may be gone.
+        let _ = tokio::time::timeout(quit_within, subscriber.quit()).await;
     };
     Ok(AbortOnDropHandle::new(tokio::spawn(task)))
 }
