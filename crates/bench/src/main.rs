@@ -239,10 +239,12 @@ const TPUT_INTRO: &str = "`cargo run --release -p ksp-bench -- throughput` (the 
     noise of a few hundred ns. *Messages and bytes per batch* come from librdkafka's own \
     statistics: they are the figure to trust for whether sticky routing keeps batches as full \
     as librdkafka's partitioner does (fewer, fuller batches are what make a producer fast). \
-    With 1 KiB keyless messages batches mostly close when full (`batch.size`), and the ratio is \
-    mostly the routing's; with 100-byte messages they close on `linger.ms` first, so they hold \
-    what arrives in 5 ms and a slower round also makes smaller batches; keyed batches follow \
-    the keys, not the routing. Section 1 is the figure to trust \
+    With 1 KiB messages a batch holds at most 943 of them (`batch.size`, librdkafka's \
+    default 1 MB), about what arrives in one `linger.ms` (5 ms) at these rates, so batches \
+    close on one or the other and the ratio is mostly the routing's: whether a keyless run \
+    ends where librdkafka's batch does. With 100-byte messages batches close on `linger.ms` \
+    long before they are full, so they hold what arrives in 5 ms and a slower round also makes \
+    smaller batches; keyed batches follow the keys, not the routing. Section 1 is the figure to trust \
     for the routing layer's own cost per message.";
 
 /// What the instruction counts are for (docs/benchmarks.md).
@@ -302,8 +304,9 @@ async fn all(root: &Path) -> anyhow::Result<()> {
         .iter()
         .map(|r| r.ratio_quartiles().1)
         .fold(f64::INFINITY, f64::min);
-    // Only where batches close when full: 100-byte batches close on linger.ms, and their fill
-    // follows the round's speed.
+    // Only the 1 KiB kinds, where a batch holds at most about one linger's worth: 100-byte
+    // batches close on linger.ms long before they are full, and their fill follows the round's
+    // speed.
     let worst_fill = tput
         .iter()
         .filter(|r| r.case.payload >= 1024)

@@ -367,6 +367,9 @@ pub fn run(scenario: &Scenario, policy: Policy, ours: &Ours, seed: u64) -> Outco
                     None => strict,
                 }
             });
+            // Runs as long as the librdkafka policy's, so that they compare like for like. A
+            // producer with librdkafka's default `linger.ms` (5 ms) makes its runs 5 ms; the
+            // simulator has no linger, and shorter runs would only flatter ours here.
             let config = RouterConfig::default()
                 .with_sticky_batch_bytes(1_000_000)
                 .with_sticky_linger(Duration::from_millis(10))
