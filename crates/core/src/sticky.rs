@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 ///
 /// The router reports each keyless message; a batch ends once it holds `batch_bytes` (Kafka's
 /// KIP-794 idea: stay on one partition for about a batch, then switch) or once it is older
-/// than `max_age` (librdkafka's `sticky.partitioning.linger.ms`), whichever comes first. The
+/// than `max_age` (librdkafka's `sticky.partitioning.linger.ms`; a producer's router uses its
+/// `linger.ms` unless told otherwise), whichever comes first. The
 /// router maps each batch number to a partition. This keeps batches full at high rates without
 /// sending bursts of hundreds of messages to one partition at low rates, and unlike a random
 /// partition per message it never breaks batching.

@@ -180,8 +180,8 @@ pub struct ProducerSection {
     /// Bytes before a keyless switch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sticky_batch_bytes: Option<u32>,
-    /// Time before a keyless switch (default: the producer's `sticky.partitioning.linger.ms`,
-    /// at most its `linger.ms` when that is not 0).
+    /// Time before a keyless switch (default: the producer's `sticky.partitioning.linger.ms` if
+    /// set, otherwise its `linger.ms`).
     #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
     pub sticky_linger: Option<Duration>,
 }

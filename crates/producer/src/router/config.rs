@@ -90,12 +90,14 @@ pub struct RouterConfig {
     pub sticky_batch_bytes: Option<u32>,
     /// … or until this long has passed, whichever comes first (librdkafka's own sticky
     /// partitioner switches after `sticky.partitioning.linger.ms`). `None`: the producer's
-    /// `sticky.partitioning.linger.ms` (librdkafka's default is 10 ms), but no longer than its
-    /// `linger.ms` when that is not 0 (librdkafka's default is 5 ms): librdkafka sends a
-    /// partition's batch once it is `linger.ms` old, so a longer run would put the messages
-    /// routed after that into a second, small batch. Without a time bound, a low-rate producer
-    /// would send hundreds of messages in a row to one partition, and its consumer would see
-    /// them as a burst.
+    /// `sticky.partitioning.linger.ms` if set, otherwise its `linger.ms` (librdkafka's default
+    /// is 5 ms; 0 switches partition on every message, as librdkafka's partitioner does then).
+    /// librdkafka's own default is twice `linger.ms`, but it sends a partition's batch once the
+    /// batch is `linger.ms` old, so the second half of such a run makes a second batch; a run
+    /// of `linger.ms` fills one. A router built on its own, without a producer, uses
+    /// [`DEFAULT_STICKY_LINGER`](Self::DEFAULT_STICKY_LINGER). Without a time bound, a
+    /// low-rate producer would send hundreds of messages in a row to one partition, and its
+    /// consumer would see them as a burst.
     pub sticky_linger: Option<Duration>,
     /// The cache of moved keys.
     pub key_cache: KeyCacheConfig,
@@ -107,7 +109,9 @@ pub struct RouterConfig {
 impl RouterConfig {
     /// Default `sticky_batch_bytes`: librdkafka's default `batch.size`.
     pub const DEFAULT_STICKY_BATCH_BYTES: u32 = 1_000_000;
-    /// Default `sticky_linger`: librdkafka's default `sticky.partitioning.linger.ms`.
+    /// Default `sticky_linger` of a router built on its own: librdkafka's run length with its
+    /// default `linger.ms` (twice 5 ms). A producer's router takes it from the producer's
+    /// configuration instead (see [`sticky_linger`](Self::sticky_linger)).
     pub const DEFAULT_STICKY_LINGER: Duration = Duration::from_millis(10);
 
     /// Sets `sticky_batch_bytes`.
@@ -182,7 +186,7 @@ impl RouterConfig {
             })?);
         }
         if config.sticky_linger.is_none() {
-            let sticky = match kafka.get("sticky.partitioning.linger.ms") {
+            config.sticky_linger = Some(match kafka.get("sticky.partitioning.linger.ms") {
                 Some(value) => Duration::from_millis(value.trim().parse().map_err(|_| {
                     ConfigError::new(
                         "sticky.partitioning.linger.ms",
@@ -190,17 +194,11 @@ impl RouterConfig {
                         "a number of milliseconds",
                     )
                 })?),
-                None => Self::DEFAULT_STICKY_LINGER,
-            };
-            // librdkafka sends a partition's batch once its first message is `linger.ms` old;
-            // what the run routes there after that makes a second batch. With no linger,
-            // batches form from what queues while the broker is busy, and runs last
-            // `sticky.partitioning.linger.ms`, as librdkafka's own partitioner's do.
-            let linger = producer_linger(kafka);
-            config.sticky_linger = Some(if linger.is_zero() {
-                sticky
-            } else {
-                sticky.min(linger)
+                // librdkafka's own runs then last twice `linger.ms`, and a partition's batch
+                // is sent once its first message is `linger.ms` old: what the second half of
+                // such a run sends makes a second batch. A run of `linger.ms` fills one. (No
+                // linger: both switch partition on every message.)
+                None => producer_linger(kafka)?,
             });
         }
         Ok(config)
@@ -232,16 +230,31 @@ impl RouterConfig {
 /// librdkafka's default `linger.ms`.
 const DEFAULT_LINGER: Duration = Duration::from_millis(5);
 
-/// The producer's `linger.ms` (or its alias `queue.buffering.max.ms`; milliseconds, fractions
-/// allowed), or librdkafka's default. A value librdkafka would refuse counts as the default
-/// here: librdkafka refuses it, naming it, when the producer is created.
-fn producer_linger(kafka: &ClientConfig) -> Duration {
-    ["linger.ms", "queue.buffering.max.ms"]
-        .into_iter()
-        .find_map(|name| kafka.get(name))
-        .and_then(|value| value.trim().parse::<f64>().ok())
+/// The producer's `linger.ms` as librdkafka reads it (milliseconds, fractions allowed; its alias
+/// `queue.buffering.max.ms` is the same setting). A configuration librdkafka refuses gives the
+/// default here: librdkafka says what is wrong with it when the producer is created.
+fn producer_linger(kafka: &ClientConfig) -> Result<Duration, ConfigError> {
+    if let (Some(linger), Some(alias)) =
+        (kafka.get("linger.ms"), kafka.get("queue.buffering.max.ms"))
+        && linger.trim() != alias.trim()
+    {
+        return Err(ConfigError::new(
+            "queue.buffering.max.ms",
+            format_args!("{alias:?}"),
+            format!(
+                "not set, or the same as `linger.ms` ({linger:?}): they are one librdkafka \
+                 setting, and which value it keeps depends on the order rdkafka hands them over"
+            ),
+        ));
+    }
+    let native = kafka
+        .create_native_config()
+        .ok()
+        .and_then(|native| native.get("linger.ms").ok());
+    Ok(native
+        .and_then(|ms| ms.parse::<f64>().ok())
         .filter(|ms| (0.0..=900_000.0).contains(ms))
-        .map_or(DEFAULT_LINGER, |ms| Duration::from_secs_f64(ms / 1000.0))
+        .map_or(DEFAULT_LINGER, |ms| Duration::from_secs_f64(ms / 1000.0)))
 }
 
 #[cfg(test)]
@@ -279,8 +292,7 @@ mod tests {
         kafka
             .set("partitioner", "murmur2_random")
             .set("batch.size", "65536")
-            .set("sticky.partitioning.linger.ms", "25")
-            .set("linger.ms", "30");
+            .set("sticky.partitioning.linger.ms", "25");
         let c = RouterConfig::default().for_producer(&kafka).unwrap();
         assert_eq!(c.partitioner, Some(Partitioner::Murmur2Random));
         assert_eq!(c.sticky_batch_bytes, Some(65536));
@@ -307,7 +319,8 @@ mod tests {
     /// A keyless run outlasting `linger.ms` was split in two batches: librdkafka sent what the
     /// run had routed when the batch's linger ran out, and the rest of the run, still sent to
     /// that partition, made a second, small batch (1 KiB messages at ~180 000 msg/s filled
-    /// 0.956 of plain's messages per batch). A run now ends when librdkafka's batch does.
+    /// 0.956 of plain's messages per batch with 10 ms runs). Unless set, a run now lasts
+    /// `linger.ms`, as long as librdkafka's batch waits.
     #[test]
     fn sticky_runs_end_no_later_than_librdkafkas_linger() {
         let linger = |kafka: &ClientConfig| {
@@ -317,28 +330,38 @@ mod tests {
                 .effective_sticky_linger()
         };
         let mut kafka = ClientConfig::new();
-        // librdkafka's defaults: `linger.ms` 5, `sticky.partitioning.linger.ms` 10.
+        // librdkafka's default `linger.ms`, 5.
         assert_eq!(linger(&kafka), Duration::from_millis(5));
         kafka.set("linger.ms", "2.5");
         assert_eq!(linger(&kafka), Duration::from_micros(2500));
         kafka.set("linger.ms", "50");
-        assert_eq!(linger(&kafka), Duration::from_millis(10));
-        kafka.set("sticky.partitioning.linger.ms", "100");
         assert_eq!(linger(&kafka), Duration::from_millis(50));
-        // No linger: batches form only from what queues while the broker is busy, so a run
-        // lasts `sticky.partitioning.linger.ms` as librdkafka's own partitioner's do.
+        // As librdkafka reads it.
+        kafka.set("linger.ms", " 20ms");
+        assert_eq!(linger(&kafka), Duration::from_millis(20));
+        // No linger: a new partition for every message, as librdkafka's own partitioner.
         kafka.set("linger.ms", "0");
+        assert_eq!(linger(&kafka), Duration::ZERO);
+        // What is set explicitly wins, in the producer's configuration or the router's.
+        kafka.set("sticky.partitioning.linger.ms", "100");
         assert_eq!(linger(&kafka), Duration::from_millis(100));
         let mut kafka = ClientConfig::new();
         kafka.set("queue.buffering.max.ms", "1");
         assert_eq!(linger(&kafka), Duration::from_millis(1));
-        // What is set explicitly wins.
         let c = RouterConfig::default()
             .with_sticky_linger(Duration::from_millis(20))
             .for_producer(&kafka)
             .unwrap();
         assert_eq!(c.effective_sticky_linger(), Duration::from_millis(20));
+        // Both names of the one setting, with different values: which one librdkafka keeps
+        // depends on the order rdkafka hands them over.
+        kafka.set("linger.ms", "1");
+        assert_eq!(linger(&kafka), Duration::from_millis(1));
+        kafka.set("linger.ms", "7");
+        let err = RouterConfig::default().for_producer(&kafka).unwrap_err();
+        assert_eq!(err.setting, "queue.buffering.max.ms");
         // librdkafka refuses it when the producer is created (`tests/config_errors.rs`).
+        let mut kafka = ClientConfig::new();
         kafka.set("linger.ms", "soon");
         assert_eq!(linger(&kafka), Duration::from_millis(5));
     }
