@@ -253,7 +253,7 @@ const INSTR_INTRO: &str = "The figure that moves least with the machine's load: 
     in a child process, not pinned: instructions do not depend on it). The first column leaves \
     out the heap allocator's instructions, whose cost per call follows the state of glibc's \
     heap and so the machine's timing; the total with the allocator comes after it. The \
-    spread columns say how well each repeats; the whole process's count is an upper bound. The target is at most 3 % more \
+    spread columns say how well each repeats; the whole process's count is rough. The target is at most 3 % more \
     instructions per message than plain, repeating within 0.5 %.";
 
 /// Routing cost under strict key order: kept by hand (criterion's `route_strict` group is not
