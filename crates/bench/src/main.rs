@@ -582,7 +582,9 @@ async fn all(root: &Path) -> anyhow::Result<()> {
          scenario. Policies: librdkafka's default partitioner (sticky 10 ms, CRC32 for keys); \
          the Python peer's rule (a random partition among those scoring ≥ 0.5 per message, keys \
          cached in an LRU of 1000 without re-checking); this library with the relative \
-         calculator (the default) and with the threshold calculator; and an oracle that knows \
+         calculator (the default) and with the threshold calculator, in 10 ms keyless runs like \
+         librdkafka's (a producer with librdkafka's default `linger.ms` makes 5 ms runs; the \
+         simulator has no linger); and an oracle that knows \
          every consumer's true speed at every moment and splits traffic in proportion to it \
          (sticky 10 ms batches; keys ignored): a reference for a capacity-aware router without \
          a measurement delay, not a bound (a proportional split is not the best split: the \

@@ -91,7 +91,8 @@ pub struct RouterConfig {
     /// … or until this long has passed, whichever comes first (librdkafka's own sticky
     /// partitioner switches after `sticky.partitioning.linger.ms`). `None`: the producer's
     /// `sticky.partitioning.linger.ms` if set, otherwise its `linger.ms` (librdkafka's default
-    /// is 5 ms; 0 switches partition on every message, as librdkafka's partitioner does then).
+    /// is 5 ms; under 0.5 ms, 0: a new partition for every message, as librdkafka's
+    /// partitioner does then).
     /// librdkafka's own default is twice `linger.ms`, but it sends a partition's batch once the
     /// batch is `linger.ms` old, so the second half of such a run makes a second batch; a run
     /// of `linger.ms` fills one. A router built on its own, without a producer, uses
@@ -185,6 +186,7 @@ impl RouterConfig {
                 ConfigError::new("batch.size", format_args!("{value:?}"), "a number of bytes")
             })?);
         }
+        check_linger_alias(kafka)?;
         if config.sticky_linger.is_none() {
             config.sticky_linger = Some(match kafka.get("sticky.partitioning.linger.ms") {
                 Some(value) => Duration::from_millis(value.trim().parse().map_err(|_| {
@@ -198,7 +200,7 @@ impl RouterConfig {
                 // is sent once its first message is `linger.ms` old: what the second half of
                 // such a run sends makes a second batch. A run of `linger.ms` fills one. (No
                 // linger: both switch partition on every message.)
-                None => producer_linger(kafka)?,
+                None => producer_linger(kafka),
             });
         }
         Ok(config)
@@ -230,31 +232,52 @@ impl RouterConfig {
 /// librdkafka's default `linger.ms`.
 const DEFAULT_LINGER: Duration = Duration::from_millis(5);
 
-/// The producer's `linger.ms` as librdkafka reads it (milliseconds, fractions allowed; its alias
-/// `queue.buffering.max.ms` is the same setting). A configuration librdkafka refuses gives the
-/// default here: librdkafka says what is wrong with it when the producer is created.
-fn producer_linger(kafka: &ClientConfig) -> Result<Duration, ConfigError> {
-    if let (Some(linger), Some(alias)) =
-        (kafka.get("linger.ms"), kafka.get("queue.buffering.max.ms"))
-        && linger.trim() != alias.trim()
-    {
-        return Err(ConfigError::new(
-            "queue.buffering.max.ms",
-            format_args!("{alias:?}"),
-            format!(
-                "not set, or the same as `linger.ms` ({linger:?}): they are one librdkafka \
-                 setting, and which value it keeps depends on the order rdkafka hands them over"
-            ),
-        ));
+/// Refuses `linger.ms` and its alias `queue.buffering.max.ms` set to different values: they are
+/// one librdkafka setting, and which value it keeps depends on the order rdkafka hands them over
+/// (a `HashMap`'s).
+fn check_linger_alias(kafka: &ClientConfig) -> Result<(), ConfigError> {
+    let (Some(linger), Some(alias)) = (kafka.get("linger.ms"), kafka.get("queue.buffering.max.ms"))
+    else {
+        return Ok(());
+    };
+    let same = match (linger.trim().parse::<f64>(), alias.trim().parse::<f64>()) {
+        (Ok(a), Ok(b)) => a == b,
+        // librdkafka refuses what it cannot read, naming it, when the producer is created.
+        _ => true,
+    };
+    if same {
+        return Ok(());
     }
+    Err(ConfigError::new(
+        "queue.buffering.max.ms",
+        format_args!("{alias:?}"),
+        format!(
+            "not set, or the same as `linger.ms` ({linger:?}): they are one librdkafka setting, \
+             and which value it keeps depends on the order rdkafka hands them over"
+        ),
+    ))
+}
+
+/// The producer's `linger.ms` as librdkafka reads it (milliseconds, fractions allowed; its alias
+/// `queue.buffering.max.ms` is the same setting), as a run length: under half a millisecond it
+/// is 0, a new partition for every message, as librdkafka's own sticky time (twice `linger.ms`,
+/// in whole milliseconds) is then. A configuration librdkafka refuses gives the default here:
+/// librdkafka says what is wrong with it when the producer is created.
+fn producer_linger(kafka: &ClientConfig) -> Duration {
     let native = kafka
         .create_native_config()
         .ok()
         .and_then(|native| native.get("linger.ms").ok());
-    Ok(native
+    native
         .and_then(|ms| ms.parse::<f64>().ok())
         .filter(|ms| (0.0..=900_000.0).contains(ms))
-        .map_or(DEFAULT_LINGER, |ms| Duration::from_secs_f64(ms / 1000.0)))
+        .map_or(DEFAULT_LINGER, |ms| {
+            if ms < 0.5 {
+                Duration::ZERO
+            } else {
+                Duration::from_secs_f64(ms / 1000.0)
+            }
+        })
 }
 
 #[cfg(test)]
@@ -339,9 +362,14 @@ mod tests {
         // As librdkafka reads it.
         kafka.set("linger.ms", " 20ms");
         assert_eq!(linger(&kafka), Duration::from_millis(20));
-        // No linger: a new partition for every message, as librdkafka's own partitioner.
+        // No linger: a new partition for every message, as librdkafka's own partitioner. Its
+        // sticky time is twice `linger.ms` in whole milliseconds: 0 under half a millisecond.
         kafka.set("linger.ms", "0");
         assert_eq!(linger(&kafka), Duration::ZERO);
+        kafka.set("linger.ms", "0.4");
+        assert_eq!(linger(&kafka), Duration::ZERO);
+        kafka.set("linger.ms", "0.5");
+        assert_eq!(linger(&kafka), Duration::from_micros(500));
         // What is set explicitly wins, in the producer's configuration or the router's.
         kafka.set("sticky.partitioning.linger.ms", "100");
         assert_eq!(linger(&kafka), Duration::from_millis(100));
@@ -354,11 +382,16 @@ mod tests {
             .unwrap();
         assert_eq!(c.effective_sticky_linger(), Duration::from_millis(20));
         // Both names of the one setting, with different values: which one librdkafka keeps
-        // depends on the order rdkafka hands them over.
-        kafka.set("linger.ms", "1");
+        // depends on the order rdkafka hands them over. Refused whatever else is set.
+        kafka.set("linger.ms", "1.0");
         assert_eq!(linger(&kafka), Duration::from_millis(1));
         kafka.set("linger.ms", "7");
         let err = RouterConfig::default().for_producer(&kafka).unwrap_err();
+        assert_eq!(err.setting, "queue.buffering.max.ms");
+        let err = RouterConfig::default()
+            .with_sticky_linger(Duration::from_millis(20))
+            .for_producer(&kafka)
+            .unwrap_err();
         assert_eq!(err.setting, "queue.buffering.max.ms");
         // librdkafka refuses it when the producer is created (`tests/config_errors.rs`).
         let mut kafka = ClientConfig::new();
