@@ -236,26 +236,22 @@ const DEFAULT_LINGER: Duration = Duration::from_millis(5);
 /// one librdkafka setting, and which value it keeps depends on the order rdkafka hands them over
 /// (a `HashMap`'s).
 fn check_linger_alias(kafka: &ClientConfig) -> Result<(), ConfigError> {
-    let (Some(linger), Some(alias)) = (kafka.get("linger.ms"), kafka.get("queue.buffering.max.ms"))
-    else {
-        return Ok(());
-    };
-    let same = match (linger.trim().parse::<f64>(), alias.trim().parse::<f64>()) {
-        (Ok(a), Ok(b)) => a == b,
-        // librdkafka refuses what it cannot read, naming it, when the producer is created.
-        _ => true,
-    };
-    if same {
-        return Ok(());
+    let number = |name| kafka.get(name).map(|v| (v, v.trim().parse::<f64>()));
+    // What librdkafka cannot read, it refuses, naming it, when the producer is created.
+    if let (Some((linger, Ok(a))), Some((alias, Ok(b)))) =
+        (number("linger.ms"), number("queue.buffering.max.ms"))
+        && a != b
+    {
+        return Err(ConfigError::new(
+            "queue.buffering.max.ms",
+            format_args!("{alias:?}"),
+            format!(
+                "not set, or the same as `linger.ms` ({linger:?}): they are one librdkafka \
+                 setting, and which value it keeps depends on the order rdkafka hands them over"
+            ),
+        ));
     }
-    Err(ConfigError::new(
-        "queue.buffering.max.ms",
-        format_args!("{alias:?}"),
-        format!(
-            "not set, or the same as `linger.ms` ({linger:?}): they are one librdkafka setting, \
-             and which value it keeps depends on the order rdkafka hands them over"
-        ),
-    ))
+    Ok(())
 }
 
 /// The producer's `linger.ms` as librdkafka reads it (milliseconds, fractions allowed; its alias
