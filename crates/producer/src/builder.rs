@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ksp_core::secret::redact;
 use ksp_core::{ConfigError, HotPartitionCalculator, LagCollector, RelativeCalculator};
-use ksp_monitor::{HealthMonitor, KafkaLagCollector, MonitorConfig};
+use ksp_monitor::{HealthMonitor, KafkaLagCollector, KafkaLagCollectorBuilder, MonitorConfig};
 use rdkafka::ClientConfig;
 use rdkafka::statistics::Statistics;
 use tokio_util::task::AbortOnDropHandle;
@@ -227,7 +227,19 @@ impl AsyncSmartProducerBuilder {
         }
         let collector = match collector {
             Some(collector) => collector,
-            None => Arc::new(KafkaLagCollector::builder(&kafka).build()?),
+            // No request can outlast a collection, so none waits longer: this is also how
+            // long librdkafka keeps a connection that stopped answering.
+            None => Arc::new(
+                KafkaLagCollector::builder(&kafka)
+                    .request_timeout(
+                        monitor
+                            .effective_collect_timeout()
+                            .min(KafkaLagCollectorBuilder::DEFAULT_REQUEST_TIMEOUT)
+                            // The shortest librdkafka takes.
+                            .max(Duration::from_millis(10)),
+                    )
+                    .build()?,
+            ),
         };
         #[cfg(feature = "redis")]
         let (collector, mut l2) = match &redis {

@@ -43,12 +43,6 @@ const INHERITED_PREFIXES: &[&str] = &[
     "test.mock.",
 ];
 
-/// The lag reader's own defaults, applied unless the caller sets them explicitly.
-const READER_DEFAULTS: &[(&str, &str)] = &[
-    // Notice a recovered broker within a second instead of up to ten.
-    ("reconnect.backoff.max.ms", "1000"),
-];
-
 /// How the watched group's consumers read: whether they wait for transactions to end.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -119,9 +113,6 @@ impl KafkaLagCollector {
         }
         let client_id = kafka.get("client.id").unwrap_or("ksp");
         config.set("client.id", format!("{client_id}-lag-reader"));
-        for (key, value) in READER_DEFAULTS {
-            config.set(*key, *value);
-        }
         KafkaLagCollectorBuilder {
             config,
             request_timeout: KafkaLagCollectorBuilder::DEFAULT_REQUEST_TIMEOUT,
@@ -172,15 +163,41 @@ impl fmt::Debug for KafkaLagCollector {
     }
 }
 
+/// The lag reader's own librdkafka settings, applied unless set with
+/// [`KafkaLagCollectorBuilder::set`]. Both follow the request timeout: the reader has no use
+/// for a connection that cannot answer within it, and should try a broker that came back at
+/// least once per collection.
+fn reader_defaults(request_timeout: Duration) -> [(&'static str, u128); 2] {
+    let timeout = request_timeout.as_millis();
+    [
+        // librdkafka's default is 60 s: a connection that stopped answering kept failing
+        // every collection for up to a minute. Within librdkafka's range (10 ms to 300 s),
+        // as `request_timeout` is.
+        ("socket.timeout.ms", timeout),
+        // librdkafka's default is 10 s (plus up to 50 % jitter) between attempts to reach a
+        // broker that is down: health would stay stale that long after it came back. Not
+        // below `reconnect.backoff.ms` (100 ms by default).
+        ("reconnect.backoff.max.ms", timeout.clamp(100, 1000)),
+    ]
+}
+
+/// Settings with an inherited prefix that the lag reader sets for itself instead.
+const NOT_INHERITED: &[&str] = &[
+    // The reader's own follows its request timeout (`reader_defaults`); the producer's is
+    // about produce requests.
+    "socket.timeout.ms",
+];
+
 /// The settings of `kafka` a lag reader inherits.
 fn inherited_settings(kafka: &ClientConfig) -> impl Iterator<Item = (&str, &str)> {
     // `config_map` sanitizes secrets, so read each value back with `get`.
     kafka.config_map().into_keys().filter_map(|key| {
-        INHERITED_PREFIXES
+        (INHERITED_PREFIXES
             .iter()
             .any(|prefix| key.starts_with(prefix))
-            .then(|| kafka.get(key).map(|value| (key, value)))
-            .flatten()
+            && !NOT_INHERITED.contains(&key))
+        .then(|| kafka.get(key).map(|value| (key, value)))
+        .flatten()
     })
 }
 
@@ -205,6 +222,18 @@ impl KafkaLagCollectorBuilder {
     }
 
     /// Longest a single request may take; a refresh's budget caps it further. Default 5 s.
+    ///
+    /// It is also the reader's `socket.timeout.ms`, and (between 100 ms and 1 s) its
+    /// `reconnect.backoff.max.ms`, unless either is set with [`set`](Self::set):
+    /// * librdkafka drops a connection on which a request has waited that long, and connects
+    ///   again. With its default (60 s), a connection that stopped answering (a broker that
+    ///   hangs, a half-open TCP connection) could fail every refresh for up to a minute;
+    /// * a broker that was down is tried again at least that often (plus librdkafka's
+    ///   jitter, up to 50 %), so health comes back about a collection after the broker does.
+    ///
+    /// A producer built with the default collector sets it to its collection budget
+    /// ([`MonitorConfig::effective_collect_timeout`](crate::MonitorConfig::effective_collect_timeout)),
+    /// at most 5 s.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self
@@ -240,8 +269,14 @@ impl KafkaLagCollectorBuilder {
             )
             .into());
         }
+        let mut config = self.config;
+        for (key, value) in reader_defaults(self.request_timeout) {
+            if config.get(key).is_none() {
+                config.set(key, value.to_string());
+            }
+        }
         // Let librdkafka reject unknown or malformed settings now rather than on first use.
-        let mut probe = self.config.clone();
+        let mut probe = config.clone();
         probe.set("group.id", "ksp-config-check");
         probe
             .create_native_config()
@@ -251,7 +286,7 @@ impl KafkaLagCollectorBuilder {
             })?;
         Ok(KafkaLagCollector {
             inner: Arc::new(Inner {
-                config: self.config,
+                config,
                 readers: Mutex::default(),
                 request_timeout: self.request_timeout,
                 isolation: self.isolation,
@@ -342,7 +377,6 @@ mod tests {
         assert_eq!(config.get("sasl.password"), Some("hunter2"));
         assert_eq!(config.get("ssl.ca.location"), Some("/etc/ca.pem"));
         assert_eq!(config.get("client.id"), Some("orders-api-lag-reader"));
-        assert_eq!(config.get("reconnect.backoff.max.ms"), Some("1000"));
         for producer_only in ["linger.ms", "acks", "enable.idempotence"] {
             assert_eq!(config.get(producer_only), None, "{producer_only}");
         }
@@ -397,6 +431,49 @@ mod tests {
         assert_eq!(
             collector.inner.config.get("reconnect.backoff.max.ms"),
             Some("250")
+        );
+    }
+
+    /// Regression (chaos soak): the reader kept librdkafka's 60 s `socket.timeout.ms`, so a
+    /// connection that stopped answering failed its metadata requests (each waiting for an
+    /// answer that never came) until librdkafka gave the connection up a minute later; the
+    /// health stayed stale long after the fault. It now gives up after its request timeout,
+    /// and tries a broker that was down again at least that often (at most every second).
+    #[test]
+    fn a_silent_connection_is_given_up_after_the_request_timeout_not_a_minute() {
+        let mut producer = ClientConfig::new();
+        producer
+            .set("bootstrap.servers", "b1:9092")
+            .set("socket.timeout.ms", "30000")
+            .set("socket.keepalive.enable", "true");
+        let collector = KafkaLagCollector::builder(&producer).build().unwrap();
+        let reader = collector
+            .inner
+            .reader_config("g", collect::HIGH_WATERMARK_READER);
+        assert_eq!(reader.get("socket.timeout.ms"), Some("5000"));
+        assert_eq!(reader.get("reconnect.backoff.max.ms"), Some("1000"));
+        // Other socket settings are still the producer's.
+        assert_eq!(reader.get("socket.keepalive.enable"), Some("true"));
+
+        let collector = KafkaLagCollector::builder(&producer)
+            .request_timeout(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        assert_eq!(collector.inner.config.get("socket.timeout.ms"), Some("200"));
+        assert_eq!(
+            collector.inner.config.get("reconnect.backoff.max.ms"),
+            Some("200")
+        );
+
+        // Set on the reader itself: kept.
+        let collector = KafkaLagCollector::builder(&producer)
+            .request_timeout(Duration::from_millis(200))
+            .set("socket.timeout.ms", "7000")
+            .build()
+            .unwrap();
+        assert_eq!(
+            collector.inner.config.get("socket.timeout.ms"),
+            Some("7000")
         );
     }
 
