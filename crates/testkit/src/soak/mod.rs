@@ -837,6 +837,7 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
                         logs_at_cap.load(Ordering::Relaxed),
                     ));
                     next_rss = now + Duration::from_secs(1);
+                    verifier.shrink();
                 }
                 if now >= next_mood {
                     const SPEEDS: [f64; 5] = [5.0, 20.0, 60.0, 200.0, f64::INFINITY];
@@ -846,6 +847,7 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
                 }
                 if now >= next_progress {
                     let held = verifier.held();
+                    let room = verifier.capacity();
                     let sent: u64 = env
                         .slots
                         .iter()
@@ -859,7 +861,8 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
                     );
                     eprintln!(
                         "soak: {:>5} s, {sent} sent, RSS {} MiB (the embedded broker's logs at \
-                         their cap: {} of {PARTITIONS} partitions), accounting entries {held}",
+                         their cap: {} of {PARTITIONS} partitions), accounting entries {held}, \
+                         room for {room}",
                         now.as_secs(),
                         rss.last().map_or(0, |r| r.1 >> 20),
                         rss.last().map_or(0, |r| r.2)

@@ -580,6 +580,51 @@ impl Verifier {
         self.lock().failure_reasons.clone()
     }
 
+    /// Gives back the table space the accounting no longer uses. A `HashMap` or `VecDeque`
+    /// keeps the largest capacity it ever had, and the largest backlog keeps growing, slowly,
+    /// over a long run: without this, the harness's own memory grows with the run's worst
+    /// moment so far, not with what it holds now, and the memory promise would judge it.
+    pub(crate) fn shrink(&self) {
+        let mut state = self.lock();
+        for slot in &mut state.slots {
+            shrink_map(&mut slot.reported);
+            shrink_map(&mut slot.seen_early);
+            shrink_map(&mut slot.retry_copy_due);
+            shrink_map(&mut slot.failed_maybe_written);
+        }
+        shrink_map(&mut state.last);
+        shrink_map(&mut state.homes);
+        shrink_map(&mut state.strict_at);
+        shrink_map(&mut state.strict_found);
+        shrink_map(&mut state.strict_last);
+        if state.group_reads.capacity() > shrink_above(state.group_reads.len()) {
+            let keep = 2 * state.group_reads.len();
+            state.group_reads.shrink_to(keep);
+        }
+    }
+
+    /// The entries the accounting's tables have room for: what they take in memory.
+    pub(crate) fn capacity(&self) -> usize {
+        let state = self.lock();
+        let slots: usize = state
+            .slots
+            .iter()
+            .map(|s| {
+                s.reported.capacity()
+                    + s.seen_early.capacity()
+                    + s.retry_copy_due.capacity()
+                    + s.failed_maybe_written.capacity()
+            })
+            .sum();
+        slots
+            + state.last.capacity()
+            + state.homes.capacity()
+            + state.strict_at.capacity()
+            + state.strict_found.capacity()
+            + state.strict_last.capacity()
+            + state.group_reads.capacity()
+    }
+
     /// Entries held now: what the harness keeps in memory for the accounting.
     pub(crate) fn held(&self) -> Held {
         let state = self.lock();
@@ -609,6 +654,18 @@ struct StrictSend {
     enqueued_ms: Option<i64>,
     /// When it was known written: its report or the reader finding it, the earlier.
     written_ms: i64,
+}
+
+/// Above how many entries of room a table holding `len` is shrunk: four times what it holds,
+/// and never for less than 1 024 (small tables are not worth reallocating).
+fn shrink_above(len: usize) -> usize {
+    (4 * len).max(1024)
+}
+
+fn shrink_map<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > shrink_above(map.len()) {
+        map.shrink_to(2 * map.len());
+    }
 }
 
 /// Whether a message found at `first`, reported at `reported`, is a batch written twice: on
@@ -961,5 +1018,50 @@ mod tests {
         let a = v.accounting(false);
         assert_eq!((a.strict_read, a.strict_out_of_order), (1, 0));
         assert_eq!(v.accounting(true).strict_read, 2);
+    }
+
+    /// The memory promise judges the whole process, the harness included: its tables must
+    /// follow what they hold, not the largest backlog the run has had so far.
+    #[test]
+    fn harness_tables_keep_their_largest_capacity_after_a_backlog() {
+        let t0 = Instant::now();
+        let p = |t: Tag| t.payload(40);
+        let v = Verifier::new(2, Some(1), Duration::from_millis(200));
+        let empty = v.capacity();
+        // A backlog: 20 000 delivered messages the reader has not found yet, half of them the
+        // strict instance's keyed ones the group has not read, and 20 000 group reads
+        // waiting for their grace.
+        for id in 0..10_000 {
+            v.delivered(tag(0, id, None), t0, (0, id as i64), None);
+            v.delivered(tag(1, id, Some(7)), t0, (1, id as i64), None);
+        }
+        v.group_read((0..10_000).map(|o| (1, o)), t0);
+        v.group_read((0..10_000).map(|o| (2, o)), t0);
+        let backlog = v.capacity();
+        assert!(backlog >= 50_000, "{backlog}");
+        // Caught up: found, read and judged.
+        for id in 0..10_000 {
+            v.found(&p(tag(0, id, None)), (0, id as i64));
+            v.found(&p(tag(1, id, Some(7))), (1, id as i64));
+        }
+        v.group_read([], t0 + REPORT_GRACE * 2);
+        let held = v.held();
+        assert_eq!(
+            (
+                held.delivered_unread,
+                held.read_unreported,
+                held.strict_unread
+            ),
+            (0, 0, 0),
+            "{held:?}"
+        );
+        v.shrink();
+        let after = v.capacity();
+        assert!(
+            after <= empty + 12 * 1024,
+            "still room for {after} entries (empty: {empty}, at the backlog: {backlog})"
+        );
+        let a = v.accounting(true);
+        assert_eq!((a.found, a.strict_read, a.lost), (20_000, 10_000, 0));
     }
 }
