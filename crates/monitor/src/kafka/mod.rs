@@ -164,16 +164,19 @@ impl fmt::Debug for KafkaLagCollector {
 }
 
 /// The lag reader's own librdkafka settings, applied unless set with
-/// [`KafkaLagCollectorBuilder::set`]. Both follow the request timeout: the reader has no use
+/// [`KafkaLagCollectorBuilder::set`]. The first and last follow the request timeout: the reader has no use
 /// for a connection that cannot answer within it, and should try a broker that came back at
 /// least once per collection.
-fn reader_defaults(request_timeout: Duration) -> [(&'static str, u128); 2] {
+fn reader_defaults(request_timeout: Duration) -> [(&'static str, u128); 3] {
     let timeout = request_timeout.as_millis();
     [
         // librdkafka's default is 60 s: a connection that stopped answering kept failing
-        // every collection for up to a minute. Within librdkafka's range (10 ms to 300 s),
-        // as `request_timeout` is.
-        ("socket.timeout.ms", timeout),
+        // every collection for up to a minute. Not below 1 s: librdkafka looks for timed-out
+        // requests once a second anyway, and warns about a consumer's `socket.timeout.ms`
+        // under `fetch.wait.max.ms` + 1 s. At most 300 s, as `request_timeout` is.
+        ("socket.timeout.ms", timeout.max(1000)),
+        // The reader never fetches; 0 keeps librdkafka's warning above quiet.
+        ("fetch.wait.max.ms", 0),
         // librdkafka's default is 10 s (plus up to 50 % jitter) between attempts to reach a
         // broker that is down: health would stay stale that long after it came back. Not
         // below `reconnect.backoff.ms` (100 ms by default).
@@ -223,10 +226,10 @@ impl KafkaLagCollectorBuilder {
 
     /// Longest a single request may take; a refresh's budget caps it further. Default 5 s.
     ///
-    /// It is also the reader's `socket.timeout.ms`, and (between 100 ms and 1 s) its
-    /// `reconnect.backoff.max.ms`, unless either is set with [`set`](Self::set):
-    /// * librdkafka drops a connection on which a request has waited that long, and connects
-    ///   again. With its default (60 s), a connection that stopped answering (a broker that
+    /// It is also (at least 1 s) the reader's `socket.timeout.ms`, and (between 100 ms and
+    /// 1 s) its `reconnect.backoff.max.ms`, unless either is set with [`set`](Self::set):
+    /// * librdkafka drops a connection on which a request has waited that long (it looks
+    ///   once a second), and connects again. With its default (60 s), a connection that stopped answering (a broker that
     ///   hangs, a half-open TCP connection) could fail every refresh for up to a minute;
     /// * a broker that was down is tried again at least that often (plus librdkafka's
     ///   jitter, up to 50 %), so health comes back about a collection after the broker does.
@@ -459,7 +462,11 @@ mod tests {
             .request_timeout(Duration::from_millis(200))
             .build()
             .unwrap();
-        assert_eq!(collector.inner.config.get("socket.timeout.ms"), Some("200"));
+        assert_eq!(
+            collector.inner.config.get("socket.timeout.ms"),
+            Some("1000")
+        );
+        assert_eq!(collector.inner.config.get("fetch.wait.max.ms"), Some("0"));
         assert_eq!(
             collector.inner.config.get("reconnect.backoff.max.ms"),
             Some("200")
