@@ -227,19 +227,7 @@ impl AsyncSmartProducerBuilder {
         }
         let collector = match collector {
             Some(collector) => collector,
-            // No request can outlast a collection, so none waits longer: this is also how
-            // long librdkafka keeps a connection that stopped answering.
-            None => Arc::new(
-                KafkaLagCollector::builder(&kafka)
-                    .request_timeout(
-                        monitor
-                            .effective_collect_timeout()
-                            .min(KafkaLagCollectorBuilder::DEFAULT_REQUEST_TIMEOUT)
-                            // The shortest librdkafka takes.
-                            .max(Duration::from_millis(10)),
-                    )
-                    .build()?,
-            ),
+            None => Arc::new(default_collector(&kafka, &monitor)?),
         };
         #[cfg(feature = "redis")]
         let (collector, mut l2) = match &redis {
@@ -287,6 +275,25 @@ impl AsyncSmartProducerBuilder {
     }
 }
 
+/// The collector a producer uses unless given one: Kafka's, its requests timed out at the
+/// collection budget (no request can outlast a collection), which also bounds how long its
+/// librdkafka client keeps a connection that stopped answering (see
+/// [`KafkaLagCollectorBuilder::request_timeout`]).
+fn default_collector(
+    kafka: &ClientConfig,
+    monitor: &MonitorConfig,
+) -> Result<KafkaLagCollector, ksp_monitor::MonitorError> {
+    KafkaLagCollector::builder(kafka)
+        .request_timeout(
+            monitor
+                .effective_collect_timeout()
+                .min(KafkaLagCollectorBuilder::DEFAULT_REQUEST_TIMEOUT)
+                // The shortest the collector takes.
+                .max(Duration::from_millis(10)),
+        )
+        .build()
+}
+
 impl fmt::Debug for AsyncSmartProducerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("AsyncSmartProducerBuilder");
@@ -306,5 +313,31 @@ impl fmt::Debug for AsyncSmartProducerBuilder {
         #[cfg(feature = "redis")]
         d.field("redis", &self.redis);
         d.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default collector's requests, and so its socket timeout and reconnect backoff,
+    /// follow the collection budget: a 200 ms refresh must not wait 5 s (or librdkafka's
+    /// 60 s) on a connection that stopped answering.
+    #[test]
+    fn the_default_collector_times_out_within_the_collection_budget() {
+        let mut kafka = ClientConfig::new();
+        kafka.set("bootstrap.servers", "b1:9092");
+        let reader = |monitor: MonitorConfig| {
+            let collector = default_collector(&kafka, &monitor).unwrap();
+            let config = collector.reader_config();
+            ["socket.timeout.ms", "reconnect.backoff.max.ms"]
+                .map(|key| config.get(key).copied().unwrap_or("-").to_owned())
+        };
+        let fast = MonitorConfig::default()
+            .with_refresh_interval(Duration::from_millis(200))
+            .with_max_staleness(Duration::from_secs(1));
+        assert_eq!(reader(fast), ["1000", "200"]);
+        let slow = MonitorConfig::default().with_refresh_interval(Duration::from_secs(30));
+        assert_eq!(reader(slow), ["5000", "1000"]);
     }
 }

@@ -88,8 +88,10 @@ pub enum IsolationLevel {
 /// `NOT_COORDINATOR`, …) are retried with exponential backoff while the refresh budget lasts.
 ///
 /// The lag reader inherits the connection and security settings of the configuration it is
-/// built from (bootstrap servers, `security.protocol`, `sasl.*`, `ssl.*`, …), so it reaches a
-/// secured cluster exactly as the producer does.
+/// built from (bootstrap servers, `security.protocol`, `sasl.*`, `ssl.*`, `socket.*`, …), so
+/// it reaches a secured cluster as the producer does. Its socket timeout and reconnect backoff,
+/// unless given there, follow its request timeout (see
+/// [`KafkaLagCollectorBuilder::request_timeout`]).
 #[derive(Clone)]
 pub struct KafkaLagCollector {
     inner: Arc<Inner>,
@@ -163,44 +165,48 @@ impl fmt::Debug for KafkaLagCollector {
     }
 }
 
-/// The lag reader's own librdkafka settings, applied unless set with
-/// [`KafkaLagCollectorBuilder::set`]. The first and last follow the request timeout: the reader has no use
-/// for a connection that cannot answer within it, and should try a broker that came back at
-/// least once per collection.
-fn reader_defaults(request_timeout: Duration) -> [(&'static str, u128); 3] {
+/// The lag reader's own librdkafka settings, applied to those `config` (inherited from the
+/// producer, or set with [`KafkaLagCollectorBuilder::set`]) leaves unset. They follow the
+/// request timeout: the reader has no use for a connection that cannot answer within a
+/// collection, and should try a broker that came back at least once per collection.
+fn reader_defaults(config: &ClientConfig, request_timeout: Duration) -> Vec<(&'static str, u128)> {
     let timeout = request_timeout.as_millis();
-    [
-        // librdkafka's default is 60 s: a connection that stopped answering kept failing
-        // every collection for up to a minute. Not below 1 s: librdkafka looks for timed-out
-        // requests once a second anyway, and warns about a consumer's `socket.timeout.ms`
-        // under `fetch.wait.max.ms` + 1 s. At most 300 s, as `request_timeout` is.
+    // librdkafka refuses a maximum backoff below the initial one (100 ms by default).
+    let initial = config
+        .get("reconnect.backoff.ms")
+        .and_then(|v| v.trim().parse::<u128>().ok())
+        .unwrap_or(100);
+    let defaults = [
+        // librdkafka's default is 60 s: a connection that stopped answering could keep
+        // failing the reader's metadata and OffsetFetch requests (which wait that long) for
+        // a minute. Not below 1 s: librdkafka looks for timed-out requests once a second
+        // anyway, and warns about a consumer's `socket.timeout.ms` under `fetch.wait.max.ms`
+        // + 1 s. At most 300 s, as `request_timeout` is.
         ("socket.timeout.ms", timeout.max(1000)),
         // The reader never fetches; 0 keeps librdkafka's warning above quiet.
         ("fetch.wait.max.ms", 0),
-        // librdkafka's default is 10 s (plus up to 50 % jitter) between attempts to reach a
-        // broker that is down: health would stay stale that long after it came back. Not
-        // below `reconnect.backoff.ms` (100 ms by default).
-        ("reconnect.backoff.max.ms", timeout.clamp(100, 1000)),
-    ]
+        // librdkafka's default is 10 s between attempts to reach a broker that is down:
+        // health would stay stale that long after it came back.
+        (
+            "reconnect.backoff.max.ms",
+            timeout.clamp(100, 1000).max(initial),
+        ),
+    ];
+    defaults
+        .into_iter()
+        .filter(|(key, _)| config.get(key).is_none())
+        .collect()
 }
-
-/// Settings with an inherited prefix that the lag reader sets for itself instead.
-const NOT_INHERITED: &[&str] = &[
-    // The reader's own follows its request timeout (`reader_defaults`); the producer's is
-    // about produce requests.
-    "socket.timeout.ms",
-];
 
 /// The settings of `kafka` a lag reader inherits.
 fn inherited_settings(kafka: &ClientConfig) -> impl Iterator<Item = (&str, &str)> {
     // `config_map` sanitizes secrets, so read each value back with `get`.
     kafka.config_map().into_keys().filter_map(|key| {
-        (INHERITED_PREFIXES
+        INHERITED_PREFIXES
             .iter()
             .any(|prefix| key.starts_with(prefix))
-            && !NOT_INHERITED.contains(&key))
-        .then(|| kafka.get(key).map(|value| (key, value)))
-        .flatten()
+            .then(|| kafka.get(key).map(|value| (key, value)))
+            .flatten()
     })
 }
 
@@ -226,13 +232,19 @@ impl KafkaLagCollectorBuilder {
 
     /// Longest a single request may take; a refresh's budget caps it further. Default 5 s.
     ///
-    /// It is also (at least 1 s) the reader's `socket.timeout.ms`, and (between 100 ms and
-    /// 1 s) its `reconnect.backoff.max.ms`, unless either is set with [`set`](Self::set):
-    /// * librdkafka drops a connection on which a request has waited that long (it looks
-    ///   once a second), and connects again. With its default (60 s), a connection that stopped answering (a broker that
-    ///   hangs, a half-open TCP connection) could fail every refresh for up to a minute;
-    /// * a broker that was down is tried again at least that often (plus librdkafka's
-    ///   jitter, up to 50 %), so health comes back about a collection after the broker does.
+    /// Unless the producer's configuration or [`set`](Self::set) gives them, it also sets
+    /// the reader's
+    /// * `socket.timeout.ms` (at least 1 s): librdkafka drops a connection on which a request
+    ///   has waited that long (it looks once a second, and only with `socket.max.fails` above
+    ///   0, its default) and connects again. With its default (60 s), a connection that
+    ///   stopped answering (a broker that hangs, a half-open TCP connection) could fail the
+    ///   reader's metadata and OffsetFetch requests for a minute. Connecting (the ApiVersion
+    ///   exchange, SASL) must also finish within it;
+    /// * `reconnect.backoff.max.ms` (between 100 ms and 1 s, and not below
+    ///   `reconnect.backoff.ms`): a broker that was down is tried again at least that often,
+    ///   so health comes back about a collection after the broker does;
+    /// * `fetch.wait.max.ms` 0 (the reader never fetches; librdkafka warns when it is not
+    ///   1 s below `socket.timeout.ms`).
     ///
     /// A producer built with the default collector sets it to its collection budget
     /// ([`MonitorConfig::effective_collect_timeout`](crate::MonitorConfig::effective_collect_timeout)),
@@ -273,10 +285,8 @@ impl KafkaLagCollectorBuilder {
             .into());
         }
         let mut config = self.config;
-        for (key, value) in reader_defaults(self.request_timeout) {
-            if config.get(key).is_none() {
-                config.set(key, value.to_string());
-            }
+        for (key, value) in reader_defaults(&config, self.request_timeout) {
+            config.set(key, value.to_string());
         }
         // Let librdkafka reject unknown or malformed settings now rather than on first use.
         let mut probe = config.clone();
@@ -438,49 +448,58 @@ mod tests {
     }
 
     /// Regression (chaos soak): the reader kept librdkafka's 60 s `socket.timeout.ms`, so a
-    /// connection that stopped answering failed its metadata requests (each waiting for an
-    /// answer that never came) until librdkafka gave the connection up a minute later; the
-    /// health stayed stale long after the fault. It now gives up after its request timeout,
-    /// and tries a broker that was down again at least that often (at most every second).
+    /// connection that stopped answering could fail its metadata requests (each waiting for an
+    /// answer that never came) until librdkafka gave the connection up a minute later, and it
+    /// waited up to 1 s between attempts to reach a broker that was down against a 200 ms
+    /// refresh. Both now follow the request timeout.
     #[test]
-    fn a_silent_connection_is_given_up_after_the_request_timeout_not_a_minute() {
+    fn a_silent_connection_is_given_up_within_a_collection_not_a_minute() {
         let mut producer = ClientConfig::new();
         producer
             .set("bootstrap.servers", "b1:9092")
-            .set("socket.timeout.ms", "30000")
             .set("socket.keepalive.enable", "true");
+        let reader = |builder: KafkaLagCollectorBuilder| {
+            let collector = builder.build().unwrap();
+            let config = collector
+                .inner
+                .reader_config("g", collect::HIGH_WATERMARK_READER);
+            [
+                "socket.timeout.ms",
+                "reconnect.backoff.max.ms",
+                "fetch.wait.max.ms",
+            ]
+            .map(|key| config.get(key).unwrap_or("-").to_owned())
+        };
+        // The default request timeout (5 s).
+        assert_eq!(
+            reader(KafkaLagCollector::builder(&producer)),
+            ["5000", "1000", "0"]
+        );
+        let short =
+            || KafkaLagCollector::builder(&producer).request_timeout(Duration::from_millis(200));
+        assert_eq!(reader(short()), ["1000", "200", "0"]);
+        // Set on the reader itself: kept; the maximum backoff never below the initial one
+        // (librdkafka would refuse the client at the first collection).
+        assert_eq!(
+            reader(
+                short()
+                    .set("socket.timeout.ms", "7000")
+                    .set("reconnect.backoff.ms", "500")
+            ),
+            ["7000", "500", "0"]
+        );
+        // Set on the producer: inherited, like every other socket setting.
+        producer.set("socket.timeout.ms", "30000");
+        assert_eq!(
+            reader(
+                KafkaLagCollector::builder(&producer).request_timeout(Duration::from_millis(200))
+            ),
+            ["30000", "200", "0"]
+        );
         let collector = KafkaLagCollector::builder(&producer).build().unwrap();
-        let reader = collector
-            .inner
-            .reader_config("g", collect::HIGH_WATERMARK_READER);
-        assert_eq!(reader.get("socket.timeout.ms"), Some("5000"));
-        assert_eq!(reader.get("reconnect.backoff.max.ms"), Some("1000"));
-        // Other socket settings are still the producer's.
-        assert_eq!(reader.get("socket.keepalive.enable"), Some("true"));
-
-        let collector = KafkaLagCollector::builder(&producer)
-            .request_timeout(Duration::from_millis(200))
-            .build()
-            .unwrap();
         assert_eq!(
-            collector.inner.config.get("socket.timeout.ms"),
-            Some("1000")
-        );
-        assert_eq!(collector.inner.config.get("fetch.wait.max.ms"), Some("0"));
-        assert_eq!(
-            collector.inner.config.get("reconnect.backoff.max.ms"),
-            Some("200")
-        );
-
-        // Set on the reader itself: kept.
-        let collector = KafkaLagCollector::builder(&producer)
-            .request_timeout(Duration::from_millis(200))
-            .set("socket.timeout.ms", "7000")
-            .build()
-            .unwrap();
-        assert_eq!(
-            collector.inner.config.get("socket.timeout.ms"),
-            Some("7000")
+            collector.reader_config().get("socket.keepalive.enable"),
+            Some(&"true")
         );
     }
 
