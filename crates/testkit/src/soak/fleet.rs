@@ -229,8 +229,8 @@ impl Slot {
             .redis(redis)
             .queue_timeout(Duration::from_millis(100));
         let error = |e: ksp_producer::BuildError| TestkitError::Demo(e.to_string());
-        // The instance's background tasks (its monitor) log inside this span, so that a log
-        // line says which instance it comes from.
+        // The instance's monitor logs inside this span, so that its lines say which instance
+        // they come from (not librdkafka's own, nor the router's or Redis's tasks).
         let _span = tracing::info_span!("soak.instance", index = self.index).entered();
         Ok(if self.blocking {
             Producer::Blocking(Arc::new(builder.build_blocking().map_err(error)?))
