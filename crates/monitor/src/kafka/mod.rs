@@ -89,8 +89,8 @@ pub enum IsolationLevel {
 ///
 /// The lag reader inherits the connection and security settings of the configuration it is
 /// built from (bootstrap servers, `security.protocol`, `sasl.*`, `ssl.*`, `socket.*`, …), so
-/// it reaches a secured cluster as the producer does. Its socket timeout and reconnect backoff,
-/// unless given there, follow its request timeout (see
+/// it reaches a secured cluster as the producer does. Its socket timeout (unless inherited)
+/// and reconnect backoff follow its request timeout (see
 /// [`KafkaLagCollectorBuilder::request_timeout`]).
 #[derive(Clone)]
 pub struct KafkaLagCollector {
@@ -165,8 +165,9 @@ impl fmt::Debug for KafkaLagCollector {
     }
 }
 
-/// The lag reader's own librdkafka settings, applied to those `config` (inherited from the
-/// producer, or set with [`KafkaLagCollectorBuilder::set`]) leaves unset. They follow the
+/// The lag reader's own librdkafka settings, applied to those `config` leaves unset (only
+/// `socket.timeout.ms` can come from the producer, through the inherited `socket.*`; any of
+/// them from [`KafkaLagCollectorBuilder::set`]). They follow the
 /// request timeout: the reader has no use for a connection that cannot answer within a
 /// collection, and should try a broker that came back at least once per collection.
 fn reader_defaults(config: &ClientConfig, request_timeout: Duration) -> Vec<(&'static str, u128)> {
@@ -232,8 +233,9 @@ impl KafkaLagCollectorBuilder {
 
     /// Longest a single request may take; a refresh's budget caps it further. Default 5 s.
     ///
-    /// Unless the producer's configuration or [`set`](Self::set) gives them, it also sets
-    /// the reader's
+    /// It also sets the reader's own (unless [`set`](Self::set) gives them; of these only
+    /// `socket.timeout.ms` is inherited from the producer's configuration, with the other
+    /// `socket.*` settings, and then kept)
     /// * `socket.timeout.ms` (at least 1 s): librdkafka drops a connection on which a request
     ///   has waited that long (it looks once a second, and only with `socket.max.fails` above
     ///   0, its default) and connects again. With its default (60 s), a connection that

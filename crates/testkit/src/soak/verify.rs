@@ -603,7 +603,8 @@ impl Verifier {
         }
     }
 
-    /// The entries the accounting's tables have room for: what they take in memory.
+    /// The entries the accounting's tables have room for (their inner vectors and the id
+    /// ranges not counted): a rough measure of what they take in memory.
     pub(crate) fn capacity(&self) -> usize {
         let state = self.lock();
         let slots: usize = state
