@@ -8,6 +8,10 @@
 //! `RUST_LOG=ksp_monitor=warn`), the instances' logs go to standard error, stamped with the
 //! time since the start like the fault timeline.
 //!
+//! The embedded cluster runs in a child process (this program, run with `--serve-broker`),
+//! so that the memory judged is the producers' and the harness's; `--broker-in-process`
+//! keeps it in this one.
+//!
 //! ```text
 //! cargo run --release -p ksp-testkit --features redis --example soak -- --duration 30m --seed 7
 //! ```
@@ -19,7 +23,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use ksp_testkit::soak::{DEFAULT_SEED, SoakSpec};
+use ksp_testkit::soak::{BrokerPlacement, DEFAULT_SEED, SoakSpec};
 
 #[derive(Debug, Parser)]
 #[command(about = "Random overlapping faults under load; every message accounted for")]
@@ -33,6 +37,13 @@ struct Args {
     /// Memory is judged after this long: `5m`.
     #[arg(long, value_parser = parse_duration)]
     warm_up: Option<Duration>,
+    /// Run the embedded cluster in this process (its memory then counts in the RSS judged).
+    #[arg(long)]
+    broker_in_process: bool,
+    /// Serve the embedded cluster for a soak in the parent process (how this program runs
+    /// itself as the broker's process).
+    #[arg(long, hide = true)]
+    serve_broker: bool,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -54,6 +65,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.serve_broker {
+        // Blocks this runtime's worker until the parent closes standard input: nothing
+        // else runs here.
+        return Ok(ksp_testkit::soak::serve_broker()?);
+    }
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -64,6 +80,12 @@ async fn main() -> anyhow::Result<()> {
     let mut spec = SoakSpec::new(args.duration)
         .seed(args.seed)
         .progress(Duration::from_secs(60));
+    if !args.broker_in_process {
+        spec = spec.broker(BrokerPlacement::process(
+            std::env::current_exe()?,
+            &["--serve-broker"],
+        ));
+    }
     if let Some(warm_up) = args.warm_up {
         spec.warm_up = warm_up;
     }

@@ -3,12 +3,17 @@
 
 use std::time::Duration;
 
-use ksp_testkit::soak::{DEFAULT_SEED, FaultKind, SoakSpec};
+use ksp_testkit::soak::{BrokerPlacement, DEFAULT_SEED, FaultKind, SoakSpec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_minute_of_random_overlapping_faults_keeps_every_promise() {
+    // The broker in a child process, as the soak example runs it.
     let report = SoakSpec::new(Duration::from_secs(60))
         .seed(DEFAULT_SEED)
+        .broker(BrokerPlacement::process(
+            env!("CARGO_BIN_EXE_ksp-soak-broker"),
+            &[],
+        ))
         .run()
         .await
         .unwrap();
@@ -31,5 +36,9 @@ async fn one_minute_of_random_overlapping_faults_keeps_every_promise() {
         "no strict key moved\n{report}"
     );
     assert!(report.recoveries.iter().any(|r| r.degraded), "{report}");
+    assert!(
+        report.broker_rss.iter().any(|&(_, bytes)| bytes > 0),
+        "the broker's process was not sampled\n{report}"
+    );
     assert!(report.all_kept(), "{report}");
 }

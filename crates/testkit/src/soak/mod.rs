@@ -15,6 +15,7 @@
 //! # }
 //! ```
 
+mod cluster;
 mod fleet;
 mod reader;
 mod schedule;
@@ -26,19 +27,17 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use rdkafka::mocking::MockCoordinator;
-use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-
+pub use cluster::{BrokerPlacement, serve_broker};
 pub use schedule::FaultKind;
 pub use verify::{Accounting, Failures, Held};
 
+use cluster::{Act, Api, Cluster};
 use fleet::Slot;
 use reader::Reader;
 use schedule::{Episode, Planned, Rng};
 use verify::Verifier;
 
-use crate::faults::REQUEST_ERRORS;
-use crate::{DrainingConsumer, LagScenario, MockKafka, RedisServer, TestkitError, TestkitResult};
+use crate::{DrainingConsumer, LagScenario, RedisServer, TestkitError, TestkitResult};
 
 /// The consumer group.
 pub const GROUP: &str = "soak-consumers";
@@ -83,6 +82,9 @@ pub struct SoakSpec {
     pub warm_up: Duration,
     /// Print a progress line every this long (`None`: quiet).
     pub progress: Option<Duration>,
+    /// Where the embedded cluster runs: in a child process, its memory is not in the RSS
+    /// judged.
+    pub broker: BrokerPlacement,
 }
 
 impl SoakSpec {
@@ -104,6 +106,7 @@ impl SoakSpec {
             quiet: Duration::from_secs(4),
             warm_up: Duration::from_secs(300),
             progress: None,
+            broker: BrokerPlacement::InProcess,
         }
     }
 
@@ -111,6 +114,13 @@ impl SoakSpec {
     #[must_use]
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
+        self
+    }
+
+    /// Runs the embedded cluster where `placement` says.
+    #[must_use]
+    pub fn broker(mut self, placement: BrokerPlacement) -> Self {
+        self.broker = placement;
         self
     }
 
@@ -182,6 +192,9 @@ pub struct SoakReport {
     /// Memory samples: (seconds from the start, RSS bytes, partitions whose log the embedded
     /// broker keeps at its cap: its memory for them grows until all are).
     pub rss: Vec<(f64, u64, u32)>,
+    /// Memory samples of the broker's child process (seconds from the start, RSS bytes);
+    /// empty when it ran in this process.
+    pub broker_rss: Vec<(f64, u64)>,
     /// Entries the accounting held at the end of the load (before the final read).
     pub held: Held,
     /// Read errors of the tailing reader (transient, while brokers were down).
@@ -383,15 +396,20 @@ impl SoakReport {
         let name = "memory (RSS) flat after warm-up";
         let mib = |b: u64| b as f64 / f64::from(1 << 20);
         let warm = self.spec.warm_up.as_secs_f64();
-        // Judged once the embedded broker's logs are all at their cap: they are in this
-        // process only because the broker is embedded, and grow until then (slowly for a
-        // partition routing starves).
+        // With the broker in this process, judged once its logs are all at their cap: they
+        // are in this process only because the broker is embedded, and grow until then
+        // (slowly for a partition routing starves).
+        let in_process = self.spec.broker == BrokerPlacement::InProcess;
         let capped = self
             .rss
             .iter()
             .find(|s| s.2 >= PARTITIONS.unsigned_abs())
             .map(|s| s.0);
-        let from = capped.map_or(f64::INFINITY, |t| t.max(warm));
+        let from = if in_process {
+            capped.map_or(f64::INFINITY, |t| t.max(warm))
+        } else {
+            warm
+        };
         let after: Vec<(f64, f64)> = self
             .rss
             .iter()
@@ -400,16 +418,33 @@ impl SoakReport {
             .collect();
         let first = self.rss.first().map_or(0.0, |s| mib(s.1));
         let last = self.rss.last().map_or(0.0, |s| mib(s.1));
+        // The broker's process, shown and not judged.
+        let broker = match (self.broker_rss.first(), self.broker_rss.last()) {
+            (Some(a), Some(b)) => format!(
+                "; the broker's process (not judged): {:.1} MiB at {:.0} s, {:.1} MiB at the end",
+                mib(a.1),
+                a.0,
+                mib(b.1)
+            ),
+            _ => String::new(),
+        };
         if after.len() < 60 {
             let at_cap = self.rss.last().map_or(0, |s| s.2);
+            let wait = if in_process {
+                format!(
+                    " with the embedded broker's logs at their cap (of {PARTITIONS} partitions, \
+                     {at_cap} at the end{})",
+                    capped.map_or_else(String::new, |t| format!(", all from {t:.0} s"))
+                )
+            } else {
+                String::new()
+            };
             return (
                 Verdict::NotJudged,
                 name,
                 format!(
-                    "fewer than 60 s of samples after the warm-up ({warm:.0} s) with the embedded \
-                     broker's logs at their cap (of {PARTITIONS} partitions, {at_cap} at the \
-                     end{}); RSS {first:.1} → {last:.1} MiB",
-                    capped.map_or_else(String::new, |t| format!(", all from {t:.0} s"))
+                    "fewer than 60 s of samples after the warm-up ({warm:.0} s){wait}; RSS \
+                     {first:.1} → {last:.1} MiB{broker}"
                 ),
             );
         }
@@ -424,6 +459,14 @@ impl SoakReport {
         let slope = if var > 0.0 { cov / var } else { 0.0 };
         let span = after.last().map_or(0.0, |s| s.0) - after[0].0;
         let growth = slope * span;
+        let since = if in_process {
+            format!(
+                "; the embedded broker's logs all at their cap from {:.0} s",
+                capped.unwrap_or(0.0)
+            )
+        } else {
+            "; the broker in a child process".to_owned()
+        };
         (
             if growth <= mr * 0.05 {
                 Verdict::Kept
@@ -432,11 +475,10 @@ impl SoakReport {
             },
             name,
             format!(
-                "judged from {:.0} s (warm-up {warm:.0} s; the embedded broker's logs all at \
-                 their cap from {:.0} s): {:.1} MiB then, {last:.1} MiB at the end; trend \
-                 {:+.2} MiB over {span:.0} s (bound: 5 % of the mean, {:.1} MiB)",
+                "judged from {:.0} s (warm-up {warm:.0} s{since}): {:.1} MiB then, {last:.1} MiB \
+                 at the end; trend {:+.2} MiB over {span:.0} s (bound: 5 % of the mean, {:.1} \
+                 MiB){broker}",
                 after[0].0,
-                capped.unwrap_or(0.0),
                 after[0].1,
                 growth,
                 mr * 0.05
@@ -528,19 +570,13 @@ struct Env {
 }
 
 impl Env {
-    fn mock_error(
-        context: &'static str,
-    ) -> impl FnOnce(rdkafka::error::KafkaError) -> TestkitError {
-        crate::kafka_error(context)
-    }
-
-    fn move_leaders(&self, kafka: &MockKafka) -> TestkitResult<()> {
+    fn move_leaders(&self, cluster: &Cluster) -> TestkitResult<()> {
         let shift = self.leader_shift.fetch_add(1, Ordering::Relaxed);
-        for p in 0..PARTITIONS {
-            kafka
-                .cluster()
-                .partition_leader(TOPIC, p, Some((p + shift).rem_euclid(3) + 1))
-                .map_err(Self::mock_error("moving a leader"))?;
+        for partition in 0..PARTITIONS {
+            cluster.act(Act::Leader {
+                partition,
+                broker: (partition + shift).rem_euclid(3) + 1,
+            })?;
         }
         Ok(())
     }
@@ -548,39 +584,20 @@ impl Env {
     /// Starts a fault; returns what its end needs (the closing of an instance).
     fn start(
         self: &Arc<Self>,
-        kafka: &MockKafka,
+        cluster: &Cluster,
         fault: &Planned,
     ) -> TestkitResult<Option<Closing>> {
-        let cluster = kafka.cluster();
         match fault.kind {
-            FaultKind::BrokerDown => cluster
-                .broker_down(fault.broker())
-                .map_err(Self::mock_error("taking a broker down"))?,
-            FaultKind::LeaderMoves => self.move_leaders(kafka)?,
-            FaultKind::ListOffsetsErrors => cluster.request_errors(
-                RDKafkaApiKey::ListOffsets,
-                &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; REQUEST_ERRORS],
-            ),
-            FaultKind::OffsetFetchErrors => cluster.request_errors(
-                RDKafkaApiKey::OffsetFetch,
-                &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE; REQUEST_ERRORS],
-            ),
-            FaultKind::MetadataErrors => cluster
-                .topic_error(
-                    TOPIC,
-                    RDKafkaRespErr::RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE,
-                )
-                .map_err(Self::mock_error("setting a topic error"))?,
-            FaultKind::ProduceErrors => cluster.request_errors(
-                RDKafkaApiKey::Produce,
-                &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; REQUEST_ERRORS],
-            ),
+            FaultKind::BrokerDown => cluster.act(Act::BrokerDown(fault.broker()))?,
+            FaultKind::LeaderMoves => self.move_leaders(cluster)?,
+            FaultKind::ListOffsetsErrors => cluster.act(Act::Errors(Api::ListOffsets))?,
+            FaultKind::OffsetFetchErrors => cluster.act(Act::Errors(Api::OffsetFetch))?,
+            FaultKind::MetadataErrors => cluster.act(Act::TopicError(true))?,
+            FaultKind::ProduceErrors => cluster.act(Act::Errors(Api::Produce))?,
             FaultKind::RttSpike => {
-                let rtt = Duration::from_millis(300 + fault.pick % 1200);
+                let millis = 300 + fault.pick % 1200;
                 for broker in 1..=3 {
-                    cluster
-                        .broker_round_trip_time(broker, rtt)
-                        .map_err(Self::mock_error("slowing a broker"))?;
+                    cluster.act(Act::RoundTrip { broker, millis })?;
                 }
             }
             FaultKind::RedisDown => {
@@ -643,30 +660,19 @@ impl Env {
     /// Ends a fault; returns what is still to finish (an instance restarting).
     fn stop(
         self: &Arc<Self>,
-        kafka: &MockKafka,
+        cluster: &Cluster,
         fault: &Planned,
         closing: Option<Closing>,
     ) -> TestkitResult<Option<Restarting>> {
-        let cluster = kafka.cluster();
         match fault.kind {
-            FaultKind::BrokerDown => cluster
-                .broker_up(fault.broker())
-                .map_err(Self::mock_error("bringing a broker up"))?,
-            FaultKind::ListOffsetsErrors => {
-                cluster.clear_request_errors(RDKafkaApiKey::ListOffsets)
-            }
-            FaultKind::OffsetFetchErrors => {
-                cluster.clear_request_errors(RDKafkaApiKey::OffsetFetch)
-            }
-            FaultKind::ProduceErrors => cluster.clear_request_errors(RDKafkaApiKey::Produce),
-            FaultKind::MetadataErrors => cluster
-                .topic_error(TOPIC, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
-                .map_err(Self::mock_error("clearing a topic error"))?,
+            FaultKind::BrokerDown => cluster.act(Act::BrokerUp(fault.broker()))?,
+            FaultKind::ListOffsetsErrors => cluster.act(Act::ClearErrors(Api::ListOffsets))?,
+            FaultKind::OffsetFetchErrors => cluster.act(Act::ClearErrors(Api::OffsetFetch))?,
+            FaultKind::ProduceErrors => cluster.act(Act::ClearErrors(Api::Produce))?,
+            FaultKind::MetadataErrors => cluster.act(Act::TopicError(false))?,
             FaultKind::RttSpike => {
                 for broker in 1..=3 {
-                    cluster
-                        .broker_round_trip_time(broker, Duration::ZERO)
-                        .map_err(Self::mock_error("restoring a broker"))?;
+                    cluster.act(Act::RoundTrip { broker, millis: 0 })?;
                 }
             }
             FaultKind::RedisDown => {
@@ -722,33 +728,19 @@ type Closing = tokio::task::JoinHandle<Arc<Slot>>;
 /// An instance being replaced.
 type Restarting = tokio::task::JoinHandle<TestkitResult<()>>;
 
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<u64>().ok())
-        })
-        .map_or(0, |pages| pages * 4096)
-}
-
 async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
-    let kafka = MockKafka::start(3)?;
+    let cluster = Cluster::start(&spec.broker)?;
+    let kafka = cluster.client_config();
     let scenario = LagScenario::new(TOPIC, PARTITIONS as usize);
-    scenario.create(&kafka, GROUP).await?;
+    scenario.apply(&kafka, GROUP).await?;
     let setup_messages = scenario.produced().iter().sum();
-    kafka
-        .cluster()
-        .coordinator(MockCoordinator::Group(GROUP.into()), 1)
-        .map_err(crate::kafka_error("placing the coordinator"))?;
     let redis = RedisServer::start()?;
     // Consumers prefetch at most 1 000 messages or 4 MiB per partition (the draining consumer
     // reads through split partition queues): librdkafka's default (100 000 messages, 64 MiB)
     // would fill the harness's memory behind a slow partition and hide the producers' memory
     // in the RSS. (Much less would stall them: the embedded broker does not
     // hand out a batch larger than the fetch size, and a burst makes batches of up to 1 MB.)
-    let mut consumers = kafka.client_config();
+    let mut consumers = kafka.clone();
     consumers
         .set("queued.min.messages", "1000")
         .set("queued.max.messages.kbytes", "4096");
@@ -765,11 +757,11 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
         .map(|(i, &(blocking, strict))| Arc::new(Slot::new(i as u8, blocking, strict)))
         .collect();
     for slot in &slots {
-        let producer = slot.build(&spec, &kafka.client_config(), &redis.url())?;
+        let producer = slot.build(&spec, &kafka, &redis.url())?;
         slot.put(Some(producer));
     }
     let env = Arc::new(Env {
-        kafka: kafka.client_config(),
+        kafka,
         redis_url: redis.url(),
         redis: Arc::new(Mutex::new(redis)),
         no_leader_closes: std::sync::atomic::AtomicU32::new(0),
@@ -812,9 +804,11 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
         let (env, spec, verifier, running) =
             (env.clone(), spec.clone(), verifier.clone(), running.clone());
         let logs_at_cap = reader.logs_at_cap.clone();
+        let broker_statm = cluster.child_statm();
         tokio::spawn(async move {
             let mut rng = Rng::new(spec.seed ^ 0x6d6f_6f64);
             let mut rss = Vec::new();
+            let mut broker_rss = Vec::new();
             let mut next_mood = Duration::ZERO;
             let mut next_rss = Duration::ZERO;
             let mut next_progress = spec.progress.unwrap_or(Duration::MAX);
@@ -833,9 +827,12 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
                 if now >= next_rss {
                     rss.push((
                         now.as_secs_f64(),
-                        rss_bytes(),
+                        cluster::rss_bytes("/proc/self/statm"),
                         logs_at_cap.load(Ordering::Relaxed),
                     ));
+                    if let Some(statm) = &broker_statm {
+                        broker_rss.push((now.as_secs_f64(), cluster::rss_bytes(statm)));
+                    }
                     next_rss = now + Duration::from_secs(1);
                     verifier.shrink();
                 }
@@ -859,10 +856,13 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
                         rss_mib = rss.last().map_or(0, |r: &(f64, u64, u32)| r.1 >> 20),
                         "soak progress"
                     );
+                    let broker = broker_rss
+                        .last()
+                        .map_or_else(String::new, |r| format!(", the broker's {} MiB", r.1 >> 20));
                     eprintln!(
-                        "soak: {:>5} s, {sent} sent, RSS {} MiB (the embedded broker's logs at \
-                         their cap: {} of {PARTITIONS} partitions), accounting entries {held}, \
-                         room for {room}",
+                        "soak: {:>5} s, {sent} sent, RSS {} MiB{broker} (the embedded broker's \
+                         logs at their cap: {} of {PARTITIONS} partitions), accounting entries \
+                         {held}, room for {room}",
                         now.as_secs(),
                         rss.last().map_or(0, |r| r.1 >> 20),
                         rss.last().map_or(0, |r| r.2)
@@ -870,7 +870,7 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
                     next_progress = now + spec.progress.unwrap_or(Duration::MAX);
                 }
             }
-            rss
+            (rss, broker_rss)
         })
     };
 
@@ -882,7 +882,7 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
     let mut late = Duration::ZERO;
     for episode in &episodes {
         let began_ms = ms();
-        let ended = run_episode(&env, &kafka, episode, started, late).await?;
+        let ended = run_episode(&env, &cluster, episode, started, late).await?;
         for f in &episode.faults {
             *faults.entry(f.kind).or_default() += 1;
         }
@@ -956,7 +956,7 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
         load.join()
             .map_err(|_| TestkitError::Demo("the blocking load panicked".into()))?;
     }
-    let rss = background
+    let (rss, broker_rss) = background
         .await
         .map_err(|e| TestkitError::Demo(format!("the probes failed: {e}")))?;
     let mut monitor_restarts = 0;
@@ -997,6 +997,7 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
         oldest_fresh: Duration::from_micros(oldest_fresh_us),
         over_staleness: sum(|s| s.over_staleness.load(Ordering::Relaxed)),
         rss,
+        broker_rss,
         held,
         read_errors,
         read_skipped: read_skipped.load(Ordering::Relaxed),
@@ -1012,7 +1013,7 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
 /// plan; when the last one ended, from the start.
 async fn run_episode(
     env: &Arc<Env>,
-    kafka: &MockKafka,
+    cluster: &Cluster,
     episode: &Episode,
     started: Instant,
     late: Duration,
@@ -1037,7 +1038,7 @@ async fn run_episode(
                     fault.kind
                 );
             }
-            closing[i] = env.start(kafka, &fault)?;
+            closing[i] = env.start(cluster, &fault)?;
         } else {
             tracing::debug!(kind = %fault.kind, "fault ends");
             if env.spec.progress.is_some() {
@@ -1047,7 +1048,7 @@ async fn run_episode(
                     fault.kind
                 );
             }
-            restarting.extend(env.stop(kafka, &fault, closing[i].take())?);
+            restarting.extend(env.stop(cluster, &fault, closing[i].take())?);
         }
     }
     for restart in restarting {
