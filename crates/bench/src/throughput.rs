@@ -7,15 +7,14 @@
 //! producers and not the broker competing with them.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use ksp_monitor::MonitorConfig;
 use ksp_producer::AsyncSmartProducer;
-use ksp_testkit::{LagScenario, MockKafka};
+use ksp_testkit::{ClusterProcess, LagScenario, MockKafka, serve_cluster};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext};
@@ -227,7 +226,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// The embedded broker in a child process, stopped when dropped; this process's CPU
 /// affinity is restored then.
 pub(crate) struct BrokerProcess {
-    child: Child,
+    process: ClusterProcess,
     /// The CPUs this process was allowed before pinning (a `taskset -c` list), when it
     /// pinned itself.
     restore: Option<String>,
@@ -285,30 +284,20 @@ impl BrokerProcess {
         partitions: i32,
         pinned: bool,
     ) -> anyhow::Result<(Self, String)> {
-        let child = Command::new(exe)
-            .arg("broker")
-            .arg("--partitions")
-            .arg(partitions.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
+        let process = ClusterProcess::start(
+            exe,
+            &[
+                "broker".to_owned(),
+                "--partitions".to_owned(),
+                partitions.to_string(),
+            ],
+        )?;
         // From here on, dropping `process` ends the child (and reaps it).
         let mut process = Self {
-            child,
+            process,
             restore: None,
         };
-        let stdout = process
-            .child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let bootstrap = line
-            .trim()
-            .strip_prefix("bootstrap ")
-            .ok_or_else(|| anyhow::anyhow!("the broker process said {line:?}"))?
-            .to_owned();
+        let bootstrap = process.process.bootstrap_servers().to_owned();
         let me = std::process::id();
         if pinned
             && let Some((list, cpus)) = affinity(me)
@@ -322,7 +311,7 @@ impl BrokerProcess {
                 .join(",");
             // The broker's threads on the last CPU; every thread of this process (and
             // librdkafka's later ones, which inherit it) on the others.
-            if pin(process.child.id(), &last.to_string(), true) && pin(me, &others, true) {
+            if pin(process.process.id(), &last.to_string(), true) && pin(me, &others, true) {
                 process.restore = Some(list);
             }
         }
@@ -336,19 +325,10 @@ impl BrokerProcess {
 
 impl Drop for BrokerProcess {
     fn drop(&mut self) {
+        // Then `process` drops: the child ends (killed if it lingers) and is reaped.
         if let Some(list) = self.restore.take() {
             pin(std::process::id(), &list, true);
         }
-        // Closing its stdin ends it; kill it if it lingers.
-        drop(self.child.stdin.take());
-        for _ in 0..50 {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -360,17 +340,14 @@ pub async fn serve_broker(partitions: i32) -> anyhow::Result<()> {
     LagScenario::new(TOPIC, usize::try_from(partitions)?)
         .create(&kafka, GROUP)
         .await?;
-    {
-        use std::io::Write as _;
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "bootstrap {}", kafka.bootstrap_servers())?;
-        out.flush()?;
-    }
-    tokio::task::spawn_blocking(|| {
-        let mut sink = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+    let bootstrap = kafka.bootstrap_servers().to_owned();
+    tokio::task::spawn_blocking(move || {
+        serve_cluster(&bootstrap, |_| {
+            Err("this broker takes no requests".to_owned())
+        })
     })
-    .await?;
+    .await??;
+    drop(kafka);
     Ok(())
 }
 

@@ -62,20 +62,18 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.serve_broker {
-        // Blocks this runtime's worker until the parent closes standard input: nothing
-        // else runs here.
-        return Ok(ksp_testkit::soak::serve_broker()?);
-    }
     if std::env::var_os("RUST_LOG").is_some() {
+        // On standard error: the broker's process answers the soak on standard output.
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_timer(tracing_subscriber::fmt::time::uptime())
             .with_writer(std::io::stderr)
             .init();
+    }
+    if args.serve_broker {
+        return Ok(ksp_testkit::soak::serve_broker()?);
     }
     let mut spec = SoakSpec::new(args.duration)
         .seed(args.seed)
@@ -89,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(warm_up) = args.warm_up {
         spec.warm_up = warm_up;
     }
-    let report = spec.run().await?;
+    let report = tokio::runtime::Runtime::new()?.block_on(spec.run())?;
     println!("{report}");
     if !report.all_kept() {
         std::process::exit(1);

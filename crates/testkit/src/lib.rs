@@ -11,6 +11,8 @@
 //! * [`RedisServer`]: a real `redis-server` on a free loopback port, killable mid-test;
 //!   [`RedisCluster`]: three of them as a Redis Cluster.
 //! * [`SkewedCollector`]: a lag collector on a machine whose clock is off.
+//! * [`ClusterProcess`] / [`serve_cluster`]: an embedded cluster in a child process, driven
+//!   over its standard input (the benchmarks' and the soak's broker).
 //! * [`demo`]: the embedded demo behind `cargo run --example quickstart`.
 //! * `soak` (feature `redis`): the chaos soak — several instances, random overlapping
 //!   faults, every message accounted for.
@@ -20,6 +22,7 @@ pub mod faults;
 mod ledger;
 mod load;
 mod mock;
+mod process;
 mod read_back;
 mod redis;
 mod scenario;
@@ -33,6 +36,7 @@ pub use ksp_demo::{DrainingConsumer, DrainingConsumerBuilder, demo};
 pub use ledger::{Entry, Ledger, Outcome, Reconciliation, Tally};
 pub use load::Load;
 pub use mock::{MockKafka, auto_create_topics, commit_offsets, produce_counts};
+pub use process::{ClusterProcess, serve_cluster};
 pub use read_back::{Consumed, read_topic};
 pub use redis::{RedisCluster, RedisServer};
 pub use scenario::LagScenario;

@@ -1,19 +1,20 @@
 //! The chaos soak, one minute with a fixed seed: every kind of fault, overlapping, under load
-//! from three instances; every promise kept. The 30-minute run is `just soak`.
+//! from three instances; every promise kept. The 30-minute run is `just soak`. Linux: memory
+//! is read from `/proc`.
 
 use std::time::Duration;
 
+use ksp_testkit::ClusterProcess;
 use ksp_testkit::soak::{BrokerPlacement, DEFAULT_SEED, FaultKind, SoakSpec};
+
+const BROKER: &str = env!("CARGO_BIN_EXE_ksp-soak-broker");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_minute_of_random_overlapping_faults_keeps_every_promise() {
     // The broker in a child process, as the soak example runs it.
     let report = SoakSpec::new(Duration::from_secs(60))
         .seed(DEFAULT_SEED)
-        .broker(BrokerPlacement::process(
-            env!("CARGO_BIN_EXE_ksp-soak-broker"),
-            &[],
-        ))
+        .broker(BrokerPlacement::process(BROKER, &[]))
         .run()
         .await
         .unwrap();
@@ -41,4 +42,29 @@ async fn one_minute_of_random_overlapping_faults_keeps_every_promise() {
         "the broker's process was not sampled\n{report}"
     );
     assert!(report.all_kept(), "{report}");
+}
+
+/// The soak's broker process applies the changes it is sent and refuses a wrong one, naming it.
+#[test]
+fn the_broker_process_answers_each_change_and_refuses_a_wrong_one() {
+    let broker = ClusterProcess::start(BROKER.as_ref(), &[]).unwrap();
+    assert!(
+        broker.bootstrap_servers().starts_with("127.0.0.1:"),
+        "{broker:?}"
+    );
+    for change in [
+        "down 1",
+        "up 1",
+        "leader 0 2",
+        "errors produce",
+        "clear produce",
+        "rtt 3 0",
+    ] {
+        broker.ask(change).unwrap();
+    }
+    let unknown = broker.ask("down 9").unwrap_err().to_string();
+    assert!(unknown.contains("asked `down 9`"), "{unknown}");
+    let garbled = broker.ask("reboot 1").unwrap_err().to_string();
+    assert!(garbled.contains("no such change"), "{garbled}");
+    assert!(broker.rss_bytes() > 0);
 }

@@ -9,11 +9,8 @@
 //! one line (`down 2`, `errors produce`, …) and is answered with `ok` or `error <text>`.
 
 use std::fmt;
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::str::FromStr;
-use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -22,7 +19,8 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 use super::{GROUP, PARTITIONS, TOPIC};
 use crate::faults::REQUEST_ERRORS;
-use crate::{MockKafka, TestkitError, TestkitResult};
+use crate::process::{ClusterProcess, serve_cluster};
+use crate::{MockKafka, TestkitResult};
 
 /// Where the soak's embedded cluster runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,7 +32,8 @@ pub enum BrokerPlacement {
     InProcess,
     /// In a child process: `program` run with `args`, which must call [`serve_broker`] (the
     /// `ksp-soak-broker` binary does; so does the soak example with `--serve-broker`). The
-    /// child ends when the soak closes its standard input, or is killed if it lingers.
+    /// child ends when the soak closes its standard input (or ends), or is killed if it
+    /// lingers.
     Process {
         /// The program.
         program: PathBuf,
@@ -94,9 +93,9 @@ impl Api {
 /// One change to the cluster: a fault's start or end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Act {
-    /// Takes broker `0` down.
+    /// Takes the broker with this id (1–3) down.
     BrokerDown(i32),
-    /// Brings broker `0` back.
+    /// Brings the broker with this id back.
     BrokerUp(i32),
     /// Moves the topic's partition's leadership.
     Leader { partition: i32, broker: i32 },
@@ -114,17 +113,13 @@ impl Act {
     /// Applies it to the cluster.
     pub(crate) fn apply(self, kafka: &MockKafka) -> TestkitResult<()> {
         let cluster = kafka.cluster();
-        let error = |context: &'static str| crate::kafka_error(context);
+        let error = crate::kafka_error(format!("the broker change `{self}`"));
         match self {
-            Self::BrokerDown(broker) => cluster
-                .broker_down(broker)
-                .map_err(error("taking a broker down")),
-            Self::BrokerUp(broker) => cluster
-                .broker_up(broker)
-                .map_err(error("bringing a broker up")),
+            Self::BrokerDown(broker) => cluster.broker_down(broker).map_err(error),
+            Self::BrokerUp(broker) => cluster.broker_up(broker).map_err(error),
             Self::Leader { partition, broker } => cluster
                 .partition_leader(TOPIC, partition, Some(broker))
-                .map_err(error("moving a leader")),
+                .map_err(error),
             Self::Errors(api) => {
                 cluster.request_errors(api.key(), &[api.error(); REQUEST_ERRORS]);
                 Ok(())
@@ -142,10 +137,10 @@ impl Act {
                         RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR
                     },
                 )
-                .map_err(error("setting a topic error")),
+                .map_err(error),
             Self::RoundTrip { broker, millis } => cluster
                 .broker_round_trip_time(broker, Duration::from_millis(millis))
-                .map_err(error("setting a broker's round-trip time")),
+                .map_err(error),
         }
     }
 }
@@ -175,7 +170,9 @@ impl FromStr for Act {
                 .and_then(|w| w.parse::<i64>().ok())
                 .ok_or_else(|| format!("`{line}`: word {} is not a number", i + 1))
         };
-        let small = |i: usize| number(i).and_then(|n| i32::try_from(n).map_err(|e| e.to_string()));
+        let out_of_range = |i: usize| format!("`{line}`: word {} is out of range", i + 1);
+        let small =
+            |i: usize| number(i).and_then(|n| i32::try_from(n).map_err(|_| out_of_range(i)));
         let api = || {
             let name = words.get(1).copied().unwrap_or_default();
             Api::ALL
@@ -199,7 +196,7 @@ impl FromStr for Act {
             },
             Some("rtt") => Self::RoundTrip {
                 broker: small(1)?,
-                millis: u64::try_from(number(2)?).map_err(|e| e.to_string())?,
+                millis: u64::try_from(number(2)?).map_err(|_| out_of_range(2))?,
             },
             _ => return Err(format!("`{line}`: no such change")),
         };
@@ -225,73 +222,43 @@ fn set_up(kafka: &MockKafka) -> TestkitResult<()> {
 
 /// Serves the soak's cluster for a soak run in the parent process: starts the embedded
 /// 3-broker cluster with the soak's topic, prints `bootstrap <address>`, then applies each
-/// line of standard input and answers it with `ok` or `error <text>`, until standard input
-/// closes. For a program named in [`BrokerPlacement::Process`].
+/// line of standard input and answers it with `ok <line>` or `error <line>: <text>`, until
+/// standard input closes. For a program named in [`BrokerPlacement::Process`].
 pub fn serve_broker() -> TestkitResult<()> {
-    let io_error = |e: std::io::Error| TestkitError::Demo(format!("the broker process: {e}"));
     let kafka = MockKafka::start(3)?;
     set_up(&kafka)?;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    writeln!(out, "bootstrap {}", kafka.bootstrap_servers()).map_err(io_error)?;
-    out.flush().map_err(io_error)?;
-    for line in std::io::stdin().lock().lines() {
-        let line = line.map_err(io_error)?;
-        let reply = match line
-            .parse::<Act>()
-            .map_err(TestkitError::Demo)
-            .and_then(|act| act.apply(&kafka))
-        {
-            Ok(()) => "ok".to_owned(),
-            Err(e) => format!("error {}", error_line(&e)),
-        };
-        writeln!(out, "{reply}").map_err(io_error)?;
-        out.flush().map_err(io_error)?;
-    }
-    Ok(())
+    serve_cluster(kafka.bootstrap_servers(), |line| {
+        let act = line.parse::<Act>()?;
+        act.apply(&kafka).map_err(|e| error_line(&e))
+    })
 }
 
-/// An error and its sources on one line.
+/// An error and its sources on one line, each source once (a Kafka error's text may already
+/// hold its source's).
 fn error_line(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
         source = s.source();
     }
-    text.replace('\n', " ")
+    text
 }
 
 /// The cluster, where it runs.
+#[derive(Debug)]
 pub(crate) enum Cluster {
     InProcess(MockKafka),
-    Process(BrokerProcess),
-}
-
-impl fmt::Debug for Cluster {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::InProcess(kafka) => f.debug_tuple("InProcess").field(kafka).finish(),
-            Self::Process(p) => f
-                .debug_struct("Process")
-                .field("pid", &p.pid)
-                .field("bootstrap", &p.bootstrap)
-                .finish(),
-        }
-    }
-}
-
-/// The child process and its pipes; ended when dropped.
-pub(crate) struct BrokerProcess {
-    child: Child,
-    pid: u32,
-    pipes: Mutex<Option<(ChildStdin, BufReader<ChildStdout>)>>,
-    bootstrap: String,
+    Process(ClusterProcess),
 }
 
 impl Cluster {
-    /// Starts it with the soak's topic and the group's coordinator on broker 1.
+    /// Starts it with the soak's topic and the group's coordinator on broker 1. Blocks: call
+    /// it inside `block_in_place` from async code.
     pub(crate) fn start(placement: &BrokerPlacement) -> TestkitResult<Self> {
         match placement {
             BrokerPlacement::InProcess => {
@@ -300,45 +267,7 @@ impl Cluster {
                 Ok(Self::InProcess(kafka))
             }
             BrokerPlacement::Process { program, args } => {
-                let failed = |what: &str, e: &dyn fmt::Display| {
-                    TestkitError::Demo(format!(
-                        "the broker process ({}): {what}: {e}",
-                        program.display()
-                    ))
-                };
-                let mut child = Command::new(program)
-                    .args(args)
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .spawn()
-                    .map_err(|e| failed("starting it", &e))?;
-                let pid = child.id();
-                let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(failed("its pipes", &"missing"));
-                };
-                // From here on, dropping `process` ends the child.
-                let mut process = BrokerProcess {
-                    child,
-                    pid,
-                    pipes: Mutex::new(None),
-                    bootstrap: String::new(),
-                };
-                let mut out = BufReader::new(stdout);
-                let mut line = String::new();
-                out.read_line(&mut line)
-                    .map_err(|e| failed("reading its address", &e))?;
-                process.bootstrap = line
-                    .trim()
-                    .strip_prefix("bootstrap ")
-                    .ok_or_else(|| failed("it said", &format!("{line:?}")))?
-                    .to_owned();
-                *process
-                    .pipes
-                    .get_mut()
-                    .unwrap_or_else(PoisonError::into_inner) = Some((stdin, out));
-                Ok(Self::Process(process))
+                ClusterProcess::start(program, args).map(Self::Process)
             }
         }
     }
@@ -347,11 +276,7 @@ impl Cluster {
     pub(crate) fn client_config(&self) -> ClientConfig {
         match self {
             Self::InProcess(kafka) => kafka.client_config(),
-            Self::Process(p) => {
-                let mut config = ClientConfig::new();
-                config.set("bootstrap.servers", &p.bootstrap);
-                config
-            }
+            Self::Process(p) => p.client_config(),
         }
     }
 
@@ -360,7 +285,7 @@ impl Cluster {
     pub(crate) fn act(&self, act: Act) -> TestkitResult<()> {
         match self {
             Self::InProcess(kafka) => act.apply(kafka),
-            Self::Process(p) => tokio::task::block_in_place(|| p.ask(act)),
+            Self::Process(p) => tokio::task::block_in_place(|| p.ask(&act.to_string())),
         }
     }
 
@@ -369,62 +294,9 @@ impl Cluster {
     pub(crate) fn child_statm(&self) -> Option<String> {
         match self {
             Self::InProcess(_) => None,
-            Self::Process(p) => Some(format!("/proc/{}/statm", p.pid)),
+            Self::Process(p) => Some(format!("/proc/{}/statm", p.id())),
         }
     }
-}
-
-impl BrokerProcess {
-    fn ask(&self, act: Act) -> TestkitResult<()> {
-        let failed = |e: &dyn fmt::Display| {
-            TestkitError::Demo(format!("the broker process, asked `{act}`: {e}"))
-        };
-        let mut pipes = self.pipes.lock().unwrap_or_else(PoisonError::into_inner);
-        let (stdin, stdout) = pipes.as_mut().ok_or_else(|| failed(&"closed"))?;
-        writeln!(stdin, "{act}")
-            .and_then(|()| stdin.flush())
-            .map_err(|e| failed(&e))?;
-        let mut reply = String::new();
-        if stdout.read_line(&mut reply).map_err(|e| failed(&e))? == 0 {
-            return Err(failed(&"it ended"));
-        }
-        match reply.trim_end() {
-            "ok" => Ok(()),
-            other => Err(failed(&other.strip_prefix("error ").unwrap_or(other))),
-        }
-    }
-}
-
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        // Closing its standard input ends it; killed if it lingers.
-        drop(
-            self.pipes
-                .get_mut()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
-        for _ in 0..100 {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The resident memory `statm` (a `/proc/<pid>/statm` file) gives, in bytes; 0 if unreadable.
-pub(crate) fn rss_bytes(statm: &str) -> u64 {
-    std::fs::read_to_string(statm)
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<u64>().ok())
-        })
-        .map_or(0, |pages| pages * 4096)
 }
 
 #[cfg(test)]
@@ -504,27 +376,5 @@ mod tests {
                 })
                 .is_err()
         );
-    }
-
-    /// The parent's side of the protocol, against a stand-in child (`sh`): the address it
-    /// prints, an answer of each kind, and a child that ended.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_child_broker_is_answered_line_by_line_and_its_end_is_an_error() {
-        let script = "echo bootstrap 127.0.0.1:9; read a; echo ok; read b; \
-                      echo error no broker 9; read c";
-        let cluster = Cluster::start(&BrokerPlacement::process("sh", &["-c", script])).unwrap();
-        assert_eq!(
-            cluster.client_config().get("bootstrap.servers"),
-            Some("127.0.0.1:9")
-        );
-        assert!(cluster.child_statm().is_some());
-        cluster.act(Act::BrokerDown(1)).unwrap();
-        let refused = cluster.act(Act::BrokerDown(9)).unwrap_err().to_string();
-        assert!(refused.contains("asked `down 9`: no broker 9"), "{refused}");
-        let ended = cluster.act(Act::BrokerUp(1)).unwrap_err().to_string();
-        assert!(ended.contains("it ended"), "{ended}");
-
-        let silent = Cluster::start(&BrokerPlacement::process("sh", &["-c", "echo hello"]));
-        assert!(silent.is_err());
     }
 }

@@ -189,8 +189,9 @@ pub struct SoakReport {
     pub oldest_fresh: Duration,
     /// Probes that saw health older than `max_staleness` routed by.
     pub over_staleness: u64,
-    /// Memory samples: (seconds from the start, RSS bytes, partitions whose log the embedded
-    /// broker keeps at its cap: its memory for them grows until all are).
+    /// Memory samples of this process: (seconds from the start, RSS bytes, partitions whose
+    /// log the embedded broker keeps at its cap: with the broker in this process, its memory
+    /// for them grows until all are).
     pub rss: Vec<(f64, u64, u32)>,
     /// Memory samples of the broker's child process (seconds from the start, RSS bytes);
     /// empty when it ran in this process.
@@ -729,7 +730,7 @@ type Closing = tokio::task::JoinHandle<Arc<Slot>>;
 type Restarting = tokio::task::JoinHandle<TestkitResult<()>>;
 
 async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
-    let cluster = Cluster::start(&spec.broker)?;
+    let cluster = tokio::task::block_in_place(|| Cluster::start(&spec.broker))?;
     let kafka = cluster.client_config();
     let scenario = LagScenario::new(TOPIC, PARTITIONS as usize);
     scenario.apply(&kafka, GROUP).await?;
@@ -827,11 +828,11 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
                 if now >= next_rss {
                     rss.push((
                         now.as_secs_f64(),
-                        cluster::rss_bytes("/proc/self/statm"),
+                        crate::process::rss_bytes("/proc/self/statm"),
                         logs_at_cap.load(Ordering::Relaxed),
                     ));
                     if let Some(statm) = &broker_statm {
-                        broker_rss.push((now.as_secs_f64(), cluster::rss_bytes(statm)));
+                        broker_rss.push((now.as_secs_f64(), crate::process::rss_bytes(statm)));
                     }
                     next_rss = now + Duration::from_secs(1);
                     verifier.shrink();
@@ -856,16 +857,21 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
                         rss_mib = rss.last().map_or(0, |r: &(f64, u64, u32)| r.1 >> 20),
                         "soak progress"
                     );
-                    let broker = broker_rss
-                        .last()
-                        .map_or_else(String::new, |r| format!(", the broker's {} MiB", r.1 >> 20));
+                    let broker = broker_rss.last().map_or_else(
+                        || {
+                            format!(
+                                " (the embedded broker's logs at their cap: {} of {PARTITIONS} \
+                                 partitions)",
+                                rss.last().map_or(0, |r| r.2)
+                            )
+                        },
+                        |r| format!(", the broker's process {} MiB", r.1 >> 20),
+                    );
                     eprintln!(
-                        "soak: {:>5} s, {sent} sent, RSS {} MiB{broker} (the embedded broker's \
-                         logs at their cap: {} of {PARTITIONS} partitions), accounting entries \
+                        "soak: {:>5} s, {sent} sent, RSS {} MiB{broker}, accounting entries \
                          {held}, room for {room}",
                         now.as_secs(),
                         rss.last().map_or(0, |r| r.1 >> 20),
-                        rss.last().map_or(0, |r| r.2)
                     );
                     next_progress = now + spec.progress.unwrap_or(Duration::MAX);
                 }
