@@ -87,7 +87,11 @@ fn main() -> anyhow::Result<()> {
     if let Some(warm_up) = args.warm_up {
         spec.warm_up = warm_up;
     }
-    let report = tokio::runtime::Runtime::new()?.block_on(spec.run())?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let report = runtime.block_on(spec.run());
+    // Not waiting for a blocking task that lingers before the report is out.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    let report = report?;
     println!("{report}");
     if !report.all_kept() {
         std::process::exit(1);

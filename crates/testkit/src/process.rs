@@ -30,6 +30,7 @@ pub struct ClusterProcess {
     program: String,
     pipes: Mutex<Option<Pipes>>,
     bootstrap: String,
+    answer_timeout: Duration,
 }
 
 struct Pipes {
@@ -92,14 +93,28 @@ impl ClusterProcess {
             program: name,
             pipes: Mutex::new(Some(Pipes { stdin, lines })),
             bootstrap: String::new(),
+            answer_timeout: ANSWER_TIMEOUT,
         };
         reader.map_err(|e| process.failed("starting its reader", &e))?;
-        let first = process.next_line(timeout, "its address")?;
+        let first = {
+            let pipes = process.pipes.lock().unwrap_or_else(PoisonError::into_inner);
+            let pipes = pipes
+                .as_ref()
+                .ok_or_else(|| process.failed("reading", &"no pipes"))?;
+            process.next_line(pipes, timeout, "its address")?
+        };
         process.bootstrap = first
             .strip_prefix("bootstrap ")
             .ok_or_else(|| process.failed("its first line", &format!("{first:?}")))?
             .to_owned();
         Ok(process)
+    }
+
+    /// Waits `timeout` for an answer instead of 10 s.
+    #[cfg(test)]
+    fn answer_within(mut self, timeout: Duration) -> Self {
+        self.answer_timeout = timeout;
+        self
     }
 
     /// The cluster's `bootstrap.servers`.
@@ -125,7 +140,8 @@ impl ClusterProcess {
     }
 
     /// Sends `request` (one line) and waits (up to 10 s) for its answer. Blocks: from async
-    /// code, call it inside `tokio::task::block_in_place`.
+    /// code, call it inside `tokio::task::block_in_place`. One request at a time: a second
+    /// caller waits for the first one's answer.
     pub fn ask(&self, request: &str) -> TestkitResult<()> {
         let asked = |e: &dyn fmt::Display| {
             TestkitError::Demo(format!(
@@ -133,7 +149,23 @@ impl ClusterProcess {
                 self.program
             ))
         };
-        let line = self.ask_line(request).map_err(|e| asked(&e))?;
+        if request.contains(['\n', '\r']) {
+            return Err(asked(&"a request is one line"));
+        }
+        let line = {
+            let mut pipes = self.pipes.lock().unwrap_or_else(PoisonError::into_inner);
+            let pipes = pipes
+                .as_mut()
+                .ok_or_else(|| asked(&"its input is closed"))?;
+            // Answers that came after their request's wait gave up.
+            while pipes.lines.try_recv().is_ok() {}
+            pipes
+                .stdin
+                .write_all(format!("{request}\n").as_bytes())
+                .and_then(|()| pipes.stdin.flush())
+                .map_err(|e| asked(&e))?;
+            self.next_line(pipes, self.answer_timeout, "an answer")?
+        };
         if line.strip_prefix("ok ") == Some(request) {
             return Ok(());
         }
@@ -147,27 +179,8 @@ impl ClusterProcess {
         }
     }
 
-    fn ask_line(&self, request: &str) -> TestkitResult<String> {
-        {
-            let mut pipes = self.pipes.lock().unwrap_or_else(PoisonError::into_inner);
-            let pipes = pipes
-                .as_mut()
-                .ok_or_else(|| self.failed("asking", &"its input is closed"))?;
-            pipes
-                .stdin
-                .write_all(format!("{request}\n").as_bytes())
-                .and_then(|()| pipes.stdin.flush())
-                .map_err(|e| self.failed("writing", &e))?;
-        }
-        self.next_line(ANSWER_TIMEOUT, "an answer")
-    }
-
     /// The child's next line, waited for at most `timeout`.
-    fn next_line(&self, timeout: Duration, what: &str) -> TestkitResult<String> {
-        let pipes = self.pipes.lock().unwrap_or_else(PoisonError::into_inner);
-        let pipes = pipes
-            .as_ref()
-            .ok_or_else(|| self.failed("reading", &"its input is closed"))?;
+    fn next_line(&self, pipes: &Pipes, timeout: Duration, what: &str) -> TestkitResult<String> {
         match pipes.lines.recv_timeout(timeout) {
             Ok(line) => Ok(line),
             Err(RecvTimeoutError::Timeout) => Err(self.failed(
@@ -192,7 +205,7 @@ impl ClusterProcess {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 Ok(None) => return "still running".to_owned(),
-                Err(e) => return e.to_string(),
+                Err(e) => return format!("its status unknown: {e}"),
             }
         }
     }
@@ -214,11 +227,12 @@ impl ClusterProcess {
         );
         let child = self.child.get_mut().unwrap_or_else(PoisonError::into_inner);
         let deadline = Instant::now() + END_TIMEOUT;
-        while Instant::now() < deadline {
-            if child.try_wait().ok().flatten().is_some() {
-                return;
+        // While unwinding from a panic, no wait: killed at once.
+        while !std::thread::panicking() && Instant::now() < deadline {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
         let _ = child.kill();
         let _ = child.wait();
@@ -230,7 +244,7 @@ impl Drop for ClusterProcess {
         // Waits for the child: off the runtime's workers when dropped on one.
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if multi_thread {
+        if multi_thread && !std::thread::panicking() {
             tokio::task::block_in_place(|| self.end());
         } else {
             self.end();
@@ -240,14 +254,15 @@ impl Drop for ClusterProcess {
 
 /// The child's side: prints `bootstrap <bootstrap>`, then answers each line of standard input
 /// with `ok <line>` if `apply` accepts it, or `error <line>: <text>`; returns when standard
-/// input closes.
+/// input closes. Standard output is the protocol's: nothing else in the child may write to it
+/// (logs go to standard error).
 pub fn serve_cluster(
     bootstrap: &str,
     mut apply: impl FnMut(&str) -> Result<(), String>,
 ) -> TestkitResult<()> {
     let io_error = |e: std::io::Error| TestkitError::Demo(format!("serving the cluster: {e}"));
-    let mut out = std::io::stdout().lock();
-    let mut say = |line: String| {
+    let say = |line: String| {
+        let mut out = std::io::stdout().lock();
         out.write_all(format!("{line}\n").as_bytes())
             .and_then(|()| out.flush())
             .map_err(io_error)
@@ -307,7 +322,8 @@ mod tests {
             "{out_of_step}"
         );
         let ended = child.ask("up 2").unwrap_err().to_string();
-        assert!(ended.contains("it ended") && ended.contains('3'), "{ended}");
+        assert!(ended.contains("it ended (exit status: 3)"), "{ended}");
+        assert!(child.ask("two\nlines").is_err());
 
         let (program, args) = sh("echo hello; read a");
         let wrong = ClusterProcess::start(&program, &args)
@@ -321,6 +337,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(silent.contains("none within"), "{silent}");
+
+        // Reads the request and answers it late: that late answer is not taken for the next
+        // request's.
+        let (program, args) = sh(
+            "echo bootstrap 127.0.0.1:9; read a; sleep 1; echo \"ok $a\"; \
+             read b; echo \"ok $b\"; exec sleep 60",
+        );
+        let slow = ClusterProcess::start(&program, &args)
+            .unwrap()
+            .answer_within(Duration::from_millis(200));
+        let late = slow.ask("down 1").unwrap_err().to_string();
+        assert!(late.contains("none within"), "{late}");
+        std::thread::sleep(Duration::from_millis(2500));
+        slow.ask("up 1").unwrap();
         // Dropped: killed, not waited for until it ends by itself.
         assert!(started.elapsed() < Duration::from_secs(30), "{silent}");
     }

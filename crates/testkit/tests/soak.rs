@@ -63,7 +63,10 @@ fn the_broker_process_answers_each_change_and_refuses_a_wrong_one() {
         broker.ask(change).unwrap();
     }
     let unknown = broker.ask("down 9").unwrap_err().to_string();
-    assert!(unknown.contains("asked `down 9`"), "{unknown}");
+    assert!(
+        unknown.contains("asked `down 9`: the broker change `down 9`"),
+        "{unknown}"
+    );
     let garbled = broker.ask("reboot 1").unwrap_err().to_string();
     assert!(garbled.contains("no such change"), "{garbled}");
     assert!(broker.rss_bytes() > 0);

@@ -6,7 +6,8 @@
 //! the connections of every client; in production none of that is in a producer's process.
 //!
 //! Both placements apply a fault through the same [`Act::apply`]: in the child it arrives as
-//! one line (`down 2`, `errors produce`, …) and is answered with `ok` or `error <text>`.
+//! one line (`down 2`, `errors produce`, …) and is answered with `ok <line>` or
+//! `error <line>: <text>` ([`crate::ClusterProcess`]).
 
 use std::fmt;
 use std::path::PathBuf;
