@@ -400,16 +400,24 @@ impl SoakReport {
         // With the broker in this process, judged once its logs are all at their cap: they
         // are in this process only because the broker is embedded, and grow until then
         // (slowly for a partition routing starves).
-        let in_process = self.spec.broker == BrokerPlacement::InProcess;
-        let capped = self
-            .rss
-            .iter()
-            .find(|s| s.2 >= PARTITIONS.unsigned_abs())
-            .map(|s| s.0);
-        let from = if in_process {
-            capped.map_or(f64::INFINITY, |t| t.max(warm))
+        // `placement` says where the broker ran, and why judging starts where it does.
+        let (from, placement) = if self.spec.broker == BrokerPlacement::InProcess {
+            let capped = self
+                .rss
+                .iter()
+                .find(|s| s.2 >= PARTITIONS.unsigned_abs())
+                .map(|s| s.0);
+            let at_cap = self.rss.last().map_or(0, |s| s.2);
+            (
+                capped.map_or(f64::INFINITY, |t| t.max(warm)),
+                format!(
+                    "; the embedded broker's logs at their cap: {at_cap} of {PARTITIONS} \
+                     partitions at the end{}",
+                    capped.map_or_else(String::new, |t| format!(", all from {t:.0} s"))
+                ),
+            )
         } else {
-            warm
+            (warm, "; the broker in a child process".to_owned())
         };
         let after: Vec<(f64, f64)> = self
             .rss
@@ -430,21 +438,11 @@ impl SoakReport {
             _ => String::new(),
         };
         if after.len() < 60 {
-            let at_cap = self.rss.last().map_or(0, |s| s.2);
-            let wait = if in_process {
-                format!(
-                    " with the embedded broker's logs at their cap (of {PARTITIONS} partitions, \
-                     {at_cap} at the end{})",
-                    capped.map_or_else(String::new, |t| format!(", all from {t:.0} s"))
-                )
-            } else {
-                String::new()
-            };
             return (
                 Verdict::NotJudged,
                 name,
                 format!(
-                    "fewer than 60 s of samples after the warm-up ({warm:.0} s){wait}; RSS \
+                    "fewer than 60 s of samples to judge (warm-up {warm:.0} s{placement}); RSS \
                      {first:.1} → {last:.1} MiB{broker}"
                 ),
             );
@@ -460,14 +458,6 @@ impl SoakReport {
         let slope = if var > 0.0 { cov / var } else { 0.0 };
         let span = after.last().map_or(0.0, |s| s.0) - after[0].0;
         let growth = slope * span;
-        let since = if in_process {
-            format!(
-                "; the embedded broker's logs all at their cap from {:.0} s",
-                capped.unwrap_or(0.0)
-            )
-        } else {
-            "; the broker in a child process".to_owned()
-        };
         (
             if growth <= mr * 0.05 {
                 Verdict::Kept
@@ -476,7 +466,7 @@ impl SoakReport {
             },
             name,
             format!(
-                "judged from {:.0} s (warm-up {warm:.0} s{since}): {:.1} MiB then, {last:.1} MiB \
+                "judged from {:.0} s (warm-up {warm:.0} s{placement}): {:.1} MiB then, {last:.1} MiB \
                  at the end; trend {:+.2} MiB over {span:.0} s (bound: 5 % of the mean, {:.1} \
                  MiB){broker}",
                 after[0].0,
