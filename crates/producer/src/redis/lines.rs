@@ -51,8 +51,14 @@ impl Lines {
         self.map().contains_key(&fingerprint)
     }
 
-    /// Joins the key's line, opening it if `open` (a first move) and it is not open yet.
-    pub(crate) fn join(self: &Arc<Self>, fingerprint: u64, open: bool) -> Option<Waiting> {
+    /// Joins the key's line, opening it if `open` (a first move) and it is not open yet. The
+    /// line's agreed detour is remembered in `router` when it closes.
+    pub(crate) fn join(
+        self: &Arc<Self>,
+        fingerprint: u64,
+        open: bool,
+        router: &Arc<Router>,
+    ) -> Option<Waiting> {
         let mut map = self.map();
         let line = match map.get(&fingerprint) {
             Some(line) => line.clone(),
@@ -68,6 +74,7 @@ impl Lines {
             lines: self.clone(),
             fingerprint,
             line: Some(line),
+            router: router.clone(),
         })
     }
 
@@ -86,20 +93,20 @@ impl Lines {
         }
     }
 
-    /// Closes the line of `fingerprint` if `line` is the last reference besides the map's.
-    fn close_if_last(&self, fingerprint: u64, line: &Arc<Line>, router: Option<&Router>) {
+    /// Closes the line of `fingerprint` if `line` is the last reference besides the map's,
+    /// remembering its agreed detour in `router`.
+    fn close_if_last(&self, fingerprint: u64, line: &Arc<Line>, router: &Router) {
         let mut map = self.map();
         if Arc::strong_count(line) != 2 {
             return;
         }
-        if let Some(router) = router {
-            let agreement = line.agreement();
-            if let (Some(partition), Some(detour), false) =
-                (agreement.partition, &agreement.detour, agreement.replaced)
-            {
-                router.remember_detour(detour, partition);
-            }
+        let agreement = line.agreement();
+        if let (Some(partition), Some(detour), false) =
+            (agreement.partition, &agreement.detour, agreement.replaced)
+        {
+            router.remember_detour(detour, partition);
         }
+        drop(agreement);
         if map.remove(&fingerprint).is_some() {
             self.open.fetch_sub(1, Ordering::AcqRel);
         }
@@ -113,11 +120,14 @@ impl Line {
 }
 
 /// A send in its key's line, waiting for its turn. Dropped while waiting (the send was
-/// cancelled), it leaves the line as if it had never joined.
+/// cancelled), it leaves the line as if it had never joined, and closes it if it was the last
+/// one in it.
 pub(crate) struct Waiting {
     lines: Arc<Lines>,
     fingerprint: u64,
+    /// Held until the turn comes, so that a send cancelled meanwhile leaves through `Drop`.
     line: Option<Arc<Line>>,
+    router: Arc<Router>,
 }
 
 impl Waiting {
@@ -125,15 +135,22 @@ impl Waiting {
     ///
     /// # Cancel safety
     ///
-    /// Cancel-safe: dropping the future gives up the place in the line.
-    pub(crate) async fn turn(mut self, router: &Arc<Router>) -> Turn {
+    /// Cancel-safe: dropping the future gives up the place in the line (and closes the line
+    /// if no other send is in it).
+    pub(crate) async fn turn(mut self) -> Turn {
+        let turn = self
+            .line
+            .as_ref()
+            .expect("a waiting send has its line")
+            .turn
+            .clone();
+        let guard = turn.lock_owned().await;
         let line = self.line.take().expect("a waiting send has its line");
-        let guard = line.turn.clone().lock_owned().await;
         Turn {
             lines: self.lines.clone(),
             fingerprint: self.fingerprint,
             line,
-            router: router.clone(),
+            router: self.router.clone(),
             _guard: guard,
         }
     }
@@ -142,7 +159,8 @@ impl Waiting {
 impl Drop for Waiting {
     fn drop(&mut self) {
         if let Some(line) = &self.line {
-            self.lines.close_if_last(self.fingerprint, line, None);
+            self.lines
+                .close_if_last(self.fingerprint, line, &self.router);
         }
     }
 }
@@ -179,7 +197,7 @@ impl Turn {
 impl Drop for Turn {
     fn drop(&mut self) {
         self.lines
-            .close_if_last(self.fingerprint, &self.line, Some(&self.router));
+            .close_if_last(self.fingerprint, &self.line, &self.router);
     }
 }
 
@@ -188,5 +206,75 @@ impl std::fmt::Debug for Turn {
         f.debug_struct("Turn")
             .field("fingerprint", &self.fingerprint)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::poll;
+    use ksp_core::health_channel;
+    use ksp_core::testing::snapshot_with_unhealthy;
+
+    use super::*;
+    use crate::router::RouterConfig;
+
+    /// A router on topic `t` (4 partitions, partition 1 unhealthy) and a key it moves.
+    fn router_and_moved_key() -> (ksp_core::HealthPublisher, Arc<Router>, Vec<u8>, NewDetour) {
+        let (mut publisher, feed) = health_channel();
+        publisher.publish(snapshot_with_unhealthy("t", 4, 1));
+        let router = Arc::new(Router::new(feed, &RouterConfig::default()).unwrap());
+        let (key, detour) = (0..100u32)
+            .find_map(|i| {
+                let key = format!("k{i}").into_bytes();
+                let detour = router.route_detailed("t", None, Some(&key), 1).1?;
+                Some((key, detour))
+            })
+            .expect("one of 100 keys hashes to the unhealthy partition");
+        (publisher, router, key, detour)
+    }
+
+    #[tokio::test]
+    async fn a_send_cancelled_as_its_turn_came_closes_the_line() {
+        let (_publisher, router, key, detour) = router_and_moved_key();
+        let fingerprint = router.key_fingerprint("t", &key);
+        let lines = Arc::new(Lines::default());
+
+        let first = lines.join(fingerprint, true, &router).unwrap().turn().await;
+        first.agree(Some(2), detour);
+        let mut second = Box::pin(lines.join(fingerprint, false, &router).unwrap().turn());
+        assert!(
+            poll!(second.as_mut()).is_pending(),
+            "waits behind the first"
+        );
+
+        // The first send is enqueued: the second's turn is ready, but the second send is
+        // cancelled before it is polled again.
+        drop(first);
+        drop(second);
+
+        assert!(!lines.is_open(fingerprint), "the line closed");
+        assert!(lines.none_open(), "the send path skips the lookup again");
+        assert!(
+            router.route_detailed("t", None, Some(&key), 1).1.is_none(),
+            "the agreed detour is remembered"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_send_cancelled_while_an_earlier_one_holds_its_turn_leaves_the_line() {
+        let (_publisher, router, key, detour) = router_and_moved_key();
+        let fingerprint = router.key_fingerprint("t", &key);
+        let lines = Arc::new(Lines::default());
+
+        let first = lines.join(fingerprint, true, &router).unwrap().turn().await;
+        let mut second = Box::pin(lines.join(fingerprint, false, &router).unwrap().turn());
+        assert!(poll!(second.as_mut()).is_pending());
+        drop(second);
+        assert!(lines.is_open(fingerprint), "the first still holds its turn");
+
+        first.agree(Some(2), detour);
+        drop(first);
+        assert!(lines.none_open() && !lines.is_open(fingerprint));
+        assert!(router.route_detailed("t", None, Some(&key), 1).1.is_none());
     }
 }

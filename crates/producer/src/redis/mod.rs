@@ -203,11 +203,11 @@ impl L2 {
     ) -> Routed {
         let fingerprint = crate::router::fingerprint(topic, xxh3_64(key));
         let first = router.route_detailed(topic, None, Some(key), size);
-        let Some(waiting) = self.lines.join(fingerprint, first.1.is_some()) else {
+        let Some(waiting) = self.lines.join(fingerprint, first.1.is_some(), router) else {
             // The line closed meanwhile: nothing to wait behind.
             return Routed::plain(first.0, false);
         };
-        let turn = waiting.turn(router).await;
+        let turn = waiting.turn().await;
         // Our turn: decide by the health of now.
         let (decision, new_detour) = router.route_detailed(topic, None, Some(key), size);
         let Some(detour) = new_detour else {
