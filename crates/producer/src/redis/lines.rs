@@ -33,6 +33,8 @@ struct Agreement {
     detour: Option<NewDetour>,
     /// Another instance replaced the shared detour meanwhile: do not remember this one.
     replaced: bool,
+    /// How many times another instance replaced it while the line was open.
+    replacements: u64,
 }
 
 impl Lines {
@@ -51,8 +53,8 @@ impl Lines {
         self.map().contains_key(&fingerprint)
     }
 
-    /// Joins the key's line, opening it if `open` (a first move) and it is not open yet. The
-    /// line's agreed detour is remembered in `router` when it closes.
+    /// Joins the key's line, opening it if `open` (a first move) and it is not open yet.
+    /// `router` is where the member that leaves last remembers the agreed detour.
     pub(crate) fn join(
         self: &Arc<Self>,
         fingerprint: u64,
@@ -80,8 +82,10 @@ impl Lines {
 
     /// The partition agreed in the key's open line, if any, without joining it.
     pub(crate) fn agreed_without_waiting(&self, fingerprint: u64) -> Option<i32> {
-        let line = self.map().get(&fingerprint)?.clone();
-        let agreement = line.agreement();
+        // Read under the map's lock, without a clone of the line: a member leaving counts the
+        // line's references to tell whether it is the last.
+        let map = self.map();
+        let agreement = map.get(&fingerprint)?.agreement();
         agreement.partition.filter(|_| !agreement.replaced)
     }
 
@@ -89,27 +93,35 @@ impl Lines {
     /// the old one.
     pub(crate) fn replaced(&self, fingerprint: u64) {
         if let Some(line) = self.map().get(&fingerprint) {
-            line.agreement().replaced = true;
+            let mut agreement = line.agreement();
+            agreement.replaced = true;
+            agreement.replacements += 1;
         }
     }
 
-    /// Closes the line of `fingerprint` if `line` is the last reference besides the map's,
-    /// remembering its agreed detour in `router`.
-    fn close_if_last(&self, fingerprint: u64, line: &Arc<Line>, router: &Router) {
+    /// A member (`line`, its reference) leaves the line of `fingerprint`. The last one out
+    /// closes it, remembering the agreed detour in `router` (if a partition was agreed and no
+    /// other instance replaced it meanwhile). The reference is dropped under the map's lock,
+    /// so that of two members leaving at once, the second sees the first gone.
+    fn leave(&self, fingerprint: u64, line: Arc<Line>, router: &Router) {
         let mut map = self.map();
-        if Arc::strong_count(line) != 2 {
-            return;
-        }
-        let agreement = line.agreement();
-        if let (Some(partition), Some(detour), false) =
-            (agreement.partition, &agreement.detour, agreement.replaced)
-        {
-            router.remember_detour(detour, partition);
-        }
-        drop(agreement);
-        if map.remove(&fingerprint).is_some() {
+        let last = Arc::strong_count(&line) == 2
+            && map
+                .get(&fingerprint)
+                .is_some_and(|open| Arc::ptr_eq(open, &line));
+        if last {
+            let agreement = line.agreement();
+            if let (Some(partition), Some(detour), false) =
+                (agreement.partition, &agreement.detour, agreement.replaced)
+            {
+                router.remember_detour(detour, partition);
+            }
+            drop(agreement);
+            map.remove(&fingerprint);
             self.open.fetch_sub(1, Ordering::AcqRel);
         }
+        drop(line);
+        drop(map);
     }
 }
 
@@ -145,11 +157,10 @@ impl Waiting {
             .turn
             .clone();
         let guard = turn.lock_owned().await;
-        let line = self.line.take().expect("a waiting send has its line");
         Turn {
             lines: self.lines.clone(),
             fingerprint: self.fingerprint,
-            line,
+            line: self.line.take(),
             router: self.router.clone(),
             _guard: guard,
         }
@@ -158,21 +169,21 @@ impl Waiting {
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        if let Some(line) = &self.line {
-            self.lines
-                .close_if_last(self.fingerprint, line, &self.router);
+        if let Some(line) = self.line.take() {
+            self.lines.leave(self.fingerprint, line, &self.router);
         }
     }
 }
 
 /// A send's turn at the head of its key's line: held until the message is enqueued, so that
-/// the key's later sends are enqueued after it. The last one out remembers the agreed detour
-/// in the router's cache and closes the line; until then a new send of the key finds the line
-/// and queues up, instead of taking the cached detour ahead of those waiting.
+/// the key's later sends are enqueued after it. Until the line closes (see [`Lines::leave`])
+/// a new send of the key finds it and queues up, instead of taking the cached detour ahead of
+/// those waiting.
 pub(crate) struct Turn {
     lines: Arc<Lines>,
     fingerprint: u64,
-    line: Arc<Line>,
+    /// Taken when the turn ends (see [`Lines::leave`]).
+    line: Option<Arc<Line>>,
     router: Arc<Router>,
     _guard: OwnedMutexGuard<()>,
 }
@@ -181,23 +192,38 @@ impl Turn {
     /// The partition agreed by an earlier send of the key, if any (none once another
     /// instance replaced it: ask again).
     pub(crate) fn agreed(&self) -> Option<i32> {
-        let agreement = self.line.agreement();
+        let agreement = self.line().agreement();
         agreement.partition.filter(|_| !agreement.replaced)
     }
 
-    /// Records what the key's first move came to.
-    pub(crate) fn agree(&self, partition: Option<i32>, detour: NewDetour) {
-        let mut agreement = self.line.agreement();
+    /// How many times another instance replaced the key's shared detour while its line was
+    /// open: read before asking the fleet, and given back to [`agree`](Self::agree).
+    pub(crate) fn replacements(&self) -> u64 {
+        self.line().agreement().replacements
+    }
+
+    /// Records what the key's first move came to, asked of the fleet when `seen`
+    /// replacements had been noticed. One noticed since stands: the fleet may have moved on
+    /// after answering, so the agreement is not remembered (the next send asks again).
+    pub(crate) fn agree(&self, partition: Option<i32>, detour: NewDetour, seen: u64) {
+        let mut agreement = self.line().agreement();
         agreement.partition = partition;
         agreement.detour = Some(detour);
-        agreement.replaced = false;
+        agreement.replaced = agreement.replacements != seen;
+    }
+
+    fn line(&self) -> &Line {
+        self.line
+            .as_ref()
+            .expect("a turn holds its line until it ends")
     }
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        self.lines
-            .close_if_last(self.fingerprint, &self.line, &self.router);
+        if let Some(line) = self.line.take() {
+            self.lines.leave(self.fingerprint, line, &self.router);
+        }
     }
 }
 
@@ -240,7 +266,7 @@ mod tests {
         let lines = Arc::new(Lines::default());
 
         let first = lines.join(fingerprint, true, &router).unwrap().turn().await;
-        first.agree(Some(2), detour);
+        first.agree(Some(2), detour, first.replacements());
         let mut second = Box::pin(lines.join(fingerprint, false, &router).unwrap().turn());
         assert!(
             poll!(second.as_mut()).is_pending(),
@@ -254,10 +280,9 @@ mod tests {
 
         assert!(!lines.is_open(fingerprint), "the line closed");
         assert!(lines.none_open(), "the send path skips the lookup again");
-        assert!(
-            router.route_detailed("t", None, Some(&key), 1).1.is_none(),
-            "the agreed detour is remembered"
-        );
+        let (decision, new_detour) = router.route_detailed("t", None, Some(&key), 1);
+        assert!(new_detour.is_none(), "the agreed detour is remembered");
+        assert_eq!(decision.partition, Some(2));
     }
 
     #[tokio::test]
@@ -272,9 +297,52 @@ mod tests {
         drop(second);
         assert!(lines.is_open(fingerprint), "the first still holds its turn");
 
-        first.agree(Some(2), detour);
+        first.agree(Some(2), detour, first.replacements());
         drop(first);
         assert!(lines.none_open() && !lines.is_open(fingerprint));
         assert!(router.route_detailed("t", None, Some(&key), 1).1.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_send_cancelled_before_its_first_poll_leaves_the_agreed_detour_remembered() {
+        let (_publisher, router, key, detour) = router_and_moved_key();
+        let fingerprint = router.key_fingerprint("t", &key);
+        let lines = Arc::new(Lines::default());
+
+        let first = lines.join(fingerprint, true, &router).unwrap().turn().await;
+        let second = lines.join(fingerprint, false, &router).unwrap();
+        first.agree(Some(2), detour, first.replacements());
+        drop(first);
+        assert!(
+            lines.is_open(fingerprint),
+            "the second is still in the line"
+        );
+        drop(second);
+
+        assert!(lines.none_open() && !lines.is_open(fingerprint));
+        let (decision, new_detour) = router.route_detailed("t", None, Some(&key), 1);
+        assert!(new_detour.is_none(), "the agreed detour is remembered");
+        assert_eq!(decision.partition, Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_replacement_noticed_while_the_fleet_was_asked_is_not_forgotten() {
+        let (_publisher, router, key, detour) = router_and_moved_key();
+        let fingerprint = router.key_fingerprint("t", &key);
+        let lines = Arc::new(Lines::default());
+
+        let first = lines.join(fingerprint, true, &router).unwrap().turn().await;
+        let seen = first.replacements();
+        // While the claim is in flight, another instance replaces the shared detour.
+        lines.replaced(fingerprint);
+        first.agree(Some(2), detour, seen);
+        assert_eq!(first.agreed(), None, "the next send asks the fleet again");
+        drop(first);
+
+        assert!(lines.none_open());
+        assert!(
+            router.route_detailed("t", None, Some(&key), 1).1.is_some(),
+            "the replaced agreement is not remembered"
+        );
     }
 }

@@ -226,6 +226,7 @@ impl L2 {
                 turn: Some(Box::new(KeyTurn::Fleet(turn))),
             };
         };
+        let seen = turn.replacements();
         let agreed = match turn.agreed() {
             Some(partition) => partition,
             // On any failure the local detour stands.
@@ -240,7 +241,7 @@ impl L2 {
         } else {
             router.detour_now(topic, &detour)
         };
-        turn.agree(partition, detour);
+        turn.agree(partition, detour, seen);
         let decision = match partition {
             Some(partition) => Decision {
                 partition: Some(partition),
