@@ -19,6 +19,7 @@
 
 mod backend;
 pub mod faults;
+mod heap;
 mod ledger;
 mod load;
 mod mock;
@@ -32,6 +33,7 @@ mod skew;
 pub mod soak;
 
 pub use backend::{TestKafka, TestRedis};
+pub use heap::HeapUse;
 pub use ksp_demo::{DrainingConsumer, DrainingConsumerBuilder, demo};
 pub use ledger::{Entry, Ledger, Outcome, Reconciliation, Tally};
 pub use load::Load;

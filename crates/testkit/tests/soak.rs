@@ -41,6 +41,12 @@ async fn one_minute_of_random_overlapping_faults_keeps_every_promise() {
         report.broker_rss.iter().any(|&(_, bytes)| bytes > 0),
         "the broker's process was not sampled\n{report}"
     );
+    // glibc's count of the heap in use, which the memory line judges.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    assert!(
+        report.heap.len() >= 50 && report.heap.iter().all(|(_, h)| h.in_use > 0),
+        "the heap in use was not sampled every second\n{report}"
+    );
     assert!(report.all_kept(), "{report}");
 }
 

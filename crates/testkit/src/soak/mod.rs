@@ -22,7 +22,7 @@ mod schedule;
 mod verify;
 
 use std::collections::BTreeMap;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -37,7 +37,7 @@ use reader::Reader;
 use schedule::{Episode, Planned, Rng};
 use verify::Verifier;
 
-use crate::{DrainingConsumer, LagScenario, RedisServer, TestkitError, TestkitResult};
+use crate::{DrainingConsumer, HeapUse, LagScenario, RedisServer, TestkitError, TestkitResult};
 
 /// The consumer group.
 pub const GROUP: &str = "soak-consumers";
@@ -196,6 +196,9 @@ pub struct SoakReport {
     /// Memory samples of the broker's child process (seconds from the start, RSS bytes);
     /// empty when it ran in this process.
     pub broker_rss: Vec<(f64, u64)>,
+    /// The heap allocator's count of this process's memory (seconds from the start, count);
+    /// empty when glibc's `malloc` does not serve the process (see [`HeapUse`]).
+    pub heap: Vec<(f64, HeapUse)>,
     /// Entries the accounting held at the end of the load (before the final read).
     pub held: Held,
     /// Read errors of the tailing reader (transient, while brokers were down).
@@ -394,8 +397,7 @@ impl SoakReport {
     }
 
     fn memory(&self) -> (Verdict, &'static str, String) {
-        let name = "memory (RSS) flat after warm-up";
-        let mib = |b: u64| b as f64 / f64::from(1 << 20);
+        let name = "memory flat after warm-up";
         let warm = self.spec.warm_up.as_secs_f64();
         // With the broker in this process, judged once its logs are all at their cap: they
         // are in this process only because the broker is embedded, and grow until then
@@ -419,35 +421,126 @@ impl SoakReport {
         } else {
             (warm, "; the broker in a child process".to_owned())
         };
-        let after: Vec<(f64, f64)> = self
-            .rss
+        let rss: Vec<(f64, u64)> = self.rss.iter().map(|s| (s.0, s.1)).collect();
+        let (verdict, text) = judge_memory(
+            &rss,
+            &self.heap,
+            &self.broker_rss,
+            from,
+            &format!("warm-up {warm:.0} s{placement}"),
+        );
+        (verdict, name, text)
+    }
+
+    /// Whether every judged promise was kept.
+    pub fn all_kept(&self) -> bool {
+        self.promises()
             .iter()
-            .filter(|s| s.0 >= from)
-            .map(|s| (s.0, mib(s.1)))
-            .collect();
-        let first = self.rss.first().map_or(0.0, |s| mib(s.1));
-        let last = self.rss.last().map_or(0.0, |s| mib(s.1));
-        // The broker's process, shown and not judged.
-        let broker = match (self.broker_rss.first(), self.broker_rss.last()) {
-            (Some(a), Some(b)) => format!(
-                "; the broker's process (not judged): {:.1} MiB at {:.0} s, {:.1} MiB at the end",
-                mib(a.1),
-                a.0,
-                mib(b.1)
-            ),
-            _ => String::new(),
-        };
-        if after.len() < 60 {
-            return (
-                Verdict::NotJudged,
-                name,
-                format!(
-                    "fewer than 60 s of samples to judge (warm-up {warm:.0} s{placement}); RSS \
-                     {first:.1} → {last:.1} MiB{broker}"
-                ),
+            .all(|(v, _, _)| *v != Verdict::Broken)
+    }
+}
+
+/// The memory promise, from the samples: the heap in use (`heap`) judged from `from` (seconds)
+/// on, or RSS where there is no heap count; `why_from` says why judging starts there.
+fn judge_memory(
+    rss: &[(f64, u64)],
+    heap: &[(f64, HeapUse)],
+    broker_rss: &[(f64, u64)],
+    from: f64,
+    why_from: &str,
+) -> (Verdict, String) {
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    let rss: Vec<(f64, f64)> = rss.iter().map(|s| (s.0, mib(s.1))).collect();
+    let in_use: Vec<(f64, f64)> = heap.iter().map(|s| (s.0, mib(s.1.in_use))).collect();
+    // The heap in use is what the program holds; RSS adds what the allocator keeps free
+    // for later (see `HeapUse`). Judged on RSS only where there is no heap count.
+    let (judged, what) = if in_use.is_empty() {
+        (
+            Trend::after(&rss, from),
+            "RSS (no heap count: glibc's malloc does not serve this process)",
+        )
+    } else {
+        (
+            Trend::after(&in_use, from),
+            "the heap in use (glibc's count)",
+        )
+    };
+    let (first, last) = (
+        rss.first().map_or(0.0, |s| s.1),
+        rss.last().map_or(0.0, |s| s.1),
+    );
+    // RSS and the broker's process, shown and not judged.
+    let mut context = String::new();
+    if !in_use.is_empty() {
+        let _ = write!(context, "; RSS (not judged) {first:.1} → {last:.1} MiB");
+        if let Some(rss) = Trend::after(&rss, from) {
+            let _ = write!(context, ", trend {:+.2} MiB", rss.growth);
+        }
+        if let Some((_, end)) = heap.last() {
+            let _ = write!(
+                context,
+                ", glibc keeping {:.1} MiB free at the end",
+                mib(end.kept_free)
             );
         }
-        // Least-squares slope over the samples judged.
+    }
+    if let (Some(a), Some(b)) = (broker_rss.first(), broker_rss.last()) {
+        let _ = write!(
+            context,
+            "; the broker's process (not judged): {:.1} MiB at {:.0} s, {:.1} MiB at the end",
+            mib(a.1),
+            a.0,
+            mib(b.1)
+        );
+    }
+    let Some(trend) = judged else {
+        return (
+            Verdict::NotJudged,
+            format!(
+                "fewer than 60 s of samples to judge ({why_from}); RSS {first:.1} → \
+                     {last:.1} MiB{context}"
+            ),
+        );
+    };
+    (
+        if trend.growth <= trend.mean * 0.05 {
+            Verdict::Kept
+        } else {
+            Verdict::Broken
+        },
+        format!(
+            "judged on {what} from {:.0} s ({why_from}): {:.1} MiB then, \
+                 {:.1} MiB at the end; trend {:+.2} MiB over {:.0} s (bound: 5 % of the mean, \
+                 {:.1} MiB){context}",
+            trend.from.0,
+            trend.from.1,
+            trend.last,
+            trend.growth,
+            trend.span,
+            trend.mean * 0.05
+        ),
+    )
+}
+
+/// The least-squares trend of memory samples (seconds, MiB) from a moment on.
+struct Trend {
+    /// The first sample judged.
+    from: (f64, f64),
+    last: f64,
+    mean: f64,
+    /// Seconds from the first sample judged to the last.
+    span: f64,
+    /// The slope times the span: how much it grew, by the trend.
+    growth: f64,
+}
+
+impl Trend {
+    /// The trend of the samples from `from` on; `None` with fewer than 60 of them.
+    fn after(samples: &[(f64, f64)], from: f64) -> Option<Self> {
+        let after: Vec<(f64, f64)> = samples.iter().copied().filter(|s| s.0 >= from).collect();
+        if after.len() < 60 {
+            return None;
+        }
         let n = after.len() as f64;
         let (mt, mr) = (
             after.iter().map(|s| s.0).sum::<f64>() / n,
@@ -456,32 +549,14 @@ impl SoakReport {
         let cov: f64 = after.iter().map(|s| (s.0 - mt) * (s.1 - mr)).sum();
         let var: f64 = after.iter().map(|s| (s.0 - mt).powi(2)).sum();
         let slope = if var > 0.0 { cov / var } else { 0.0 };
-        let span = after.last().map_or(0.0, |s| s.0) - after[0].0;
-        let growth = slope * span;
-        (
-            if growth <= mr * 0.05 {
-                Verdict::Kept
-            } else {
-                Verdict::Broken
-            },
-            name,
-            format!(
-                "judged from {:.0} s (warm-up {warm:.0} s{placement}): {:.1} MiB then, {last:.1} MiB \
-                 at the end; trend {:+.2} MiB over {span:.0} s (bound: 5 % of the mean, {:.1} \
-                 MiB){broker}",
-                after[0].0,
-                after[0].1,
-                growth,
-                mr * 0.05
-            ),
-        )
-    }
-
-    /// Whether every judged promise was kept.
-    pub fn all_kept(&self) -> bool {
-        self.promises()
-            .iter()
-            .all(|(v, _, _)| *v != Verdict::Broken)
+        let span = after[after.len() - 1].0 - after[0].0;
+        Some(Self {
+            from: after[0],
+            last: after[after.len() - 1].1,
+            mean: mr,
+            span,
+            growth: slope * span,
+        })
     }
 }
 
@@ -800,6 +875,7 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
             let mut rng = Rng::new(spec.seed ^ 0x6d6f_6f64);
             let mut rss = Vec::new();
             let mut broker_rss = Vec::new();
+            let mut heap = Vec::new();
             let mut next_mood = Duration::ZERO;
             let mut next_rss = Duration::ZERO;
             let mut next_progress = spec.progress.unwrap_or(Duration::MAX);
@@ -823,6 +899,9 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
                     ));
                     if let Some(statm) = &broker_statm {
                         broker_rss.push((now.as_secs_f64(), crate::process::rss_bytes(statm)));
+                    }
+                    if let Some(count) = crate::heap::heap_use() {
+                        heap.push((now.as_secs_f64(), count));
                     }
                     next_rss = now + Duration::from_secs(1);
                     verifier.shrink();
@@ -857,16 +936,23 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
                         },
                         |r| format!(", the broker's process {} MiB", r.1 >> 20),
                     );
+                    let heap = heap.last().map_or_else(String::new, |h: &(f64, HeapUse)| {
+                        format!(
+                            " (heap in use {:.1} MiB, glibc keeping {:.1} MiB free)",
+                            h.1.in_use as f64 / f64::from(1 << 20),
+                            h.1.kept_free as f64 / f64::from(1 << 20)
+                        )
+                    });
                     eprintln!(
-                        "soak: {:>5} s, {sent} sent, RSS {} MiB{broker}, accounting entries \
-                         {held}, room for {room}",
+                        "soak: {:>5} s, {sent} sent, RSS {} MiB{heap}{broker}, accounting \
+                         entries {held}, room for {room}",
                         now.as_secs(),
                         rss.last().map_or(0, |r| r.1 >> 20),
                     );
                     next_progress = now + spec.progress.unwrap_or(Duration::MAX);
                 }
             }
-            (rss, broker_rss)
+            (rss, broker_rss, heap)
         })
     };
 
@@ -952,7 +1038,7 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
         load.join()
             .map_err(|_| TestkitError::Demo("the blocking load panicked".into()))?;
     }
-    let (rss, broker_rss) = background
+    let (rss, broker_rss, heap) = background
         .await
         .map_err(|e| TestkitError::Demo(format!("the probes failed: {e}")))?;
     let mut monitor_restarts = 0;
@@ -994,6 +1080,7 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
         over_staleness: sum(|s| s.over_staleness.load(Ordering::Relaxed)),
         rss,
         broker_rss,
+        heap,
         held,
         read_errors,
         read_skipped: read_skipped.load(Ordering::Relaxed),
@@ -1053,4 +1140,66 @@ async fn run_episode(
             .map_err(|e| TestkitError::Demo(format!("restarting an instance failed: {e}")))??;
     }
     Ok(started.elapsed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    /// Samples every second for 20 minutes: `f(seconds)` MiB.
+    fn samples(f: impl Fn(f64) -> f64) -> Vec<(f64, u64)> {
+        (0..1200)
+            .map(|t| (f64::from(t), (f(f64::from(t)) * MIB as f64) as u64))
+            .collect()
+    }
+
+    fn heap(in_use: &[(f64, u64)], kept_free: u64) -> Vec<(f64, HeapUse)> {
+        in_use
+            .iter()
+            .map(|&(t, in_use)| (t, HeapUse { in_use, kept_free }))
+            .collect()
+    }
+
+    #[test]
+    fn memory_is_judged_on_the_heap_in_use_and_rss_growth_from_kept_free_memory_is_shown() {
+        let rss = samples(|t| 40.0 + t / 60.0); // +1 MiB a minute
+        let in_use = samples(|t| 10.0 + (t / 10.0).sin() * 0.2); // level, with noise
+        let (verdict, text) = judge_memory(&rss, &heap(&in_use, 20 * MIB), &[], 300.0, "w");
+        assert_eq!(verdict, Verdict::Kept, "{text}");
+        assert!(text.starts_with("judged on the heap in use"), "{text}");
+        assert!(
+            text.contains("RSS (not judged) 40.0 → 60.0 MiB, trend +14.98 MiB"),
+            "{text}"
+        );
+        assert!(text.contains("glibc keeping 20.0 MiB free"), "{text}");
+    }
+
+    #[test]
+    fn a_growing_heap_breaks_the_memory_promise_even_when_rss_is_level() {
+        let rss = samples(|_| 40.0);
+        let in_use = samples(|t| 10.0 + t / 600.0); // +0.1 MiB a minute, 1.5 MiB judged
+        let (verdict, text) = judge_memory(&rss, &heap(&in_use, 0), &[], 300.0, "w");
+        assert_eq!(verdict, Verdict::Broken, "{text}");
+        assert!(text.contains("trend +1.50 MiB over 899 s"), "{text}");
+    }
+
+    #[test]
+    fn without_a_heap_count_rss_is_judged() {
+        let growing = samples(|t| 40.0 + t / 60.0);
+        let (verdict, text) = judge_memory(&growing, &[], &[], 300.0, "w");
+        assert_eq!(verdict, Verdict::Broken, "{text}");
+        assert!(text.starts_with("judged on RSS (no heap count"), "{text}");
+        let level = samples(|_| 40.0);
+        assert_eq!(judge_memory(&level, &[], &[], 300.0, "w").0, Verdict::Kept);
+    }
+
+    #[test]
+    fn under_a_minute_of_samples_after_the_warm_up_is_not_judged() {
+        let rss = samples(|t| 40.0 + t);
+        let in_use = samples(|t| 10.0 + t);
+        let (verdict, text) = judge_memory(&rss, &heap(&in_use, 0), &[], 1150.0, "w");
+        assert_eq!(verdict, Verdict::NotJudged, "{text}");
+    }
 }
