@@ -19,44 +19,66 @@ pub struct HeapUse {
     pub kept_free: u64,
 }
 
-/// The heap allocator's count now: glibc's (`malloc_info`), or `None` when glibc's `malloc`
-/// does not serve this process's allocations (another allocator in its place, such as
-/// jemalloc through `LD_PRELOAD`; another C library; another system).
+/// The heap allocator's count now: glibc's (`malloc_info`), or why there is none.
 ///
-/// Whether glibc's `malloc` serves the process is checked once, by allocating 64 MiB (not
-/// touched, so not resident) and seeing glibc's count grow by it.
-pub(crate) fn heap_use() -> Option<HeapUse> {
+/// Whether glibc's `malloc` serves this process's allocations is checked at the first call,
+/// by allocating 64 MiB (not touched, so not resident) and seeing glibc's count grow by it:
+/// it does not with another allocator in its place (jemalloc through `LD_PRELOAD`, say).
+/// Call it once before the work to count starts, so that the check runs in a quiet moment.
+pub(crate) fn heap_use() -> Result<HeapUse, NoCount> {
     static GLIBC_SERVES: OnceLock<bool> = OnceLock::new();
-    if !*GLIBC_SERVES.get_or_init(glibc_serves) {
-        return None;
+    if !*GLIBC_SERVES.get_or_init(|| (0..3).any(|_| glibc_serves())) {
+        return Err(NoCount::NotGlibc);
     }
     glibc::count()
 }
 
+/// Why there is no count of the heap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NoCount {
+    /// glibc's `malloc` does not serve this process's allocations.
+    NotGlibc,
+    /// glibc's `malloc_info` failed.
+    Failed(String),
+}
+
+impl std::fmt::Display for NoCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotGlibc => f.write_str("glibc's malloc does not serve this process"),
+            Self::Failed(e) => write!(f, "glibc's malloc_info failed: {e}"),
+        }
+    }
+}
+
 fn glibc_serves() -> bool {
     const PROBE: usize = 64 << 20;
-    let Some(before) = glibc::count() else {
+    let Ok(before) = glibc::count() else {
         return false;
     };
     // Above glibc's largest mmap threshold (32 MiB on 64-bit), so mapped on its own, whatever
     // the heap holds: it shows in glibc's count only if glibc's `malloc` served it.
-    let probe: Vec<u8> = std::hint::black_box(Vec::with_capacity(PROBE));
+    let mut probe: Vec<u8> = Vec::new();
+    if probe.try_reserve_exact(PROBE).is_err() {
+        return false;
+    }
+    let probe = std::hint::black_box(probe);
     let after = glibc::count();
     drop(probe);
-    after.is_some_and(|after| after.in_use >= before.in_use + (PROBE as u64) * 7 / 8)
+    after.is_ok_and(|after| after.in_use >= before.in_use + (PROBE as u64) * 7 / 8)
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod glibc {
     use malloc_info::info::{SystemType, TotalType};
 
-    use super::HeapUse;
+    use super::{HeapUse, NoCount};
 
     /// From `malloc_info`'s totals over every arena: the memory its arenas took from the
     /// system, less their free chunks (the top chunk among them), plus the chunks mapped on
     /// their own.
-    pub(super) fn count() -> Option<HeapUse> {
-        let info = malloc_info::malloc_info().ok()?;
+    pub(super) fn count() -> Result<HeapUse, NoCount> {
+        let info = malloc_info::malloc_info().map_err(|e| NoCount::Failed(e.to_string()))?;
         let total = |kind: TotalType| {
             info.total
                 .iter()
@@ -71,7 +93,7 @@ mod glibc {
             .map(|s| s.size as u64)
             .sum();
         let free = total(TotalType::Fast) + total(TotalType::Rest);
-        Some(HeapUse {
+        Ok(HeapUse {
             in_use: system.saturating_sub(free) + total(TotalType::Mmap),
             kept_free: free,
         })
@@ -80,32 +102,38 @@ mod glibc {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 mod glibc {
-    use super::HeapUse;
+    use super::{HeapUse, NoCount};
 
-    pub(super) fn count() -> Option<HeapUse> {
-        None
+    pub(super) fn count() -> Result<HeapUse, NoCount> {
+        Err(NoCount::NotGlibc)
     }
 }
 
 #[cfg(all(test, target_os = "linux", target_env = "gnu"))]
 mod tests {
+    use std::hint::black_box;
+
     use super::*;
 
     #[test]
     fn glibc_counts_what_this_process_holds_and_frees() {
+        // 64 MiB in 64 KiB blocks (from the arenas, not mapped one by one), against a margin
+        // of 32 MiB for what other tests in this process allocate or free meanwhile.
+        const HELD: u64 = 64 << 20;
+        const MARGIN: u64 = 32 << 20;
         let before = heap_use().expect("glibc's malloc serves the test binary");
-        // 8 MiB in 8 KiB blocks: from the arenas, not mapped one by one.
-        let blocks: Vec<Vec<u8>> = (0..1024).map(|_| vec![1u8; 8 << 10]).collect();
+        let blocks: Vec<Vec<u8>> = (0..1024).map(|_| vec![1u8; 64 << 10]).collect();
+        let blocks = black_box(blocks);
         let held = heap_use().unwrap();
         assert!(
-            held.in_use >= before.in_use + (7 << 20),
-            "{before:?} then {held:?} while holding 8 MiB"
+            held.in_use >= before.in_use + HELD - MARGIN,
+            "{before:?} then {held:?} while holding 64 MiB"
         );
         drop(blocks);
         let freed = heap_use().unwrap();
         assert!(
-            freed.in_use + (7 << 20) <= held.in_use,
-            "{held:?} then {freed:?} after freeing 8 MiB"
+            freed.in_use + HELD - MARGIN <= held.in_use,
+            "{held:?} then {freed:?} after freeing 64 MiB"
         );
     }
 }

@@ -199,6 +199,11 @@ pub struct SoakReport {
     /// The heap allocator's count of this process's memory (seconds from the start, count);
     /// empty when glibc's `malloc` does not serve the process (see [`HeapUse`]).
     pub heap: Vec<(f64, HeapUse)>,
+    /// Why a count of the heap was missing, the last time one was.
+    pub no_heap: Option<String>,
+    /// The longest a count of the heap took (glibc walks its arenas' free lists under their
+    /// locks: the producers' threads wait that long to allocate).
+    pub heap_count_max: Duration,
     /// Entries the accounting held at the end of the load (before the final read).
     pub held: Held,
     /// Read errors of the tailing reader (transient, while brokers were down).
@@ -397,7 +402,6 @@ impl SoakReport {
     }
 
     fn memory(&self) -> (Verdict, &'static str, String) {
-        let name = "memory flat after warm-up";
         let warm = self.spec.warm_up.as_secs_f64();
         // With the broker in this process, judged once its logs are all at their cap: they
         // are in this process only because the broker is embedded, and grow until then
@@ -422,13 +426,28 @@ impl SoakReport {
             (warm, "; the broker in a child process".to_owned())
         };
         let rss: Vec<(f64, u64)> = self.rss.iter().map(|s| (s.0, s.1)).collect();
-        let (verdict, text) = judge_memory(
+        let (verdict, mut text) = judge_memory(
             &rss,
             &self.heap,
             &self.broker_rss,
             from,
             &format!("warm-up {warm:.0} s{placement}"),
         );
+        if let Some(why) = &self.no_heap {
+            let _ = write!(text, "; a count of the heap was missing: {why}");
+        }
+        if !self.heap.is_empty() {
+            let _ = write!(
+                text,
+                "; each count of the heap took at most {:.1} ms",
+                self.heap_count_max.as_secs_f64() * 1e3
+            );
+        }
+        let name = if self.heap.is_empty() {
+            "memory (RSS) flat after warm-up"
+        } else {
+            "heap in use flat after warm-up"
+        };
         (verdict, name, text)
     }
 
@@ -455,10 +474,7 @@ fn judge_memory(
     // The heap in use is what the program holds; RSS adds what the allocator keeps free
     // for later (see `HeapUse`). Judged on RSS only where there is no heap count.
     let (judged, what) = if in_use.is_empty() {
-        (
-            Trend::after(&rss, from),
-            "RSS (no heap count: glibc's malloc does not serve this process)",
-        )
+        (Trend::after(&rss, from), "RSS (no count of the heap)")
     } else {
         (
             Trend::after(&in_use, from),
@@ -469,9 +485,11 @@ fn judge_memory(
         rss.first().map_or(0.0, |s| s.1),
         rss.last().map_or(0.0, |s| s.1),
     );
-    // RSS and the broker's process, shown and not judged.
+    // RSS (when not judged) and the broker's process, shown.
     let mut context = String::new();
-    if !in_use.is_empty() {
+    if in_use.is_empty() {
+        let _ = write!(context, "; RSS {first:.1} → {last:.1} MiB");
+    } else {
         let _ = write!(context, "; RSS (not judged) {first:.1} → {last:.1} MiB");
         if let Some(rss) = Trend::after(&rss, from) {
             let _ = write!(context, ", trend {:+.2} MiB", rss.growth);
@@ -496,10 +514,7 @@ fn judge_memory(
     let Some(trend) = judged else {
         return (
             Verdict::NotJudged,
-            format!(
-                "fewer than 60 s of samples to judge ({why_from}); RSS {first:.1} → \
-                     {last:.1} MiB{context}"
-            ),
+            format!("fewer than 60 s of samples to judge ({why_from}){context}"),
         );
     };
     (
@@ -839,6 +854,9 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
     });
     let episodes = schedule::plan(spec.seed, spec.duration, Duration::from_secs(3), spec.quiet);
 
+    // Whether glibc counts this process's heap is checked at the first count: here, before
+    // the load starts allocating.
+    let _ = crate::heap::heap_use();
     let started = Instant::now();
     let ms = move || started.elapsed().as_millis() as u64;
     // The load and the probes run until the schedule is done: `duration`, or later when
@@ -876,6 +894,8 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
             let mut rss = Vec::new();
             let mut broker_rss = Vec::new();
             let mut heap = Vec::new();
+            let mut no_heap = None;
+            let mut heap_count_max = Duration::ZERO;
             let mut next_mood = Duration::ZERO;
             let mut next_rss = Duration::ZERO;
             let mut next_progress = spec.progress.unwrap_or(Duration::MAX);
@@ -900,9 +920,12 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
                     if let Some(statm) = &broker_statm {
                         broker_rss.push((now.as_secs_f64(), crate::process::rss_bytes(statm)));
                     }
-                    if let Some(count) = crate::heap::heap_use() {
-                        heap.push((now.as_secs_f64(), count));
+                    let counting = Instant::now();
+                    match crate::heap::heap_use() {
+                        Ok(count) => heap.push((now.as_secs_f64(), count)),
+                        Err(e) => no_heap = Some(e.to_string()),
                     }
+                    heap_count_max = heap_count_max.max(counting.elapsed());
                     next_rss = now + Duration::from_secs(1);
                     verifier.shrink();
                 }
@@ -952,7 +975,7 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
                     next_progress = now + spec.progress.unwrap_or(Duration::MAX);
                 }
             }
-            (rss, broker_rss, heap)
+            (rss, broker_rss, (heap, no_heap, heap_count_max))
         })
     };
 
@@ -1038,7 +1061,7 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
         load.join()
             .map_err(|_| TestkitError::Demo("the blocking load panicked".into()))?;
     }
-    let (rss, broker_rss, heap) = background
+    let (rss, broker_rss, (heap, no_heap, heap_count_max)) = background
         .await
         .map_err(|e| TestkitError::Demo(format!("the probes failed: {e}")))?;
     let mut monitor_restarts = 0;
@@ -1081,6 +1104,8 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
         rss,
         broker_rss,
         heap,
+        no_heap,
+        heap_count_max,
         held,
         read_errors,
         read_skipped: read_skipped.load(Ordering::Relaxed),
@@ -1190,7 +1215,7 @@ mod tests {
         let growing = samples(|t| 40.0 + t / 60.0);
         let (verdict, text) = judge_memory(&growing, &[], &[], 300.0, "w");
         assert_eq!(verdict, Verdict::Broken, "{text}");
-        assert!(text.starts_with("judged on RSS (no heap count"), "{text}");
+        assert!(text.starts_with("judged on RSS (no count of the heap)"), "{text}");
         let level = samples(|_| 40.0);
         assert_eq!(judge_memory(&level, &[], &[], 300.0, "w").0, Verdict::Kept);
     }
