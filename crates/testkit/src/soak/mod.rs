@@ -1215,7 +1215,10 @@ mod tests {
         let growing = samples(|t| 40.0 + t / 60.0);
         let (verdict, text) = judge_memory(&growing, &[], &[], 300.0, "w");
         assert_eq!(verdict, Verdict::Broken, "{text}");
-        assert!(text.starts_with("judged on RSS (no count of the heap)"), "{text}");
+        assert!(
+            text.starts_with("judged on RSS (no count of the heap)"),
+            "{text}"
+        );
         let level = samples(|_| 40.0);
         assert_eq!(judge_memory(&level, &[], &[], 300.0, "w").0, Verdict::Kept);
     }
