@@ -367,6 +367,33 @@ async fn a_closed_producer_leaves_no_redis_connection_behind() {
     );
 }
 
+/// fred's own `fail_fast` (on by default) gave up on a client whose first connection failed:
+/// its connection task ended, nothing reconnected, and every command waiting for the first
+/// connection stayed in fred's queue for good (the fleet's lease asks ten times a TTL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_built_while_redis_is_down_uses_it_once_it_is_up() {
+    common::init_tracing();
+    let mut redis = RedisServer::start().unwrap();
+    let kafka = cluster().await;
+    redis.kill();
+    let a = Instance::start(&kafka.client_config(), redis_config(redis.url()));
+    // Its first connection fails, and its lease is asked for meanwhile.
+    tokio::time::sleep(LEASE_TTL).await;
+    assert!(!a.is_leader());
+
+    redis.restart().unwrap();
+    assert!(
+        until(Duration::from_secs(10), || {
+            let s = a.status();
+            s.breaker == BreakerState::Closed && s.fleet.as_ref().unwrap().is_leader
+        })
+        .await,
+        "never used Redis after it came up: {:?}",
+        a.status()
+    );
+    a.producer.close(Duration::from_secs(5)).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_carry_on_while_redis_is_down_and_sharing_resumes_when_it_is_back() {
     common::init_tracing();

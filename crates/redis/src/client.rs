@@ -26,16 +26,19 @@ pub struct RedisClient {
 
 struct Inner {
     client: Client,
-    /// fred's connection task: it reconnects forever until `quit`, so it is aborted when the
-    /// last clone of this client goes (or on `quit`), closing the connection.
-    connection: AbortOnDropHandle<Result<(), fred::error::Error>>,
+    /// fred's connection task (see [`keep_connecting`]): it reconnects forever until `quit`,
+    /// so it is aborted when the last clone of this client goes (or on `quit`), closing the
+    /// connection.
+    connection: AbortOnDropHandle<()>,
     config: RedisConfig,
     /// Fails fast while disconnected.
     options: Options,
-    /// Waits (up to the timeout) for the connection: used until the first success, so the
-    /// first commands of a new client are not lost to the connection handshake.
+    /// Waits (up to the timeout) for the connection: used for the first command, so that it
+    /// is not lost to the connection handshake. Only the first: fred keeps a command that
+    /// waits for a connection until the connection comes, even after its caller gave up, so
+    /// commands that wait would pile up through an outage at start.
     first_options: Options,
-    ever_connected: AtomicBool,
+    first_done: AtomicBool,
     /// Set by `quit`: commands fail at once, without asking fred or the breaker.
     closed: AtomicBool,
     breaker: CircuitBreaker,
@@ -48,10 +51,11 @@ impl RedisClient {
     pub fn connect(config: &RedisConfig) -> L2Result<Self> {
         config.validate()?;
         let client = builder(config)?.build().map_err(L2Error::Redis)?;
-        // Connect in the background: with a reconnect policy fred retries forever, and
-        // commands fail fast until the connection is up. The task would run until `quit`:
-        // its handle aborts it when the client goes.
-        let connection = AbortOnDropHandle::new(client.connect());
+        // Connect in the background: the first connection is retried until it succeeds, later
+        // ones by fred's reconnect policy, forever; commands fail fast while the connection is
+        // down. The task would run until `quit`: its handle aborts it when the client goes.
+        let connection =
+            AbortOnDropHandle::new(keep_connecting(client.clone(), config.reconnect_max_delay));
         let options = Options {
             timeout: Some(config.command_timeout),
             fail_fast: true,
@@ -67,7 +71,7 @@ impl RedisClient {
                 client,
                 connection,
                 first_options,
-                ever_connected: AtomicBool::new(false),
+                first_done: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 breaker: CircuitBreaker::new(config.breaker),
                 config: config.clone(),
@@ -121,7 +125,7 @@ impl RedisClient {
             return Err(L2Error::BreakerOpen);
         };
         self.inner.calls.fetch_add(1, Ordering::Relaxed);
-        let options = if self.inner.ever_connected.load(Ordering::Relaxed) {
+        let options = if self.inner.first_done.swap(true, Ordering::AcqRel) {
             &self.inner.options
         } else {
             &self.inner.first_options
@@ -138,9 +142,7 @@ impl RedisClient {
                 ))
             });
         permit.record(outcome.is_ok());
-        if outcome.is_ok() {
-            self.inner.ever_connected.store(true, Ordering::Relaxed);
-        } else {
+        if outcome.is_err() {
             self.inner.failures.fetch_add(1, Ordering::Relaxed);
         }
         outcome.map_err(L2Error::Redis)
@@ -197,6 +199,32 @@ impl RedisClient {
     }
 }
 
+/// fred's connection task, started again for as long as the first connection fails.
+///
+/// fred reconnects by its policy only after a first success: with its `fail_fast` (on by
+/// default, so that the first attempt is made at once) a client whose first connection fails
+/// has its connection task end, nothing reconnects, and the commands that wait for a
+/// connection stay queued for good. Ends when fred's task ends otherwise (`quit`).
+pub(crate) fn keep_connecting<C>(client: C, max_delay: Duration) -> tokio::task::JoinHandle<()>
+where
+    C: ClientLike + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut delay = Duration::from_millis(50).min(max_delay);
+        loop {
+            match client.connect().await {
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, ?delay, "cannot connect to redis; trying again");
+                }
+                // Ended by `quit`, or the task panicked or was aborted.
+                Ok(Ok(())) | Err(_) => return,
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(max_delay.max(Duration::from_millis(50)));
+        }
+    })
+}
+
 fn builder(config: &RedisConfig) -> L2Result<Builder> {
     let mut builder = Builder::from_config(config.fred_config()?);
     let max_delay = u32::try_from(config.reconnect_max_delay.as_millis()).unwrap_or(u32::MAX);
@@ -222,5 +250,35 @@ impl fmt::Debug for RedisClient {
             .field("url", &self.inner.config.redacted_url())
             .field("breaker", &self.inner.breaker)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::breaker::BreakerConfig;
+
+    #[tokio::test]
+    async fn commands_do_not_pile_up_in_fred_while_redis_is_down_at_start() {
+        // Nothing listens on port 1.
+        let mut config = RedisConfig::new("redis://127.0.0.1:1");
+        config.command_timeout = Duration::from_millis(50);
+        config.breaker = BreakerConfig {
+            min_calls: 1_000,
+            ..BreakerConfig::default()
+        };
+        let client = RedisClient::connect(&config).unwrap();
+        for _ in 0..20 {
+            let outcome = client
+                .call(|c| async move { c.ping::<String>(None).await })
+                .await;
+            assert!(outcome.is_err());
+        }
+        assert!(
+            client.inner.client.command_queue_len() <= 1,
+            "{} commands queued in fred",
+            client.inner.client.command_queue_len()
+        );
+        client.quit().await;
     }
 }

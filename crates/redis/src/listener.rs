@@ -23,10 +23,14 @@ pub(crate) fn listen(
 ) -> L2Result<AbortOnDropHandle<()>> {
     let subscriber = client.subscriber()?;
     let quit_within = client.config().command_timeout;
+    let reconnect_max_delay = client.config().reconnect_max_delay;
     let task = async move {
         // fred's tasks (the connection, which reconnects forever, and the resubscriber) end
         // with this one, even when `quit` below times out or never runs (aborted).
-        let _connection = AbortOnDropHandle::new(subscriber.connect());
+        let _connection = AbortOnDropHandle::new(crate::client::keep_connecting(
+            subscriber.clone(),
+            reconnect_max_delay,
+        ));
         let _resubscribe = AbortOnDropHandle::new(subscriber.manage_subscriptions());
         let mut messages = subscriber.message_rx();
         let subscribe = {

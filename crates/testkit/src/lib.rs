@@ -19,6 +19,7 @@
 
 mod backend;
 pub mod faults;
+#[cfg(feature = "redis")]
 mod heap;
 mod ledger;
 mod load;
@@ -33,6 +34,7 @@ mod skew;
 pub mod soak;
 
 pub use backend::{TestKafka, TestRedis};
+#[cfg(feature = "redis")]
 pub use heap::HeapUse;
 pub use ksp_demo::{DrainingConsumer, DrainingConsumerBuilder, demo};
 pub use ledger::{Entry, Ledger, Outcome, Reconciliation, Tally};
