@@ -367,6 +367,30 @@ async fn a_closed_producer_leaves_no_redis_connection_behind() {
     );
 }
 
+/// Dropping the last clone of a client closes its connection, without `quit`: the handle it
+/// keeps must stop fred's connection task, not only the task that restarts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_dropped_without_quit_leaves_no_redis_connection_behind() {
+    let redis = RedisServer::start().unwrap();
+    let connections = || {
+        redis
+            .command(&["CLIENT", "LIST"])
+            .unwrap()
+            .matches("id=")
+            .count()
+    };
+    let before = connections();
+    let client =
+        kafka_smart_producer::redis::RedisClient::connect(&redis_config(redis.url())).unwrap();
+    assert!(until(Duration::from_secs(10), || connections() > before).await);
+    drop(client);
+    assert!(
+        until(Duration::from_secs(5), || connections() == before).await,
+        "{} connections open, {before} before the client",
+        connections()
+    );
+}
+
 /// fred's own `fail_fast` (on by default) gave up on a client whose first connection failed:
 /// its connection task ended, nothing reconnected, and every command waiting for the first
 /// connection stayed in fred's queue for good (the fleet's lease asks ten times a TTL).

