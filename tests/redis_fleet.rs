@@ -344,13 +344,7 @@ async fn a_restarted_instance_picks_up_shared_health_and_key_moves(redis: Redis)
 async fn a_closed_producer_leaves_no_redis_connection_behind() {
     let redis = RedisServer::start().unwrap();
     let kafka = cluster().await;
-    let connections = || {
-        redis
-            .command(&["CLIENT", "LIST"])
-            .unwrap()
-            .matches("id=")
-            .count()
-    };
+    let connections = || connections(&redis);
     let before = connections();
     for _ in 0..3 {
         let a = Instance::start(&kafka.client_config(), redis_config(redis.url()));
@@ -372,13 +366,7 @@ async fn a_closed_producer_leaves_no_redis_connection_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_dropped_without_quit_leaves_no_redis_connection_behind() {
     let redis = RedisServer::start().unwrap();
-    let connections = || {
-        redis
-            .command(&["CLIENT", "LIST"])
-            .unwrap()
-            .matches("id=")
-            .count()
-    };
+    let connections = || connections(&redis);
     let before = connections();
     let client =
         kafka_smart_producer::redis::RedisClient::connect(&redis_config(redis.url())).unwrap();
@@ -936,6 +924,15 @@ async fn a_replaced_detour_is_forgotten_by_the_other_instances(redis: Redis) {
     .await;
     assert!(moved.is_some(), "{:?}", a.status());
 }
+}
+
+/// Connections the Redis server has open now.
+fn connections(redis: &RedisServer) -> usize {
+    redis
+        .command(&["CLIENT", "LIST"])
+        .unwrap()
+        .matches("id=")
+        .count()
 }
 
 /// librdkafka's threads in this process (it names them `rdk:…`): each client has a few, so a
