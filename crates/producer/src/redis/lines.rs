@@ -31,10 +31,19 @@ struct Agreement {
     partition: Option<i32>,
     /// The detour to remember when the line closes.
     detour: Option<NewDetour>,
-    /// Another instance replaced the shared detour meanwhile: do not remember this one.
-    replaced: bool,
-    /// How many times another instance replaced it while the line was open.
+    /// How many times another instance replaced the shared detour while the line was open.
     replacements: u64,
+    /// `replacements` when the fleet was asked for the agreed partition: one noticed since
+    /// means the fleet may have moved on, so the agreement is neither followed nor remembered.
+    asked_at: u64,
+}
+
+impl Agreement {
+    /// The agreed partition, unless another instance replaced the detour since it was asked.
+    fn partition(&self) -> Option<i32> {
+        self.partition
+            .filter(|_| self.replacements == self.asked_at)
+    }
 }
 
 impl Lines {
@@ -85,17 +94,14 @@ impl Lines {
         // Read under the map's lock, without a clone of the line: a member leaving counts the
         // line's references to tell whether it is the last.
         let map = self.map();
-        let agreement = map.get(&fingerprint)?.agreement();
-        agreement.partition.filter(|_| !agreement.replaced)
+        map.get(&fingerprint)?.agreement().partition()
     }
 
     /// Another instance replaced the key's shared detour: a line open for it must not remember
     /// the old one.
     pub(crate) fn replaced(&self, fingerprint: u64) {
         if let Some(line) = self.map().get(&fingerprint) {
-            let mut agreement = line.agreement();
-            agreement.replaced = true;
-            agreement.replacements += 1;
+            line.agreement().replacements += 1;
         }
     }
 
@@ -111,9 +117,7 @@ impl Lines {
                 .is_some_and(|open| Arc::ptr_eq(open, &line));
         if last {
             let agreement = line.agreement();
-            if let (Some(partition), Some(detour), false) =
-                (agreement.partition, &agreement.detour, agreement.replaced)
-            {
+            if let (Some(partition), Some(detour)) = (agreement.partition(), &agreement.detour) {
                 router.remember_detour(detour, partition);
             }
             drop(agreement);
@@ -192,8 +196,7 @@ impl Turn {
     /// The partition agreed by an earlier send of the key, if any (none once another
     /// instance replaced it: ask again).
     pub(crate) fn agreed(&self) -> Option<i32> {
-        let agreement = self.line().agreement();
-        agreement.partition.filter(|_| !agreement.replaced)
+        self.line().agreement().partition()
     }
 
     /// How many times another instance replaced the key's shared detour while its line was
@@ -209,7 +212,7 @@ impl Turn {
         let mut agreement = self.line().agreement();
         agreement.partition = partition;
         agreement.detour = Some(detour);
-        agreement.replaced = agreement.replacements != seen;
+        agreement.asked_at = seen;
     }
 
     fn line(&self) -> &Line {
@@ -244,8 +247,18 @@ mod tests {
     use super::*;
     use crate::router::RouterConfig;
 
-    /// A router on topic `t` (4 partitions, partition 1 unhealthy) and a key it moves.
-    fn router_and_moved_key() -> (ksp_core::HealthPublisher, Arc<Router>, Vec<u8>, NewDetour) {
+    /// A router on topic `t` (4 partitions, partition 1 unhealthy), a key it moves, and no
+    /// line open yet.
+    struct Fixture {
+        _publisher: ksp_core::HealthPublisher,
+        router: Arc<Router>,
+        key: Vec<u8>,
+        detour: NewDetour,
+        fingerprint: u64,
+        lines: Arc<Lines>,
+    }
+
+    fn fixture() -> Fixture {
         let (mut publisher, feed) = health_channel();
         publisher.publish(snapshot_with_unhealthy("t", 4, 1));
         let router = Arc::new(Router::new(feed, &RouterConfig::default()).unwrap());
@@ -256,14 +269,26 @@ mod tests {
                 Some((key, detour))
             })
             .expect("one of 100 keys hashes to the unhealthy partition");
-        (publisher, router, key, detour)
+        Fixture {
+            _publisher: publisher,
+            fingerprint: router.key_fingerprint("t", &key),
+            router,
+            key,
+            detour,
+            lines: Arc::new(Lines::default()),
+        }
     }
 
     #[tokio::test]
     async fn a_send_cancelled_as_its_turn_came_closes_the_line() {
-        let (_publisher, router, key, detour) = router_and_moved_key();
-        let fingerprint = router.key_fingerprint("t", &key);
-        let lines = Arc::new(Lines::default());
+        let Fixture {
+            _publisher,
+            router,
+            key,
+            detour,
+            fingerprint,
+            lines,
+        } = fixture();
 
         let first = lines.join(fingerprint, true, &router).unwrap().turn().await;
         first.agree(Some(2), detour, first.replacements());
@@ -287,9 +312,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_send_cancelled_while_an_earlier_one_holds_its_turn_leaves_the_line() {
-        let (_publisher, router, key, detour) = router_and_moved_key();
-        let fingerprint = router.key_fingerprint("t", &key);
-        let lines = Arc::new(Lines::default());
+        let Fixture {
+            _publisher,
+            router,
+            key,
+            detour,
+            fingerprint,
+            lines,
+        } = fixture();
 
         let first = lines.join(fingerprint, true, &router).unwrap().turn().await;
         let mut second = Box::pin(lines.join(fingerprint, false, &router).unwrap().turn());
@@ -305,9 +335,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_send_cancelled_before_its_first_poll_leaves_the_agreed_detour_remembered() {
-        let (_publisher, router, key, detour) = router_and_moved_key();
-        let fingerprint = router.key_fingerprint("t", &key);
-        let lines = Arc::new(Lines::default());
+        let Fixture {
+            _publisher,
+            router,
+            key,
+            detour,
+            fingerprint,
+            lines,
+        } = fixture();
 
         let first = lines.join(fingerprint, true, &router).unwrap().turn().await;
         let second = lines.join(fingerprint, false, &router).unwrap();
@@ -327,9 +362,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_replacement_noticed_while_the_fleet_was_asked_is_not_forgotten() {
-        let (_publisher, router, key, detour) = router_and_moved_key();
-        let fingerprint = router.key_fingerprint("t", &key);
-        let lines = Arc::new(Lines::default());
+        let Fixture {
+            _publisher,
+            router,
+            key,
+            detour,
+            fingerprint,
+            lines,
+        } = fixture();
 
         let first = lines.join(fingerprint, true, &router).unwrap().turn().await;
         let seen = first.replacements();
