@@ -128,6 +128,12 @@ impl Instance {
         self.status().fleet.unwrap().is_leader
     }
 
+    /// Redis answers it: the breaker closed, and it leads the fleet.
+    fn uses_redis(&self) -> bool {
+        let s = self.status();
+        s.breaker == BreakerState::Closed && s.fleet.as_ref().unwrap().is_leader
+    }
+
     fn status(&self) -> kafka_smart_producer::redis::RedisStatus {
         self.producer.redis_status().unwrap()
     }
@@ -354,11 +360,7 @@ async fn a_closed_producer_leaves_no_redis_connection_behind() {
         a.producer.close(Duration::from_secs(5)).await.unwrap();
         drop(a);
     }
-    assert!(
-        until(Duration::from_secs(5), || connections() == before).await,
-        "{} connections open, {before} before the instances",
-        connections()
-    );
+    assert_connections_back(&redis, before, "the instances").await;
 }
 
 /// Dropping the last clone of a client closes its connection, without `quit`: the handle it
@@ -372,11 +374,7 @@ async fn a_client_dropped_without_quit_leaves_no_redis_connection_behind() {
         kafka_smart_producer::redis::RedisClient::connect(&redis_config(redis.url())).unwrap();
     assert!(until(Duration::from_secs(10), || connections() > before).await);
     drop(client);
-    assert!(
-        until(Duration::from_secs(5), || connections() == before).await,
-        "{} connections open, {before} before the client",
-        connections()
-    );
+    assert_connections_back(&redis, before, "the client").await;
 }
 
 /// fred's own `fail_fast` (on by default) gave up on a client whose first connection failed:
@@ -395,11 +393,7 @@ async fn an_instance_built_while_redis_is_down_uses_it_once_it_is_up() {
 
     redis.restart().unwrap();
     assert!(
-        until(Duration::from_secs(10), || {
-            let s = a.status();
-            s.breaker == BreakerState::Closed && s.fleet.as_ref().unwrap().is_leader
-        })
-        .await,
+        until(Duration::from_secs(10), || a.uses_redis()).await,
         "never used Redis after it came up: {:?}",
         a.status()
     );
@@ -456,11 +450,7 @@ async fn sends_carry_on_while_redis_is_down_and_sharing_resumes_when_it_is_back(
 
     redis.restart().unwrap();
     assert!(
-        until(Duration::from_secs(10), || {
-            let s = a.status();
-            s.breaker == BreakerState::Closed && s.fleet.as_ref().unwrap().is_leader
-        })
-        .await,
+        until(Duration::from_secs(10), || a.uses_redis()).await,
         "{:?}",
         a.status()
     );
@@ -933,6 +923,16 @@ fn connections(redis: &RedisServer) -> usize {
         .unwrap()
         .matches("id=")
         .count()
+}
+
+/// Waits up to 5 s for the server's connections to be `before` again, what was open before
+/// `what`.
+async fn assert_connections_back(redis: &RedisServer, before: usize, what: &str) {
+    assert!(
+        until(Duration::from_secs(5), || connections(redis) == before).await,
+        "{} connections open, {before} before {what}",
+        connections(redis)
+    );
 }
 
 /// librdkafka's threads in this process (it names them `rdk:…`): each client has a few, so a

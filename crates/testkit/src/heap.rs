@@ -34,21 +34,14 @@ pub(crate) fn heap_use() -> Result<HeapUse, NoCount> {
 }
 
 /// Why there is no count of the heap.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum NoCount {
     /// glibc's `malloc` does not serve this process's allocations.
+    #[error("glibc's malloc does not serve this process")]
     NotGlibc,
     /// glibc's `malloc_info` failed.
+    #[error("glibc's malloc_info failed: {0}")]
     Failed(String),
-}
-
-impl std::fmt::Display for NoCount {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::NotGlibc => f.write_str("glibc's malloc does not serve this process"),
-            Self::Failed(e) => write!(f, "glibc's malloc_info failed: {e}"),
-        }
-    }
 }
 
 fn glibc_serves() -> bool {

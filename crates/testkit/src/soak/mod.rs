@@ -426,7 +426,7 @@ impl SoakReport {
             (warm, "; the broker in a child process".to_owned())
         };
         let rss: Vec<(f64, u64)> = self.rss.iter().map(|s| (s.0, s.1)).collect();
-        let (verdict, mut text) = judge_memory(
+        let (verdict, name, mut text) = judge_memory(
             &rss,
             &self.heap,
             &self.broker_rss,
@@ -443,11 +443,6 @@ impl SoakReport {
                 self.heap_count_max.as_secs_f64() * 1e3
             );
         }
-        let name = if self.heap.is_empty() {
-            "memory (RSS) flat after warm-up"
-        } else {
-            "heap in use flat after warm-up"
-        };
         (verdict, name, text)
     }
 
@@ -459,25 +454,31 @@ impl SoakReport {
     }
 }
 
-/// The memory promise, from the samples: the heap in use (`heap`) judged from `from` (seconds)
-/// on, or RSS where there is no heap count; `why_from` says why judging starts there.
+/// The memory promise (verdict, name, detail), from the samples: the heap in use (`heap`)
+/// judged from `from` (seconds) on, or RSS where there is no heap count; `why_from` says why
+/// judging starts there.
 fn judge_memory(
     rss: &[(f64, u64)],
     heap: &[(f64, HeapUse)],
     broker_rss: &[(f64, u64)],
     from: f64,
     why_from: &str,
-) -> (Verdict, String) {
+) -> (Verdict, &'static str, String) {
     let mib = |b: u64| b as f64 / f64::from(1 << 20);
     let rss: Vec<(f64, f64)> = rss.iter().map(|s| (s.0, mib(s.1))).collect();
     let in_use: Vec<(f64, f64)> = heap.iter().map(|s| (s.0, mib(s.1.in_use))).collect();
     // The heap in use is what the program holds; RSS adds what the allocator keeps free
     // for later (see `HeapUse`). Judged on RSS only where there is no heap count.
-    let (judged, what) = if in_use.is_empty() {
-        (Trend::after(&rss, from), "RSS (no count of the heap)")
+    let (judged, name, what) = if in_use.is_empty() {
+        (
+            Trend::after(&rss, from),
+            "memory (RSS) flat after warm-up",
+            "RSS (no count of the heap)",
+        )
     } else {
         (
             Trend::after(&in_use, from),
+            "heap in use flat after warm-up",
             "the heap in use (glibc's count)",
         )
     };
@@ -514,6 +515,7 @@ fn judge_memory(
     let Some(trend) = judged else {
         return (
             Verdict::NotJudged,
+            name,
             format!("fewer than 60 s of samples to judge ({why_from}){context}"),
         );
     };
@@ -523,6 +525,7 @@ fn judge_memory(
         } else {
             Verdict::Broken
         },
+        name,
         format!(
             "judged on {what} from {:.0} s ({why_from}): {:.1} MiB then, \
                  {:.1} MiB at the end; trend {:+.2} MiB over {:.0} s (bound: 5 % of the mean, \
@@ -1191,7 +1194,7 @@ mod tests {
     fn memory_is_judged_on_the_heap_in_use_and_rss_growth_from_kept_free_memory_is_shown() {
         let rss = samples(|t| 40.0 + t / 60.0); // +1 MiB a minute
         let in_use = samples(|t| 10.0 + (t / 10.0).sin() * 0.2); // level, with noise
-        let (verdict, text) = judge_memory(&rss, &heap(&in_use, 20 * MIB), &[], 300.0, "w");
+        let (verdict, _, text) = judge_memory(&rss, &heap(&in_use, 20 * MIB), &[], 300.0, "w");
         assert_eq!(verdict, Verdict::Kept, "{text}");
         assert!(text.starts_with("judged on the heap in use"), "{text}");
         assert!(
@@ -1205,7 +1208,7 @@ mod tests {
     fn a_growing_heap_breaks_the_memory_promise_even_when_rss_is_level() {
         let rss = samples(|_| 40.0);
         let in_use = samples(|t| 10.0 + t / 600.0); // +0.1 MiB a minute, 1.5 MiB judged
-        let (verdict, text) = judge_memory(&rss, &heap(&in_use, 0), &[], 300.0, "w");
+        let (verdict, _, text) = judge_memory(&rss, &heap(&in_use, 0), &[], 300.0, "w");
         assert_eq!(verdict, Verdict::Broken, "{text}");
         assert!(text.contains("trend +1.50 MiB over 899 s"), "{text}");
     }
@@ -1213,7 +1216,7 @@ mod tests {
     #[test]
     fn without_a_heap_count_rss_is_judged() {
         let growing = samples(|t| 40.0 + t / 60.0);
-        let (verdict, text) = judge_memory(&growing, &[], &[], 300.0, "w");
+        let (verdict, _, text) = judge_memory(&growing, &[], &[], 300.0, "w");
         assert_eq!(verdict, Verdict::Broken, "{text}");
         assert!(
             text.starts_with("judged on RSS (no count of the heap)"),
@@ -1227,7 +1230,7 @@ mod tests {
     fn under_a_minute_of_samples_after_the_warm_up_is_not_judged() {
         let rss = samples(|t| 40.0 + t);
         let in_use = samples(|t| 10.0 + t);
-        let (verdict, text) = judge_memory(&rss, &heap(&in_use, 0), &[], 1150.0, "w");
+        let (verdict, _, text) = judge_memory(&rss, &heap(&in_use, 0), &[], 1150.0, "w");
         assert_eq!(verdict, Verdict::NotJudged, "{text}");
     }
 }
