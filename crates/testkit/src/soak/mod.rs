@@ -834,6 +834,7 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
         .position(|&(_, strict)| strict)
         .map(|i| i as u8);
     let verifier = Arc::new(Verifier::new(SLOTS.len(), strict, spec.refresh));
+    verifier.reserve_key_space(spec.keys, PARTITIONS);
     let reader = Reader::start(&consumers, TOPIC, PARTITIONS, verifier.clone())?;
     let slots: Vec<Arc<Slot>> = SLOTS
         .iter()
@@ -894,9 +895,12 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
         let broker_statm = cluster.child_statm();
         tokio::spawn(async move {
             let mut rng = Rng::new(spec.seed ^ 0x6d6f_6f64);
-            let mut rss = Vec::new();
-            let mut broker_rss = Vec::new();
-            let mut heap = Vec::new();
+            // One sample a second, room made up front: a vector doubling in the middle of the
+            // run would be growth the memory promise judges.
+            let samples = usize::try_from(spec.duration.as_secs()).unwrap_or(0) + 2;
+            let mut rss = Vec::with_capacity(samples);
+            let mut broker_rss = Vec::with_capacity(samples);
+            let mut heap = Vec::with_capacity(samples);
             let mut no_heap = None;
             let mut heap_count_max = Duration::ZERO;
             let mut next_mood = Duration::ZERO;
