@@ -62,7 +62,7 @@ impl HealthSnapshot {
     }
 
     /// Health of `topic`, stale or not.
-    #[inline]
+    #[inline(always)]
     pub fn topic(&self, topic: &str) -> Option<&Arc<TopicHealth>> {
         match &self.index {
             None => self.topics.iter().find(|t| t.topic() == topic),

@@ -116,9 +116,6 @@ impl SmartProducer {
     ///
     /// Fails at once, handing the record back inside the error (and dropping `on_delivery`
     /// unrun), when librdkafka refuses it or the queue stayed full.
-    // The error hands the message back, as rdkafka's own `send` does; boxing it would cost an
-    // allocation on every refused send for no gain.
-    #[expect(clippy::result_large_err, reason = "the error hands the record back")]
     pub fn send<K, P, F>(
         &self,
         record: BaseRecord<'_, K, P>,

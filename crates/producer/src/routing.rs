@@ -104,6 +104,10 @@ impl Routing {
         key: Option<&[u8]>,
         size: usize,
     ) -> Pending {
+        // Keyless, left to the router: no line, hold or detour is ever involved.
+        if let (None, None) = (key, partition) {
+            return Pending::Ready(Routed::plain(self.router.route_keyless(topic, size), false));
+        }
         if let (Some(holds), Some(key), None) = (&self.holds, key, partition) {
             if !holds.in_line(&self.router, topic, key)
                 && let KeyStep::Go(decision) = self.router.route_in_order_sized(topic, key, size)

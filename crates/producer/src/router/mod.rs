@@ -9,7 +9,7 @@ mod partitioner;
 use std::fmt;
 use std::sync::Arc;
 
-use ksp_core::{ConfigError, HealthFeed, TopicHealth};
+use ksp_core::{ConfigError, HealthFeed, HealthSnapshot, TopicHealth};
 use moka::sync::Cache;
 use tracing::debug;
 use xxhash_rust::xxh3::xxh3_64;
@@ -151,7 +151,10 @@ impl Router {
             };
             return (explicit, None);
         }
-        if let (Some(key), Some(_)) = (key, &self.gates) {
+        let Some(key) = key else {
+            return (self.route_keyless(topic, size), None);
+        };
+        if self.gates.is_some() {
             let decision = match self.step(topic, key, size, false) {
                 KeyStep::Go(decision) => decision,
                 KeyStep::Wait { .. } => Decision {
@@ -162,15 +165,24 @@ impl Router {
             return (decision, None);
         }
         let snapshot = self.feed.load();
-        let Some(health) = snapshot.topic(topic) else {
-            return (Decision::fallback(Fallback::NoHealth), None);
+        let health = match fresh(&snapshot, topic) {
+            Ok(health) => health,
+            Err(fallback) => return (Decision::fallback(fallback), None),
         };
-        if health.is_stale() {
-            return (Decision::fallback(Fallback::Stale), None);
+        match self.partitioner.home(Some(key), health.partition_count()) {
+            Some(home) => self.keyed(health, key, home),
+            None => (self.sticky(health, size), None),
         }
-        match (key, self.partitioner.home(key, health.partition_count())) {
-            (Some(key), Some(home)) => self.keyed(health, key, home),
-            _ => (self.sticky(health, size), None),
+    }
+
+    /// [`route_detailed`](Self::route_detailed) for a keyless message the record leaves to
+    /// the router (no partition): the send path's common case, on its own so that it inlines.
+    #[inline]
+    pub(crate) fn route_keyless(&self, topic: &str, size: usize) -> Decision {
+        let snapshot = self.feed.load();
+        match fresh(&snapshot, topic) {
+            Ok(health) => self.sticky(health, size),
+            Err(fallback) => Decision::fallback(fallback),
         }
     }
 
@@ -207,7 +219,7 @@ impl Router {
         health.detour(detour.key_hash)
     }
 
-    #[inline]
+    #[inline(always)]
     fn sticky(&self, health: &TopicHealth, size: usize) -> Decision {
         // Counted as librdkafka counts a batch against `batch.size`, so that a sticky batch
         // fills one of its batches and never spills a few messages into a second one.
@@ -536,6 +548,16 @@ impl fmt::Debug for Router {
             .field("moved_keys", &self.moved_keys())
             .field("feed", &self.feed)
             .finish()
+    }
+}
+
+/// `topic`'s health in `snapshot` if it may be routed by, or why not.
+#[inline]
+fn fresh<'a>(snapshot: &'a HealthSnapshot, topic: &str) -> Result<&'a TopicHealth, Fallback> {
+    match snapshot.topic(topic) {
+        None => Err(Fallback::NoHealth),
+        Some(health) if health.is_stale() => Err(Fallback::Stale),
+        Some(health) => Ok(health),
     }
 }
 
