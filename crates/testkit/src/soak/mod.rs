@@ -896,8 +896,9 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
         tokio::spawn(async move {
             let mut rng = Rng::new(spec.seed ^ 0x6d6f_6f64);
             // One sample a second, room made up front: a vector doubling in the middle of the
-            // run would be growth the memory promise judges.
-            let samples = usize::try_from(spec.duration.as_secs()).unwrap_or(0) + 2;
+            // run would be growth the memory promise judges. Twice the duration: a run whose
+            // schedule fell behind ends late.
+            let samples = 2 * usize::try_from(spec.duration.as_secs()).unwrap_or(0) + 2;
             let mut rss = Vec::with_capacity(samples);
             let mut broker_rss = Vec::with_capacity(samples);
             let mut heap = Vec::with_capacity(samples);
@@ -986,7 +987,7 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
         })
     };
 
-    let mut recoveries = Vec::new();
+    let mut recoveries = Vec::with_capacity(episodes.len());
     let mut faults: BTreeMap<FaultKind, u32> = BTreeMap::new();
     // How far the schedule runs behind plan: an episode can outlast its plan (an instance
     // closing waits for its sends), and the next one then starts as late, so that every
