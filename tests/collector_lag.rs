@@ -523,3 +523,35 @@ async fn an_open_transactions_messages_count_as_waiting() {
         ledger.partitions[0]
     );
 }
+
+/// Told it is idle (a fleet follower does this), the collector closes its lag reader, a
+/// librdkafka client with a thread per broker, and opens one again at the next collection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_collector_closes_its_lag_reader_and_reopens_it_when_asked_again() {
+    common::init_tracing();
+    let kafka = MockKafka::start(3).unwrap();
+    let scenario = LagScenario::new("orders", 4).offsets(0, 10, 5);
+    scenario.create(&kafka, GROUP).await.unwrap();
+    let collector = KafkaLagCollector::builder(&kafka.client_config())
+        .build()
+        .unwrap();
+    let before = common::librdkafka_threads();
+    let first = collect(&collector, &["orders"]).await;
+    let open = common::librdkafka_threads();
+    assert!(open > before, "{open} librdkafka threads, {before} before");
+
+    collector.idle();
+    let closed = common::eventually(Duration::from_secs(10), || async {
+        (common::librdkafka_threads() == before).then_some(())
+    })
+    .await;
+    assert!(
+        closed.is_some(),
+        "{} librdkafka threads, {before} before the lag reader opened",
+        common::librdkafka_threads()
+    );
+
+    let again = collect(&collector, &["orders"]).await;
+    assert_eq!(again[0].partitions, first[0].partitions);
+    assert!(common::librdkafka_threads() > before);
+}

@@ -655,88 +655,131 @@ async fn a_follower_adopts_the_fleet_snapshot_whatever_the_clock_skew() {
     }
 }
 
-/// Regression: a leader noticed a lost lease only every third of its TTL and published with
-/// an unconditional SET, so a leader paused past its lease (a long GC, a frozen VM) overwrote
-/// its successor's newer snapshot when it woke up. Now publishing checks the lease in the
-/// same script: the deposed leader's snapshot is refused and it steps down.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deposed_leader_cannot_overwrite_its_successors_snapshot() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+/// A fleet instance whose collector can be made to pause its whole runtime thread once, after
+/// reading the lags: a stop-the-world pause between collecting and publishing. It runs on a
+/// runtime of its own, so that pausing it pauses nothing else.
+struct Pausable {
+    fleet: Arc<FleetCollector>,
+    pause: Arc<std::sync::atomic::AtomicBool>,
+    /// How often its collector was told it is idle.
+    idles: Arc<std::sync::atomic::AtomicU32>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
 
-    use kafka_smart_producer::monitor::HealthMonitor;
-    use kafka_smart_producer::{CollectError, LagCollector, LagRequest, TopicLag, async_trait};
+impl Pausable {
+    fn start(kafka: ClientConfig, config: RedisConfig) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-    /// Blocks its whole runtime thread once, after reading the lags: a stop-the-world pause
-    /// between collecting and publishing.
-    struct Pausing {
-        inner: KafkaLagCollector,
-        pause: Arc<AtomicBool>,
-    }
+        use kafka_smart_producer::monitor::HealthMonitor;
+        use kafka_smart_producer::{CollectError, LagCollector, LagRequest, TopicLag, async_trait};
 
-    #[async_trait]
-    impl LagCollector for Pausing {
-        async fn collect(&self, request: &LagRequest<'_>) -> Result<Vec<TopicLag>, CollectError> {
-            let lags = self.inner.collect(request).await?;
-            if self.pause.swap(false, Ordering::SeqCst) {
-                std::thread::sleep(LEASE_TTL * 5 / 2);
+        struct Pausing {
+            inner: KafkaLagCollector,
+            pause: Arc<AtomicBool>,
+            idles: Arc<AtomicU32>,
+        }
+
+        #[async_trait]
+        impl LagCollector for Pausing {
+            async fn collect(
+                &self,
+                request: &LagRequest<'_>,
+            ) -> Result<Vec<TopicLag>, CollectError> {
+                let lags = self.inner.collect(request).await?;
+                if self.pause.swap(false, Ordering::SeqCst) {
+                    std::thread::sleep(LEASE_TTL * 5 / 2);
+                }
+                Ok(lags)
             }
-            Ok(lags)
+
+            fn idle(&self) {
+                self.idles.fetch_add(1, Ordering::SeqCst);
+                self.inner.idle();
+            }
+        }
+
+        let pause = Arc::new(AtomicBool::new(false));
+        let idles = Arc::new(AtomicU32::new(0));
+        let (fleet_tx, fleet_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = {
+            let (pause, idles) = (pause.clone(), idles.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let collector = Pausing {
+                        inner: KafkaLagCollector::builder(&kafka).build().unwrap(),
+                        pause,
+                        idles,
+                    };
+                    let fleet = Arc::new(
+                        FleetCollector::builder(
+                            RedisClient::connect(&config).unwrap(),
+                            Arc::new(collector),
+                            GROUP,
+                        )
+                        .cluster("mock")
+                        .spawn()
+                        .unwrap(),
+                    );
+                    let monitor = HealthMonitor::builder(fleet.clone())
+                        .group(GROUP)
+                        .topics([TOPIC])
+                        .config(
+                            MonitorConfig::default()
+                                .with_refresh_interval(Duration::from_millis(300)),
+                        )
+                        .spawn()
+                        .unwrap();
+                    fleet_tx.send(fleet.clone()).unwrap();
+                    let _ = stopped.await;
+                    monitor.shutdown().await.unwrap();
+                    fleet.shutdown().await;
+                });
+            })
+        };
+        Self {
+            fleet: fleet_rx.recv().unwrap(),
+            pause,
+            idles,
+            stop: Some(stop),
+            thread: Some(thread),
         }
     }
 
-    common::init_tracing();
-    let redis = RedisServer::start().unwrap();
-    let kafka = cluster().await;
-    let config = redis_config(redis.url());
-    let pause = Arc::new(AtomicBool::new(false));
-    let (fleet_tx, fleet_rx) = std::sync::mpsc::channel();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    // Instance A on a runtime of its own, so that pausing it pauses nothing else.
-    let a = {
-        let (kafka, config, pause) = (kafka.client_config(), config.clone(), pause.clone());
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let collector = Pausing {
-                    inner: KafkaLagCollector::builder(&kafka).build().unwrap(),
-                    pause,
-                };
-                let fleet = Arc::new(
-                    FleetCollector::builder(
-                        RedisClient::connect(&config).unwrap(),
-                        Arc::new(collector),
-                        GROUP,
-                    )
-                    .cluster("mock")
-                    .spawn()
-                    .unwrap(),
-                );
-                let monitor = HealthMonitor::builder(fleet.clone())
-                    .group(GROUP)
-                    .topics([TOPIC])
-                    .config(
-                        MonitorConfig::default().with_refresh_interval(Duration::from_millis(300)),
-                    )
-                    .spawn()
-                    .unwrap();
-                fleet_tx.send(fleet.clone()).unwrap();
-                let _ = stopped.await;
-                monitor.shutdown().await.unwrap();
-                fleet.shutdown().await;
-            });
-        })
-    };
-    let leader_a = fleet_rx.recv().unwrap();
-    assert!(until(Duration::from_secs(10), || leader_a.is_leader()).await);
+    /// Pauses it once, at its next collection.
+    fn pause(&self) {
+        self.pause.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn idles(&self) -> u32 {
+        self.idles.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+    }
+}
+
+/// A (pausable) leads and B (a producer) follows; then A pauses past its lease, B takes over
+/// and A, awake, finds itself deposed.
+async fn depose(kafka: &MockKafka, config: RedisConfig) -> (Pausable, Instance) {
+    let a = Pausable::start(kafka.client_config(), config.clone());
+    assert!(until(Duration::from_secs(10), || a.fleet.is_leader()).await);
     let b = Instance::start(&kafka.client_config(), config);
     assert!(until(Duration::from_secs(10), || b.slow_is_unhealthy()).await);
     assert!(!b.is_leader());
-    let b_id = b.fleet().instance;
 
-    pause.store(true, Ordering::SeqCst);
+    a.pause();
     // A stops mid-round; its lease runs out and B takes over.
     assert!(
         until(Duration::from_secs(10), || b.is_leader()).await,
@@ -745,11 +788,25 @@ async fn a_deposed_leader_cannot_overwrite_its_successors_snapshot() {
     );
     // A wakes up and tries to publish what it read before the pause.
     assert!(
-        until(Duration::from_secs(10), || leader_a.stats().fenced >= 1).await,
+        until(Duration::from_secs(10), || a.fleet.stats().fenced >= 1).await,
         "{:?}",
-        leader_a.stats()
+        a.fleet.stats()
     );
-    assert!(!leader_a.is_leader());
+    assert!(!a.fleet.is_leader());
+    (a, b)
+}
+
+/// Regression: a leader noticed a lost lease only every third of its TTL and published with
+/// an unconditional SET, so a leader paused past its lease (a long GC, a frozen VM) overwrote
+/// its successor's newer snapshot when it woke up. Now publishing checks the lease in the
+/// same script: the deposed leader's snapshot is refused and it steps down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_cannot_overwrite_its_successors_snapshot() {
+    common::init_tracing();
+    let redis = RedisServer::start().unwrap();
+    let kafka = cluster().await;
+    let (a, b) = depose(&kafka, redis_config(redis.url())).await;
+    let b_id = b.fleet().instance;
     let stored = redis
         .command(&[
             "HGET",
@@ -762,8 +819,40 @@ async fn a_deposed_leader_cannot_overwrite_its_successors_snapshot() {
         "B's snapshot stands: {stored}"
     );
     assert!(b.is_leader());
-    stop.send(()).unwrap();
-    a.join().unwrap();
+    a.stop();
+}
+
+/// The 30-minute soak's heap grew by about 0.6 MB a client: an instance that had led the
+/// fleet kept its lag reader (a librdkafka client, a thread per broker and its connections)
+/// for good after it stepped down, so over a run in which leadership moved, every instance
+/// held one. A follower now tells its collector it is idle after a run of adopted snapshots,
+/// and the collector closes the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_kept_its_lag_reader_for_good() {
+    common::init_tracing();
+    let redis = RedisServer::start().unwrap();
+    let kafka = cluster().await;
+    let (a, b) = depose(&kafka, redis_config(redis.url())).await;
+    // Both lag readers are open now: A's, kept from its lead, and B's (B has collected).
+    let published = b.fleet().published;
+    assert!(until(Duration::from_secs(10), || b.fleet().published > published).await);
+    let both = common::librdkafka_threads();
+    assert_eq!(a.idles(), 0);
+
+    // A follows B: after a run of adopted snapshots (300 ms apart) it closes its reader.
+    assert!(
+        until(Duration::from_secs(30), || common::librdkafka_threads()
+            < both)
+        .await,
+        "{} librdkafka threads, {both} with both lag readers open; A told idle {} times; {:?}",
+        common::librdkafka_threads(),
+        a.idles(),
+        a.fleet.stats()
+    );
+    assert_eq!(a.idles(), 1);
+    assert!(!a.fleet.is_leader());
+    assert!(b.is_leader());
+    a.stop();
 }
 
 /// Followers never go back to an older snapshot (by term, then sequence) than one they used:
@@ -935,23 +1024,12 @@ async fn assert_connections_back(redis: &RedisServer, before: usize, what: &str)
     );
 }
 
-/// librdkafka's threads in this process (it names them `rdk:…`): each client has a few, so a
-/// client left behind shows here. Counts every test's in the process: right under nextest, which
-/// runs each test in a process of its own (the test command's runner).
-fn librdkafka_threads() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-        .filter(|name| name.starts_with("rdk:"))
-        .count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_producer_leaves_no_librdkafka_client_behind() {
     common::init_tracing();
     let redis = RedisServer::start().unwrap();
     let kafka = cluster().await;
-    let before = librdkafka_threads();
+    let before = common::librdkafka_threads();
     for blocking in [false, true, false, true] {
         let builder = AsyncSmartProducer::builder(kafka.client_config())
             .consumer_group(GROUP)
@@ -990,8 +1068,10 @@ async fn a_closed_producer_leaves_no_librdkafka_client_behind() {
         }
     }
     assert!(
-        until(Duration::from_secs(10), || librdkafka_threads() <= before).await,
+        until(Duration::from_secs(10), || common::librdkafka_threads()
+            <= before)
+        .await,
         "{} librdkafka threads, {before} before the producers",
-        librdkafka_threads()
+        common::librdkafka_threads()
     );
 }

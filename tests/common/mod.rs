@@ -15,6 +15,17 @@ pub fn init_tracing() {
     capture_logs();
 }
 
+/// librdkafka's threads in this process (it names them `rdk:…`): each client has a few, so a
+/// client left behind shows here. Counts every test's in the process: right under nextest, which
+/// runs each test in a process of its own (the test command's runner).
+pub fn librdkafka_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("rdk:"))
+        .count()
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, at most `limit`.
 pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
 where

@@ -78,6 +78,14 @@ pub trait LagCollector: Send + Sync + 'static {
     fn name(&self) -> &str {
         "custom"
     }
+
+    /// No [`collect`](Self::collect) is expected for a while: release what is kept only to
+    /// make the next one fast (clients, connections). The next `collect` sets it up again.
+    ///
+    /// Called by a fleet of instances sharing one collection, on an instance that has followed
+    /// the fleet's leader for a while. A collector that wraps another should pass it on. The
+    /// default keeps everything.
+    fn idle(&self) {}
 }
 
 #[async_trait]
@@ -88,5 +96,9 @@ impl<T: LagCollector + ?Sized> LagCollector for std::sync::Arc<T> {
 
     fn name(&self) -> &str {
         (**self).name()
+    }
+
+    fn idle(&self) {
+        (**self).idle();
     }
 }

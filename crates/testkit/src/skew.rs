@@ -63,4 +63,8 @@ impl<C: LagCollector> LagCollector for SkewedCollector<C> {
     fn name(&self) -> &str {
         self.inner.name()
     }
+
+    fn idle(&self) {
+        self.inner.idle();
+    }
 }

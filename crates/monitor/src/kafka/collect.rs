@@ -258,4 +258,11 @@ impl LagCollector for KafkaLagCollector {
     fn name(&self) -> &str {
         "kafka"
     }
+
+    /// Closes the lag readers (each a librdkafka client, with a thread per broker and its
+    /// connections), on a blocking thread when called from a Tokio runtime: librdkafka's
+    /// destroy waits for its threads. The next `collect` opens them again.
+    fn idle(&self) {
+        self.inner.close_readers();
+    }
 }

@@ -13,6 +13,7 @@ use ksp_core::CollectError;
 use ksp_core::secret::redact;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::Consumer;
+use tracing::debug;
 
 use self::reader::Reader;
 use self::stats::ReaderContext;
@@ -99,7 +100,7 @@ pub struct KafkaLagCollector {
 
 struct Inner {
     config: ClientConfig,
-    /// One reader per (group, isolation level), created on first use.
+    /// One reader per (group, isolation level), created on first use, closed when idle.
     readers: Mutex<HashMap<(String, &'static str), Arc<Reader>>>,
     request_timeout: Duration,
     isolation: IsolationLevel,
@@ -343,10 +344,27 @@ impl Inner {
         config
     }
 
+    /// Closes every lag reader; the next use opens them again. A refresh in flight keeps the
+    /// reader it holds until it ends.
+    fn close_readers(&self) {
+        let readers: Vec<Arc<Reader>> = self.lock_readers().drain().map(|(_, r)| r).collect();
+        if readers.is_empty() {
+            return;
+        }
+        debug!(
+            readers = readers.len(),
+            "closing the lag readers while idle"
+        );
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(readers))),
+            Err(_) => drop(readers),
+        }
+    }
+
     /// The lag reader of `group` reading at `isolation` (`read_uncommitted` for committed
     /// offsets and watermarks, `read_committed` for last stable offsets), created on first use
-    /// and kept: the Python library builds a new client every refresh, paying connection
-    /// setup each time.
+    /// and kept until the collector is told it is idle: the Python library builds a new client
+    /// every refresh, paying connection setup each time.
     fn reader(&self, group: &str, isolation: &'static str) -> Result<Arc<Reader>, CollectError> {
         let mut readers = self.lock_readers();
         if let Some(reader) = readers.get(&(group.to_owned(), isolation)) {

@@ -5,7 +5,7 @@ mod lease;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -123,8 +123,16 @@ struct Shared {
     wake: Notify,
     cancel: CancellationToken,
     last_rejected: Mutex<Option<u64>>,
+    /// Refreshes in a row that adopted the fleet's snapshot without collecting here.
+    adopted_in_a_row: AtomicU32,
     stats: Counters,
 }
+
+/// After this many refreshes in a row that adopted the fleet's snapshot, a follower tells its
+/// collector it is idle: a lag reader kept for good by every instance that ever led would hold
+/// a librdkafka client (a thread per broker, its connections) on each. Not at once, so that a
+/// follower falling back to collecting now and then does not reopen a client every time.
+const IDLE_AFTER_ADOPTIONS: u32 = 30;
 
 #[derive(Default)]
 struct Counters {
@@ -347,6 +355,7 @@ impl FleetCollectorBuilder {
             wake: Notify::new(),
             cancel: cancel.clone(),
             last_rejected: Mutex::new(None),
+            adopted_in_a_row: AtomicU32::new(0),
             stats: Counters::default(),
             client: self.client,
         });
@@ -516,6 +525,7 @@ impl Shared {
         topics: &[String],
     ) -> Result<Vec<TopicLag>, CollectError> {
         self.stats.collected_locally.fetch_add(1, Ordering::Relaxed);
+        self.adopted_in_a_row.store(0, Ordering::Relaxed);
         let request = LagRequest::new(request.group, topics, request.budget);
         self.inner.collect(&request).await
     }
@@ -609,6 +619,11 @@ impl LagCollector for FleetCollector {
             .collect();
         s.stats.adopted.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("ksp_fleet_snapshots_total", "source" => "adopted").increment(1);
+        if missing.is_empty()
+            && s.adopted_in_a_row.fetch_add(1, Ordering::Relaxed) + 1 == IDLE_AFTER_ADOPTIONS
+        {
+            s.inner.idle();
+        }
         if !missing.is_empty() {
             // Topics the leader does not watch: ours to collect. If that fails, the fleet's
             // topics are still good.
@@ -626,6 +641,10 @@ impl LagCollector for FleetCollector {
 
     fn name(&self) -> &str {
         "redis-fleet"
+    }
+
+    fn idle(&self) {
+        self.shared.inner.idle();
     }
 }
 
