@@ -533,16 +533,33 @@ async fn an_idle_collector_closes_its_lag_reader_and_reopens_it_when_asked_again
     let scenario = LagScenario::new("orders", 4).offsets(0, 10, 5);
     scenario.create(&kafka, GROUP).await.unwrap();
     let collector = KafkaLagCollector::builder(&kafka.client_config())
+        .set("statistics.interval.ms", "100")
         .build()
         .unwrap();
     let before = common::librdkafka_threads();
     let first = collect(&collector, &["orders"]).await;
     let open = common::librdkafka_threads();
     assert!(open > before, "{open} librdkafka threads, {before} before");
+    let counted = common::eventually(Duration::from_secs(5), || async {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        collector
+            .request_counts(GROUP)
+            .filter(|c| c.offset_fetch >= 1)
+    })
+    .await
+    .expect("statistics arrive");
 
-    collector.idle();
+    collector.idle(GROUP);
+    // What the closed reader counted is still counted.
+    let kept = collector.request_counts(GROUP);
+    assert!(
+        kept.is_some_and(|c| c.offset_fetch >= counted.offset_fetch
+            && c.list_offsets >= counted.list_offsets
+            && c.metadata >= counted.metadata),
+        "{kept:?}, {counted:?} before closing"
+    );
     let closed = common::eventually(Duration::from_secs(10), || async {
-        (common::librdkafka_threads() == before).then_some(())
+        (common::librdkafka_threads() <= before).then_some(())
     })
     .await;
     assert!(
@@ -554,4 +571,12 @@ async fn an_idle_collector_closes_its_lag_reader_and_reopens_it_when_asked_again
     let again = collect(&collector, &["orders"]).await;
     assert_eq!(again[0].partitions, first[0].partitions);
     assert!(common::librdkafka_threads() > before);
+    let recounted = common::eventually(Duration::from_secs(5), || async {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        collector
+            .request_counts(GROUP)
+            .filter(|c| c.offset_fetch > counted.offset_fetch)
+    })
+    .await;
+    assert!(recounted.is_some(), "{:?}", collector.request_counts(GROUP));
 }

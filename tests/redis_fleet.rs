@@ -693,9 +693,9 @@ impl Pausable {
                 Ok(lags)
             }
 
-            fn idle(&self) {
+            fn idle(&self, group: &str) {
                 self.idles.fetch_add(1, Ordering::SeqCst);
-                self.inner.idle();
+                self.inner.idle(group);
             }
         }
 
@@ -841,13 +841,17 @@ async fn a_deposed_leader_kept_its_lag_reader_for_good() {
 
     // A follows B: after a run of adopted snapshots (300 ms apart) it closes its reader.
     assert!(
-        until(Duration::from_secs(30), || common::librdkafka_threads()
-            < both)
-        .await,
-        "{} librdkafka threads, {both} with both lag readers open; A told idle {} times; {:?}",
-        common::librdkafka_threads(),
+        until(Duration::from_secs(30), || a.idles() == 1).await,
+        "A was told idle {} times; {:?}",
         a.idles(),
         a.fleet.stats()
+    );
+    assert!(
+        until(Duration::from_secs(10), || common::librdkafka_threads()
+            < both)
+        .await,
+        "{} librdkafka threads, {both} with both lag readers open",
+        common::librdkafka_threads(),
     );
     assert_eq!(a.idles(), 1);
     assert!(!a.fleet.is_leader());

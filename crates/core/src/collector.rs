@@ -79,13 +79,17 @@ pub trait LagCollector: Send + Sync + 'static {
         "custom"
     }
 
-    /// No [`collect`](Self::collect) is expected for a while: release what is kept only to
-    /// make the next one fast (clients, connections). The next `collect` sets it up again.
+    /// No [`collect`](Self::collect) for `group` is expected for a while: release what is kept
+    /// only to make the next one fast (clients, connections). The next `collect` sets it up
+    /// again.
     ///
     /// Called by a fleet of instances sharing one collection, on an instance that has followed
-    /// the fleet's leader for a while. A collector that wraps another should pass it on. The
-    /// default keeps everything.
-    fn idle(&self) {}
+    /// the fleet's leader for a while. It is called from an async task, so it must not block,
+    /// and a collector shared by several callers may be collecting for them meanwhile. A
+    /// collector that wraps another should pass it on. The default keeps everything.
+    fn idle(&self, group: &str) {
+        let _ = group;
+    }
 }
 
 #[async_trait]
@@ -98,7 +102,7 @@ impl<T: LagCollector + ?Sized> LagCollector for std::sync::Arc<T> {
         (**self).name()
     }
 
-    fn idle(&self) {
-        (**self).idle();
+    fn idle(&self, group: &str) {
+        (**self).idle(group);
     }
 }

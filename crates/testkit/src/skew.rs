@@ -64,7 +64,7 @@ impl<C: LagCollector> LagCollector for SkewedCollector<C> {
         self.inner.name()
     }
 
-    fn idle(&self) {
-        self.inner.idle();
+    fn idle(&self, group: &str) {
+        self.inner.idle(group);
     }
 }

@@ -12,7 +12,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tracing::{debug, warn};
 
 use super::reader::{
-    Layout, METADATA_PER_TOPIC_UP_TO, Offsets, ReadError, Reader, TopicLayout, layouts_from,
+    Layout, METADATA_PER_TOPIC_UP_TO, Offsets, ReadError, ReaderHandle, TopicLayout, layouts_from,
     per_leader, read_metadata, read_offsets, retrying,
 };
 use super::{IsolationLevel, KafkaLagCollector};
@@ -27,7 +27,7 @@ impl KafkaLagCollector {
     /// one; only when every topic failed does the read fail.
     async fn layouts(
         &self,
-        reader: &Arc<Reader>,
+        reader: &Arc<ReaderHandle>,
         topics: &[String],
         deadline: Instant,
     ) -> Result<Vec<TopicLayout>, CollectError> {
@@ -96,7 +96,7 @@ impl KafkaLagCollector {
     /// its last health rather than publishing a topic with nothing measured).
     async fn watermarks(
         &self,
-        reader: &Arc<Reader>,
+        reader: &Arc<ReaderHandle>,
         lists: Vec<(i32, TopicPartitionList)>,
         deadline: Instant,
         what: &'static str,
@@ -139,7 +139,7 @@ impl KafkaLagCollector {
     /// them those partitions lack a detail, the collection does not fail.
     async fn optional_watermarks(
         &self,
-        reader: &Arc<Reader>,
+        reader: &Arc<ReaderHandle>,
         lists: Vec<(i32, TopicPartitionList)>,
         deadline: Instant,
         what: &'static str,
@@ -259,10 +259,11 @@ impl LagCollector for KafkaLagCollector {
         "kafka"
     }
 
-    /// Closes the lag readers (each a librdkafka client, with a thread per broker and its
-    /// connections), on a blocking thread when called from a Tokio runtime: librdkafka's
-    /// destroy waits for its threads. The next `collect` opens them again.
-    fn idle(&self) {
-        self.inner.close_readers();
+    /// Closes the lag readers of `group` (each a librdkafka client, with a thread per broker
+    /// and its connections): destroyed on a blocking thread once no refresh in flight holds
+    /// them. The next `collect` for `group` opens them again; [`request_counts`]
+    /// (KafkaLagCollector::request_counts) keeps counting the closed ones.
+    fn idle(&self, group: &str) {
+        self.inner.close_readers(group);
     }
 }

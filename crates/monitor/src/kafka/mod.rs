@@ -15,7 +15,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::Consumer;
 use tracing::debug;
 
-use self::reader::Reader;
+use self::reader::{Reader, ReaderHandle};
 use self::stats::ReaderContext;
 pub use self::stats::RequestCounts;
 use crate::error::{MonitorError, MonitorResult};
@@ -101,7 +101,9 @@ pub struct KafkaLagCollector {
 struct Inner {
     config: ClientConfig,
     /// One reader per (group, isolation level), created on first use, closed when idle.
-    readers: Mutex<HashMap<(String, &'static str), Arc<Reader>>>,
+    readers: Mutex<HashMap<(String, &'static str), Arc<ReaderHandle>>>,
+    /// Per group, the requests its closed readers had counted.
+    retired: Mutex<HashMap<String, RequestCounts>>,
     request_timeout: Duration,
     isolation: IsolationLevel,
 }
@@ -123,13 +125,22 @@ impl KafkaLagCollector {
         }
     }
 
-    /// Requests the lag readers of `group` have sent, by API, as librdkafka counts them.
+    /// Requests the lag readers of `group` have sent, by API, as librdkafka counts them,
+    /// readers closed while idle included (up to their last statistics: what a reader sent in
+    /// its last `statistics.interval.ms` before closing may be missing).
     ///
     /// Available once librdkafka has emitted statistics, which it does only when the reader is
     /// built with `statistics.interval.ms` set (see [`KafkaLagCollectorBuilder::set`]).
     /// Independent evidence of how many requests a refresh costs.
     pub fn request_counts(&self, group: &str) -> Option<RequestCounts> {
-        let readers: Vec<Arc<Reader>> = self
+        let retired = self
+            .inner
+            .retired
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(group)
+            .copied();
+        let readers: Vec<Arc<ReaderHandle>> = self
             .inner
             .lock_readers()
             .iter()
@@ -143,6 +154,7 @@ impl KafkaLagCollector {
                 let _ = reader.poll(Duration::ZERO);
                 reader.context().counts()
             })
+            .chain([retired])
             .reduce(|a, b| match (a, b) {
                 (Some(a), Some(b)) => Some(a + b),
                 (a, b) => a.or(b),
@@ -304,6 +316,7 @@ impl KafkaLagCollectorBuilder {
             inner: Arc::new(Inner {
                 config,
                 readers: Mutex::default(),
+                retired: Mutex::default(),
                 request_timeout: self.request_timeout,
                 isolation: self.isolation,
             }),
@@ -324,7 +337,7 @@ impl fmt::Debug for KafkaLagCollectorBuilder {
 impl Inner {
     fn lock_readers(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(String, &'static str), Arc<Reader>>> {
+    ) -> std::sync::MutexGuard<'_, HashMap<(String, &'static str), Arc<ReaderHandle>>> {
         self.readers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -344,20 +357,35 @@ impl Inner {
         config
     }
 
-    /// Closes every lag reader; the next use opens them again. A refresh in flight keeps the
-    /// reader it holds until it ends.
-    fn close_readers(&self) {
-        let readers: Vec<Arc<Reader>> = self.lock_readers().drain().map(|(_, r)| r).collect();
-        if readers.is_empty() {
+    /// Closes the lag readers of `group`; the next use opens them again. What they counted
+    /// is kept for [`KafkaLagCollector::request_counts`]. A refresh in flight keeps the reader
+    /// it holds until it ends (the last holder destroys it, on a blocking thread).
+    fn close_readers(&self, group: &str) {
+        let closed: Vec<Arc<ReaderHandle>> = {
+            let mut readers = self.lock_readers();
+            let keys: Vec<_> = readers
+                .keys()
+                .filter(|(g, _)| g == group)
+                .cloned()
+                .collect();
+            keys.iter().filter_map(|key| readers.remove(key)).collect()
+        };
+        if closed.is_empty() {
             return;
         }
         debug!(
-            readers = readers.len(),
+            group,
+            readers = closed.len(),
             "closing the lag readers while idle"
         );
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(readers))),
-            Err(_) => drop(readers),
+        let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
+        for reader in closed {
+            // Statistics are delivered as events that polling serves.
+            let _ = reader.poll(Duration::ZERO);
+            if let Some(counts) = reader.context().counts() {
+                let sum = retired.entry(group.to_owned()).or_default();
+                *sum = *sum + counts;
+            }
         }
     }
 
@@ -365,7 +393,11 @@ impl Inner {
     /// offsets and watermarks, `read_committed` for last stable offsets), created on first use
     /// and kept until the collector is told it is idle: the Python library builds a new client
     /// every refresh, paying connection setup each time.
-    fn reader(&self, group: &str, isolation: &'static str) -> Result<Arc<Reader>, CollectError> {
+    fn reader(
+        &self,
+        group: &str,
+        isolation: &'static str,
+    ) -> Result<Arc<ReaderHandle>, CollectError> {
         let mut readers = self.lock_readers();
         if let Some(reader) = readers.get(&(group.to_owned(), isolation)) {
             return Ok(reader.clone());
@@ -376,7 +408,7 @@ impl Inner {
             .map_err(|e| {
                 CollectError::source(format!("creating the lag reader for group `{group}`"), e)
             })?;
-        let reader = Arc::new(reader);
+        let reader = Arc::new(ReaderHandle::new(reader));
         readers.insert((group.to_owned(), isolation), reader.clone());
         Ok(reader)
     }

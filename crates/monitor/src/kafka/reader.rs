@@ -16,6 +16,40 @@ use super::stats::ReaderContext;
 /// A consumer that carries the watched group's id but never subscribes.
 pub(crate) type Reader = BaseConsumer<ReaderContext>;
 
+/// A lag reader, destroyed on a blocking thread when its last holder drops it inside a Tokio
+/// runtime: dropping a consumer with a group id polls until it is closed, and librdkafka's
+/// destroy then joins its threads, which must not stall an async worker. (A runtime shutting
+/// down refuses the blocking thread: the reader is then destroyed where it is dropped.)
+pub(crate) struct ReaderHandle(Option<Reader>);
+
+impl ReaderHandle {
+    pub(crate) fn new(reader: Reader) -> Self {
+        Self(Some(reader))
+    }
+}
+
+impl std::ops::Deref for ReaderHandle {
+    type Target = Reader;
+
+    fn deref(&self) -> &Reader {
+        // Only `drop` takes it out.
+        self.0
+            .as_ref()
+            .expect("the reader is present until dropped")
+    }
+}
+
+impl Drop for ReaderHandle {
+    fn drop(&mut self) {
+        if let Some(reader) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(move || drop(reader))),
+                Err(_) => drop(reader),
+            }
+        }
+    }
+}
+
 /// Shortest time worth starting a request with.
 const MIN_ATTEMPT: Duration = Duration::from_millis(5);
 

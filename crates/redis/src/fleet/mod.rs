@@ -619,10 +619,17 @@ impl LagCollector for FleetCollector {
             .collect();
         s.stats.adopted.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("ksp_fleet_snapshots_total", "source" => "adopted").increment(1);
+        // Once per run of adoptions (the count stops at the threshold), and not if this
+        // instance took the lease while it read.
         if missing.is_empty()
-            && s.adopted_in_a_row.fetch_add(1, Ordering::Relaxed) + 1 == IDLE_AFTER_ADOPTIONS
+            && s.adopted_in_a_row
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < IDLE_AFTER_ADOPTIONS).then_some(n + 1)
+                })
+                == Ok(IDLE_AFTER_ADOPTIONS - 1)
+            && !s.leader.load(Ordering::Acquire)
         {
-            s.inner.idle();
+            s.inner.idle(&s.group);
         }
         if !missing.is_empty() {
             // Topics the leader does not watch: ours to collect. If that fails, the fleet's
@@ -643,8 +650,8 @@ impl LagCollector for FleetCollector {
         "redis-fleet"
     }
 
-    fn idle(&self) {
-        self.shared.inner.idle();
+    fn idle(&self, group: &str) {
+        self.shared.inner.idle(group);
     }
 }
 
