@@ -40,6 +40,11 @@ struct Args {
     /// Run the embedded cluster in this process (its memory then counts in the RSS judged).
     #[arg(long)]
     broker_in_process: bool,
+    /// Write the memory samples (one a second) to this CSV file: seconds from the start, RSS,
+    /// heap in use and the free memory glibc keeps (bytes; the heap columns empty without
+    /// glibc's count).
+    #[arg(long)]
+    samples: Option<std::path::PathBuf>,
     /// Serve the embedded cluster for a soak in the parent process (how this program runs
     /// itself as the broker's process).
     #[arg(long, hide = true)]
@@ -92,9 +97,30 @@ fn main() -> anyhow::Result<()> {
     // Not waiting for a blocking task that lingers before the report is out.
     runtime.shutdown_timeout(Duration::from_secs(5));
     let report = report?;
+    if let Some(path) = &args.samples {
+        std::fs::write(path, samples_csv(&report))?;
+    }
     println!("{report}");
     if !report.all_kept() {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// The report's memory samples as CSV, one line a second.
+fn samples_csv(report: &ksp_testkit::soak::SoakReport) -> String {
+    let heap: std::collections::HashMap<u64, ksp_testkit::HeapUse> = report
+        .heap
+        .iter()
+        .map(|(at, count)| (at.to_bits(), *count))
+        .collect();
+    let mut csv = String::from("seconds,rss_bytes,heap_in_use_bytes,heap_kept_free_bytes\n");
+    for (at, rss, _) in &report.rss {
+        let (in_use, kept_free) = heap.get(&at.to_bits()).map_or_else(
+            || (String::new(), String::new()),
+            |h| (h.in_use.to_string(), h.kept_free.to_string()),
+        );
+        csv.push_str(&format!("{at:.3},{rss},{in_use},{kept_free}\n"));
+    }
+    csv
 }

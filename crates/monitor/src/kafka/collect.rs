@@ -261,8 +261,8 @@ impl LagCollector for KafkaLagCollector {
 
     /// Closes the lag readers of `group` (each a librdkafka client, with a thread per broker
     /// and its connections): destroyed on a blocking thread once no refresh in flight holds
-    /// them. The next `collect` for `group` opens them again; [`request_counts`]
-    /// (KafkaLagCollector::request_counts) keeps counting the closed ones.
+    /// them. The next `collect` for `group` opens them again;
+    /// [`request_counts`](KafkaLagCollector::request_counts) keeps counting the closed ones.
     fn idle(&self, group: &str) {
         self.inner.close_readers(group);
     }
