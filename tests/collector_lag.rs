@@ -5,7 +5,9 @@ mod common;
 use std::time::Duration;
 
 use kafka_smart_producer::health::UncommittedPolicy;
-use kafka_smart_producer::monitor::{KafkaLagCollector, MonitorConfig, TopicTracker};
+use kafka_smart_producer::monitor::{
+    KafkaLagCollector, MonitorConfig, RequestCounts, TopicTracker,
+};
 use kafka_smart_producer::rdkafka::mocking::MockCoordinator;
 use kafka_smart_producer::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use kafka_smart_producer::{LagCollector, LagRequest, ThresholdCalculator};
@@ -23,6 +25,19 @@ async fn collect(
         .collect(&LagRequest::new(GROUP, &topics, BUDGET))
         .await
         .expect("collection succeeds")
+}
+
+/// The reader's request counts once they satisfy `ready` (librdkafka emits its statistics every
+/// `statistics.interval.ms`), at most 5 s.
+async fn counts_when(
+    collector: &KafkaLagCollector,
+    ready: impl Fn(&RequestCounts) -> bool,
+) -> Option<RequestCounts> {
+    common::eventually(Duration::from_secs(5), || async {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        collector.request_counts(GROUP).filter(|c| ready(c))
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,14 +176,9 @@ async fn one_list_offsets_per_leader_and_one_offset_fetch_per_refresh() {
 
     // Warm up (coordinator lookup, connections), then wait for librdkafka's counters.
     collect(&collector, &["wide"]).await;
-    let before = common::eventually(Duration::from_secs(5), || async {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        collector
-            .request_counts(GROUP)
-            .filter(|c| c.offset_fetch >= 1)
-    })
-    .await
-    .expect("statistics arrive");
+    let before = counts_when(&collector, |c| c.offset_fetch >= 1)
+        .await
+        .expect("statistics arrive");
 
     const REFRESHES: u64 = 5;
     for _ in 0..REFRESHES {
@@ -176,11 +186,8 @@ async fn one_list_offsets_per_leader_and_one_offset_fetch_per_refresh() {
         assert_eq!(report[0].partitions.len(), 64);
         assert_eq!(report[0].partitions[5].lag, Some(20));
     }
-    let after = common::eventually(Duration::from_secs(5), || async {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        collector
-            .request_counts(GROUP)
-            .filter(|c| c.offset_fetch >= before.offset_fetch + REFRESHES)
+    let after = counts_when(&collector, |c| {
+        c.offset_fetch >= before.offset_fetch + REFRESHES
     })
     .await
     .expect("statistics arrive");
@@ -540,14 +547,9 @@ async fn an_idle_collector_closes_its_lag_reader_and_reopens_it_when_asked_again
     let first = collect(&collector, &["orders"]).await;
     let open = common::librdkafka_threads();
     assert!(open > before, "{open} librdkafka threads, {before} before");
-    let counted = common::eventually(Duration::from_secs(5), || async {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        collector
-            .request_counts(GROUP)
-            .filter(|c| c.offset_fetch >= 1)
-    })
-    .await
-    .expect("statistics arrive");
+    let counted = counts_when(&collector, |c| c.offset_fetch >= 1)
+        .await
+        .expect("statistics arrive");
 
     collector.idle(GROUP);
     // What the closed reader counted is still counted.
@@ -571,12 +573,6 @@ async fn an_idle_collector_closes_its_lag_reader_and_reopens_it_when_asked_again
     let again = collect(&collector, &["orders"]).await;
     assert_eq!(again[0].partitions, first[0].partitions);
     assert!(common::librdkafka_threads() > before);
-    let recounted = common::eventually(Duration::from_secs(5), || async {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        collector
-            .request_counts(GROUP)
-            .filter(|c| c.offset_fetch > counted.offset_fetch)
-    })
-    .await;
+    let recounted = counts_when(&collector, |c| c.offset_fetch > counted.offset_fetch).await;
     assert!(recounted.is_some(), "{:?}", collector.request_counts(GROUP));
 }
