@@ -319,6 +319,62 @@ async fn stale_health_is_ignored() {
     assert_eq!(d.route, Route::Fallback(Fallback::Stale));
 }
 
+/// Regression (the soak's one-minute run in CI: health routed by 22.5 s after it was read,
+/// against a `max_staleness` of 1 s): only the monitor's task marked health stale, so while
+/// something blocked the runtime's threads, sends kept routing by health of any age. Here the
+/// runtime's only thread is blocked past `max_staleness`; the monitor cannot run, and sends
+/// must fall back all the same.
+#[tokio::test(flavor = "current_thread")]
+async fn health_was_routed_by_past_max_staleness_while_the_runtime_was_blocked() {
+    common::init_tracing();
+    const MAX_STALENESS: Duration = Duration::from_millis(300);
+    let kafka = MockKafka::start(1).unwrap();
+    kafka.create_topic(TOPIC, 4).unwrap();
+    let collector = Arc::new(ManualCollector::new());
+    collector.set_lags(TOPIC, &[5000, 0, 0, 0]);
+    let producer = AsyncSmartProducer::builder(kafka.client_config())
+        .consumer_group(GROUP)
+        .topics([TOPIC])
+        .collector(collector.clone())
+        .monitor(
+            MonitorConfig::default()
+                .with_refresh_interval(Duration::from_millis(100))
+                .with_max_staleness(MAX_STALENESS),
+        )
+        .build()
+        .unwrap();
+    producer.refresh_health().await.unwrap();
+    let read = std::time::Instant::now();
+    assert_eq!(producer.healthy_partitions(TOPIC).unwrap(), [1, 2, 3]);
+
+    // A blocking call on the runtime's one thread: the monitor's task does not run.
+    std::thread::sleep(MAX_STALENESS + Duration::from_millis(100));
+    assert!(read.elapsed() > MAX_STALENESS);
+    let keyless = producer.decide(&FutureRecord::<(), _>::to(TOPIC).payload("v"));
+    assert_eq!(keyless.route, Route::Fallback(Fallback::Stale));
+    let health = producer.health();
+    let topic = health.topic(TOPIC).unwrap();
+    assert!(
+        !topic.is_marked_stale(),
+        "the monitor ran: this test no longer blocks it"
+    );
+    assert!(topic.is_stale(), "past max_staleness, health is stale");
+    // Keys whose home is the lagging partition would otherwise move.
+    for key in 0..32u32 {
+        let key = key.to_string();
+        let keyed = producer.decide(&FutureRecord::to(TOPIC).key(&key).payload("v"));
+        assert_eq!(keyed.route, Route::Fallback(Fallback::Stale), "key {key}");
+    }
+    assert_eq!(producer.healthy_partitions(TOPIC), None);
+    assert!(producer.topic_summary(TOPIC).unwrap().stale);
+    // And the send itself.
+    let d = producer
+        .produce(FutureRecord::<(), _>::to(TOPIC).payload("v"))
+        .await
+        .unwrap();
+    assert_eq!(d.route, Route::Fallback(Fallback::Stale));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_the_producer_does_not_know_yet_falls_back_instead_of_failing() {
     common::init_tracing();

@@ -38,6 +38,9 @@ pub struct TopicHealth {
     absorbs_moved_keys: bool,
     by_capacity: bool,
     stale: bool,
+    /// When this health turns stale by itself (see [`stale_in`](Self::stale_in)); `None`:
+    /// only when marked.
+    fresh_until: Option<quanta::Instant>,
     cursor: Arc<StickyCursor>,
     /// The last batch [`pick_for_batch`](Self::pick_for_batch) picked for: its number in the
     /// high half, its partition + 1 in the low half; [`NO_PICK`] before the first.
@@ -130,6 +133,7 @@ impl TopicHealth {
             absorbs_moved_keys,
             by_capacity,
             stale: false,
+            fresh_until: None,
             cursor: Arc::new(StickyCursor::new()),
             last_pick: AtomicU64::new(NO_PICK),
         }
@@ -220,6 +224,7 @@ impl TopicHealth {
             absorbs_moved_keys: self.absorbs_moved_keys,
             by_capacity: self.by_capacity,
             stale: true,
+            fresh_until: self.fresh_until,
             cursor: self.cursor.clone(),
             last_pick: AtomicU64::new(NO_PICK),
         }
@@ -253,9 +258,37 @@ impl TopicHealth {
             .unwrap_or_default()
     }
 
-    /// Whether the monitor has declared this health too old to route by.
+    /// The same health, turning stale by itself `after` from now: [`is_stale`](Self::is_stale)
+    /// says so from then on, whether or not anybody marks it. The monitor sets this to what is
+    /// left of `max_staleness`, so that health is not routed by past it even when the
+    /// monitor's task is not scheduled in time (a runtime whose threads something blocks).
+    ///
+    /// Timed by quanta's clock (the TSC where it is reliable), which a
+    /// [`quanta::Clock::mock`] does not move: a router on a mock clock never sees this
+    /// deadline pass.
+    #[must_use]
+    pub fn stale_in(mut self, after: Duration) -> Self {
+        self.fresh_until = Some(quanta::Instant::now() + after);
+        self
+    }
+
+    /// Whether this health is too old to route by: the monitor declared it so, or the deadline
+    /// set with [`stale_in`](Self::stale_in) has passed.
     pub fn is_stale(&self) -> bool {
+        self.is_stale_at(quanta::Instant::now())
+    }
+
+    /// Whether the monitor marked this health stale ([`to_stale`](Self::to_stale)), its
+    /// deadline aside.
+    pub fn is_marked_stale(&self) -> bool {
         self.stale
+    }
+
+    /// [`is_stale`](Self::is_stale) at `now` (of quanta's clock): for a caller that has read
+    /// the clock already.
+    #[inline(always)]
+    pub fn is_stale_at(&self, now: quanta::Instant) -> bool {
+        self.stale || self.fresh_until.is_some_and(|until| now >= until)
     }
 
     /// Number of partitions the health covers (highest known id + 1).
@@ -613,6 +646,28 @@ mod tests {
         assert!(!t.is_stale());
         assert_eq!(s.routable_partitions(), t.routable_partitions());
         assert_eq!(s.topic_hash(), t.topic_hash());
+    }
+
+    /// Health given a deadline turns stale at it by itself, unmarked; a stale copy keeps it.
+    #[test]
+    fn health_turns_stale_at_its_deadline_without_being_marked() {
+        let (clock, mock) = quanta::Clock::mock();
+        mock.increment(Duration::from_secs(1));
+        quanta::with_clock(&clock, || {
+            let t = TopicHealth::new("t", SystemTime::now(), vec![health(0, 1.0, true)])
+                .stale_in(Duration::from_millis(100));
+            assert!(!t.is_stale());
+            mock.increment(Duration::from_millis(99));
+            assert!(!t.is_stale(), "fresh before its deadline");
+            mock.increment(Duration::from_millis(1));
+            assert!(t.is_stale(), "stale at its deadline");
+            assert!(!t.is_marked_stale(), "nobody marked it");
+            assert!(t.to_stale().is_marked_stale());
+            // Without a deadline, only marking makes health stale.
+            let forever = TopicHealth::new("t", SystemTime::UNIX_EPOCH, vec![]);
+            mock.increment(Duration::from_secs(3600));
+            assert!(!forever.is_stale());
+        });
     }
 
     /// Partitions with the given capacities, each with 100 msg/s arriving; those in `hot`

@@ -24,6 +24,8 @@ use crate::tracker::TopicTracker;
 
 /// Extra time the monitor gives a collector past its budget before abandoning it.
 const COLLECT_SLACK: Duration = Duration::from_millis(100);
+/// Marking health stale this late says the task was not scheduled in time.
+const LATE_EXPIRY: Duration = Duration::from_millis(250);
 /// First wait before restarting a monitor that panicked; doubles with each restart.
 const RESTART_MIN: Duration = Duration::from_millis(100);
 /// Longest wait before a restart.
@@ -347,6 +349,9 @@ impl<'a> Monitor<'a> {
             if remaining.is_zero() {
                 warn!(%topic, ?age, "collected lag is already stale");
                 health = health.to_stale();
+            } else {
+                // Stale at the deadline even if this task is not scheduled then to mark it.
+                health = health.stale_in(remaining);
             }
             self.health.insert(
                 topic,
@@ -373,7 +378,7 @@ impl<'a> Monitor<'a> {
     fn next_expiry(&self) -> Option<Instant> {
         self.health
             .values()
-            .filter(|t| !t.health.is_stale())
+            .filter(|t| !t.health.is_marked_stale())
             .map(|t| t.expires_at)
             .min()
     }
@@ -383,13 +388,23 @@ impl<'a> Monitor<'a> {
         let now = Instant::now();
         let mut expired = false;
         for (topic, tracked) in &mut self.health {
-            if !tracked.health.is_stale() && tracked.expires_at <= now {
+            if !tracked.health.is_marked_stale() && tracked.expires_at <= now {
                 warn!(
                     %topic,
                     age = ?tracked.health.age(),
                     max_staleness = ?self.settings.config.effective_max_staleness(),
                     "health is stale; routing for this topic falls back to librdkafka's partitioner",
                 );
+                let late = now.saturating_duration_since(tracked.expires_at);
+                if late >= LATE_EXPIRY {
+                    // Routing stopped using it at the deadline all the same (`stale_in`).
+                    warn!(
+                        %topic,
+                        ?late,
+                        "the health monitor's task ran late: something blocks the runtime's \
+                         threads (a blocking call in async code?)",
+                    );
+                }
                 tracked.health = Arc::new(tracked.health.to_stale());
                 expired = true;
             }

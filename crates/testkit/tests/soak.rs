@@ -48,6 +48,8 @@ async fn one_minute_of_random_overlapping_faults_keeps_every_promise() {
         "the heap in use was not sampled every second\n{report}"
     );
     assert!(report.all_kept(), "{report}");
+    // The promise lines of a run that kept them (shown with `--success-output`).
+    eprintln!("{report}");
 }
 
 /// The soak's broker process applies the changes it is sent and refuses a wrong one, naming it.

@@ -165,13 +165,14 @@ impl Router {
             return (decision, None);
         }
         let snapshot = self.feed.load();
-        let health = match fresh(&snapshot, topic) {
+        let now = self.clock.raw();
+        let health = match self.fresh(&snapshot, topic, now) {
             Ok(health) => health,
             Err(fallback) => return (Decision::fallback(fallback), None),
         };
         match self.partitioner.home(Some(key), health.partition_count()) {
             Some(home) => self.keyed(health, key, home),
-            None => (self.sticky(health, size), None),
+            None => (self.sticky(health, size, now), None),
         }
     }
 
@@ -180,8 +181,9 @@ impl Router {
     #[inline]
     pub(crate) fn route_keyless(&self, topic: &str, size: usize) -> Decision {
         let snapshot = self.feed.load();
-        match fresh(&snapshot, topic) {
-            Ok(health) => self.sticky(health, size),
+        let now = self.clock.raw();
+        match self.fresh(&snapshot, topic, now) {
+            Ok(health) => self.sticky(health, size, now),
             Err(fallback) => Decision::fallback(fallback),
         }
     }
@@ -219,14 +221,33 @@ impl Router {
         health.detour(detour.key_hash)
     }
 
+    /// `topic`'s health in `snapshot` if it may be routed by at `now` (a raw reading of
+    /// this router's clock), or why not.
     #[inline(always)]
-    fn sticky(&self, health: &TopicHealth, size: usize) -> Decision {
+    fn fresh<'a>(
+        &self,
+        snapshot: &'a HealthSnapshot,
+        topic: &str,
+        now: u64,
+    ) -> Result<&'a TopicHealth, Fallback> {
+        match snapshot.topic(topic) {
+            None => Err(Fallback::NoHealth),
+            // The deadline as well as the monitor's mark: a monitor whose task is not
+            // scheduled in time (something blocks the runtime's threads) cannot mark it.
+            Some(health) if health.is_stale_at(self.clock.scaled(now)) => Err(Fallback::Stale),
+            Some(health) => Ok(health),
+        }
+    }
+
+    /// The sticky choice for a message of `size` bytes at `now` (a raw clock reading).
+    #[inline(always)]
+    fn sticky(&self, health: &TopicHealth, size: usize, now: u64) -> Decision {
         // Counted as librdkafka counts a batch against `batch.size`, so that a sticky batch
         // fills one of its batches and never spills a few messages into a second one.
         let batch = health.cursor().advance(
             size.saturating_add(RECORD_OVERHEAD),
             self.sticky_batch_bytes.saturating_sub(BATCH_HEADER).max(1),
-            self.clock.raw(),
+            now,
             self.sticky_linger_ticks,
         );
         // The cursor starts at a random batch, so producers do not move in step.
@@ -335,7 +356,7 @@ impl Router {
             if view.placement.is_stale() {
                 return KeyStep::Go(Decision::fallback(Fallback::Stale));
             }
-            return KeyStep::Go(self.sticky(&view.placement, size));
+            return KeyStep::Go(self.sticky(&view.placement, size, self.clock.raw()));
         };
         let route = if view.placement.is_stale() {
             Route::Fallback(Fallback::Stale)
@@ -548,16 +569,6 @@ impl fmt::Debug for Router {
             .field("moved_keys", &self.moved_keys())
             .field("feed", &self.feed)
             .finish()
-    }
-}
-
-/// `topic`'s health in `snapshot` if it may be routed by, or why not.
-#[inline]
-fn fresh<'a>(snapshot: &'a HealthSnapshot, topic: &str) -> Result<&'a TopicHealth, Fallback> {
-    match snapshot.topic(topic) {
-        None => Err(Fallback::NoHealth),
-        Some(health) if health.is_stale() => Err(Fallback::Stale),
-        Some(health) => Ok(health),
     }
 }
 

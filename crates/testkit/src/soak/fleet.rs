@@ -24,10 +24,11 @@ use super::verify::{Tag, Verifier};
 use super::{GROUP, SoakSpec, TOPIC};
 use crate::{TestkitError, TestkitResult};
 
-/// How late past `max_staleness` a probe may still see health fresh: the monitor marks it
-/// stale with a Tokio timer, which fires at its deadline rounded up to the millisecond, or
-/// later when the runtime is busy.
-pub(crate) const STALENESS_SLACK: Duration = Duration::from_millis(25);
+/// How late past `max_staleness` a probe may still see health fresh: health carries its
+/// deadline on the monotonic clock (`TopicHealth::stale_in`), a probe ages it by the wall
+/// clock, and the two may disagree by a little. Not the monitor's timer: routing does not
+/// wait for it (it once did, and a stalled runtime kept 22 s old health in use).
+pub(crate) const STALENESS_SLACK: Duration = Duration::from_millis(5);
 
 /// Local queue of each instance, in messages (`queue.buffering.max.messages`).
 pub(crate) const QUEUE_MESSAGES: u64 = 2000;
@@ -138,6 +139,8 @@ pub(crate) struct Slot {
     pub(crate) last_probe_by_health: AtomicBool,
     /// Health routed by, oldest seen (µs), and probes that saw it older than `max_staleness`.
     pub(crate) oldest_fresh_us: AtomicU64,
+    /// When (ms from the start) a probe saw the oldest.
+    pub(crate) oldest_fresh_at_ms: AtomicU64,
     pub(crate) over_staleness: AtomicU64,
 }
 
@@ -164,6 +167,7 @@ impl Slot {
             last_probe_ms: AtomicU64::new(0),
             last_probe_by_health: AtomicBool::new(false),
             oldest_fresh_us: AtomicU64::new(0),
+            oldest_fresh_at_ms: AtomicU64::new(0),
             over_staleness: AtomicU64::new(0),
         }
     }
@@ -259,8 +263,11 @@ impl Slot {
         let now = SystemTime::now();
         if let Some(at) = producer.fresh_health_collected_at() {
             let age = now.duration_since(at).unwrap_or_default();
-            self.oldest_fresh_us
-                .fetch_max(age.as_micros() as u64, Ordering::Relaxed);
+            // One task probes a slot: the two stores cannot interleave with another probe's.
+            let age_us = age.as_micros() as u64;
+            if age_us > self.oldest_fresh_us.fetch_max(age_us, Ordering::Relaxed) {
+                self.oldest_fresh_at_ms.store(now_ms, Ordering::Relaxed);
+            }
             if age > max_staleness + STALENESS_SLACK {
                 self.over_staleness.fetch_add(1, Ordering::Relaxed);
             }

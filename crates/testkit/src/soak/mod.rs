@@ -189,6 +189,12 @@ pub struct SoakReport {
     pub oldest_fresh: Duration,
     /// Probes that saw health older than `max_staleness` routed by.
     pub over_staleness: u64,
+    /// Which instance saw the oldest health routed by, and when (from the start).
+    pub oldest_fresh_seen: Option<(String, Duration)>,
+    /// The most the probes' task woke late (a stalled runtime), and when.
+    pub probe_late: (Duration, Duration),
+    /// The most a plain thread's 10 ms sleep overran (a stalled process), and when.
+    pub thread_late: (Duration, Duration),
     /// Memory samples of this process: (seconds from the start, RSS bytes, partitions whose
     /// log the embedded broker keeps at its cap: with the broker in this process, its memory
     /// for them grows until all are).
@@ -340,9 +346,15 @@ impl SoakReport {
                 kept(self.over_staleness == 0 && self.probes > 0),
                 "health never used past max_staleness",
                 format!(
-                    "oldest health routed by: {:.1} ms (max_staleness {} ms); probes past it by \
-                     more than the timer's {} ms: {}",
+                    "oldest health routed by: {:.1} ms{} (max_staleness {} ms); probes past it \
+                     by more than the clocks' {} ms: {}",
                     self.oldest_fresh.as_secs_f64() * 1e3,
+                    self.oldest_fresh_seen
+                        .as_ref()
+                        .map_or_else(String::new, |(who, at)| format!(
+                            ", by {who} at {:.1} s",
+                            at.as_secs_f64()
+                        )),
                     self.spec.max_staleness.as_millis(),
                     fleet::STALENESS_SLACK.as_millis(),
                     self.over_staleness
@@ -616,7 +628,8 @@ impl fmt::Display for SoakReport {
             "(sends not made while an instance restarted: {}; burst messages sent: {}; leader \
              restarts that found no leader and closed another instance: {}; reader errors: {}; \
              accounting entries held at the end: {}; failures other than a full local queue, \
-             by reason: {})",
+             by reason: {}; the probes' task woke at most {:.1} ms late (at {:.1} s), a plain \
+             thread's 10 ms sleep overran by at most {:.1} ms (at {:.1} s))",
             self.skipped,
             self.burst_sent,
             self.no_leader_closes,
@@ -630,7 +643,11 @@ impl fmt::Display for SoakReport {
                     .map(|(reason, failures)| format!("{reason}: {failures}"))
                     .collect::<Vec<_>>()
                     .join(", ")
-            }
+            },
+            self.probe_late.0.as_secs_f64() * 1e3,
+            self.probe_late.1.as_secs_f64(),
+            self.thread_late.0.as_secs_f64() * 1e3,
+            self.thread_late.1.as_secs_f64(),
         )
     }
 }
@@ -908,8 +925,13 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
             let mut next_rss = Duration::ZERO;
             let mut next_progress = spec.progress.unwrap_or(Duration::MAX);
             let mut tick = tokio::time::interval(PROBE_PERIOD);
+            let mut late = (Duration::ZERO, Duration::ZERO);
             while running.load(Ordering::Relaxed) {
-                tick.tick().await;
+                let due = tick.tick().await;
+                let woke = due.elapsed();
+                if woke > late.0 {
+                    late = (woke, started.elapsed());
+                }
                 for slot in &env.slots {
                     slot.probe(ms(), spec.max_staleness);
                 }
@@ -983,8 +1005,27 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
                     next_progress = now + spec.progress.unwrap_or(Duration::MAX);
                 }
             }
-            (rss, broker_rss, (heap, no_heap, heap_count_max))
+            (rss, broker_rss, (heap, no_heap, heap_count_max), late)
         })
+    };
+    // A plain thread's sleeps: late with the whole process (a stalled runtime leaves it on time).
+    let sleeper = {
+        let running = running.clone();
+        std::thread::Builder::new()
+            .name("ksp-soak-sleeper".into())
+            .spawn(move || {
+                const NAP: Duration = Duration::from_millis(10);
+                let mut late = (Duration::ZERO, Duration::ZERO);
+                while running.load(Ordering::Relaxed) {
+                    let before = Instant::now();
+                    std::thread::sleep(NAP);
+                    let over = before.elapsed().saturating_sub(NAP);
+                    if over > late.0 {
+                        late = (over, started.elapsed());
+                    }
+                }
+                late
+            })?
     };
 
     let mut recoveries = Vec::with_capacity(episodes.len());
@@ -1069,9 +1110,12 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
         load.join()
             .map_err(|_| TestkitError::Demo("the blocking load panicked".into()))?;
     }
-    let (rss, broker_rss, (heap, no_heap, heap_count_max)) = background
+    let (rss, broker_rss, (heap, no_heap, heap_count_max), probe_late) = background
         .await
         .map_err(|e| TestkitError::Demo(format!("the probes failed: {e}")))?;
+    let thread_late = sleeper
+        .join()
+        .map_err(|_| TestkitError::Demo("the sleeper thread panicked".into()))?;
     let mut monitor_restarts = 0;
     for slot in &slots {
         slot.burst.store(0, Ordering::Relaxed);
@@ -1089,11 +1133,16 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
         .await
         .map_err(|e| TestkitError::Demo(format!("the reader failed: {e}")))??;
     let sum = |f: fn(&Slot) -> u64| slots.iter().map(|s| f(s)).sum::<u64>();
-    let oldest_fresh_us = slots
+    let oldest = slots
         .iter()
-        .map(|s| s.oldest_fresh_us.load(Ordering::Relaxed))
-        .max()
-        .unwrap_or(0);
+        .max_by_key(|s| s.oldest_fresh_us.load(Ordering::Relaxed));
+    let oldest_fresh_us = oldest.map_or(0, |s| s.oldest_fresh_us.load(Ordering::Relaxed));
+    let oldest_fresh_seen = oldest.filter(|_| oldest_fresh_us > 0).map(|s| {
+        (
+            s.describe(),
+            Duration::from_millis(s.oldest_fresh_at_ms.load(Ordering::Relaxed)),
+        )
+    });
     Ok(SoakReport {
         spec,
         faults,
@@ -1109,6 +1158,9 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
         monitor_restarts,
         oldest_fresh: Duration::from_micros(oldest_fresh_us),
         over_staleness: sum(|s| s.over_staleness.load(Ordering::Relaxed)),
+        oldest_fresh_seen,
+        probe_late,
+        thread_late,
         rss,
         broker_rss,
         heap,
