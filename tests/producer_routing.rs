@@ -11,7 +11,7 @@ use kafka_smart_producer::AsyncSmartProducer;
 use kafka_smart_producer::monitor::{MonitorConfig, MonitorError};
 use kafka_smart_producer::rdkafka::ClientConfig;
 use kafka_smart_producer::rdkafka::producer::{FutureProducer, FutureRecord};
-use kafka_smart_producer::routing::{Fallback, Partitioner, Route};
+use kafka_smart_producer::routing::{Fallback, KeyOrderConfig, Partitioner, Route, RouterConfig};
 use ksp_core::testing::ManualCollector;
 use ksp_testkit::{LagScenario, MockKafka};
 
@@ -285,25 +285,7 @@ async fn without_health_librdkafka_decides_and_every_message_is_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_health_is_ignored() {
-    common::init_tracing();
-    let kafka = MockKafka::start(1).unwrap();
-    kafka.create_topic(TOPIC, 4).unwrap();
-    let collector = Arc::new(ManualCollector::new());
-    collector.set_lags(TOPIC, &[5000, 0, 0, 0]);
-    let producer = AsyncSmartProducer::builder(kafka.client_config())
-        .consumer_group(GROUP)
-        .topics([TOPIC])
-        .collector(collector.clone())
-        .monitor(
-            MonitorConfig::default()
-                .with_refresh_interval(Duration::from_millis(100))
-                .with_max_staleness(Duration::from_millis(300)),
-        )
-        .build()
-        .unwrap();
-    producer.refresh_health().await.unwrap();
-    assert_eq!(producer.healthy_partitions(TOPIC).unwrap(), [1, 2, 3]);
-
+    let (_kafka, collector, producer) = partition_0_lagging(RouterConfig::default()).await;
     collector.fail_with("coordinator unreachable");
     let stale = common::eventually(Duration::from_secs(5), || async {
         producer.topic_summary(TOPIC).filter(|s| s.stale)
@@ -326,30 +308,7 @@ async fn stale_health_is_ignored() {
 /// must fall back all the same.
 #[tokio::test(flavor = "current_thread")]
 async fn health_was_routed_by_past_max_staleness_while_the_runtime_was_blocked() {
-    common::init_tracing();
-    const MAX_STALENESS: Duration = Duration::from_millis(300);
-    let kafka = MockKafka::start(1).unwrap();
-    kafka.create_topic(TOPIC, 4).unwrap();
-    let collector = Arc::new(ManualCollector::new());
-    collector.set_lags(TOPIC, &[5000, 0, 0, 0]);
-    let producer = AsyncSmartProducer::builder(kafka.client_config())
-        .consumer_group(GROUP)
-        .topics([TOPIC])
-        .collector(collector.clone())
-        .monitor(
-            MonitorConfig::default()
-                .with_refresh_interval(Duration::from_millis(100))
-                .with_max_staleness(MAX_STALENESS),
-        )
-        .build()
-        .unwrap();
-    producer.refresh_health().await.unwrap();
-    let read = std::time::Instant::now();
-    assert_eq!(producer.healthy_partitions(TOPIC).unwrap(), [1, 2, 3]);
-
-    // A blocking call on the runtime's one thread: the monitor's task does not run.
-    std::thread::sleep(MAX_STALENESS + Duration::from_millis(100));
-    assert!(read.elapsed() > MAX_STALENESS);
+    let (_kafka, producer) = blocked_past_max_staleness(RouterConfig::default()).await;
     let keyless = producer.decide(&FutureRecord::<(), _>::to(TOPIC).payload("v"));
     assert_eq!(keyless.route, Route::Fallback(Fallback::Stale));
     let health = producer.health();
@@ -373,6 +332,68 @@ async fn health_was_routed_by_past_max_staleness_while_the_runtime_was_blocked()
         .await
         .unwrap();
     assert_eq!(d.route, Route::Fallback(Fallback::Stale));
+}
+
+/// The same under strict key order: keys keep their placement and say it is stale (a key
+/// whose move is still draining waits for it, whatever the health's age).
+#[tokio::test(flavor = "current_thread")]
+async fn strict_keys_were_routed_by_health_past_max_staleness_while_the_runtime_was_blocked() {
+    let strict = RouterConfig::default().with_key_order(KeyOrderConfig::strict());
+    let (_kafka, producer) = blocked_past_max_staleness(strict).await;
+    let mut stale = 0;
+    for key in 0..32u32 {
+        let key = key.to_string();
+        let keyed = producer.decide(&FutureRecord::to(TOPIC).key(&key).payload("v"));
+        match keyed.route {
+            Route::Fallback(Fallback::Stale) => stale += 1,
+            Route::Waiting => {}
+            route => panic!("key {key} routed {route:?} by health past max_staleness"),
+        }
+    }
+    assert!(stale > 16, "{stale} of 32 keys");
+    let health = producer.health();
+    assert!(!health.topic(TOPIC).unwrap().is_marked_stale());
+}
+
+/// `max_staleness` of [`partition_0_lagging`].
+const MAX_STALENESS: Duration = Duration::from_millis(300);
+
+/// A producer over 4 partitions whose health, read, says partition 0 lags (refresh every
+/// 100 ms, `max_staleness` 300 ms), with the collector that reports it.
+async fn partition_0_lagging(
+    router: RouterConfig,
+) -> (MockKafka, Arc<ManualCollector>, AsyncSmartProducer) {
+    common::init_tracing();
+    let kafka = MockKafka::start(1).unwrap();
+    kafka.create_topic(TOPIC, 4).unwrap();
+    let collector = Arc::new(ManualCollector::new());
+    collector.set_lags(TOPIC, &[5000, 0, 0, 0]);
+    let producer = AsyncSmartProducer::builder(kafka.client_config())
+        .consumer_group(GROUP)
+        .topics([TOPIC])
+        .collector(collector.clone())
+        .monitor(
+            MonitorConfig::default()
+                .with_refresh_interval(Duration::from_millis(100))
+                .with_max_staleness(MAX_STALENESS),
+        )
+        .router(router)
+        .build()
+        .unwrap();
+    producer.refresh_health().await.unwrap();
+    assert_eq!(producer.healthy_partitions(TOPIC).unwrap(), [1, 2, 3]);
+    (kafka, collector, producer)
+}
+
+/// [`partition_0_lagging`], then its runtime's only thread blocked past `max_staleness`, so
+/// that its monitor could not mark the health stale.
+async fn blocked_past_max_staleness(router: RouterConfig) -> (MockKafka, AsyncSmartProducer) {
+    let (kafka, _collector, producer) = partition_0_lagging(router).await;
+    let read = std::time::Instant::now();
+    // A blocking call on the runtime's one thread: the monitor's task does not run.
+    std::thread::sleep(MAX_STALENESS + Duration::from_millis(100));
+    assert!(read.elapsed() > MAX_STALENESS);
+    (kafka, producer)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

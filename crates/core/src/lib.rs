@@ -15,6 +15,7 @@
 //! With the `test-util` feature, [`testing`] has a collector you drive by hand.
 
 mod calculator;
+pub mod clock;
 mod collector;
 mod error;
 mod feed;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use crate::clock;
 use crate::health::PartitionHealth;
 use crate::lag::{PartitionLag, TopicLag};
 use crate::shares::{WEIGHT_SCALE, capacity_plan, half_are_routable, keyless_shares};
@@ -38,14 +39,17 @@ pub struct TopicHealth {
     absorbs_moved_keys: bool,
     by_capacity: bool,
     stale: bool,
-    /// When this health turns stale by itself (see [`stale_in`](Self::stale_in)); `None`:
-    /// only when marked.
-    fresh_until: Option<quanta::Instant>,
+    /// When this health turns stale by itself, in raw ticks of [`clock::global`] (see
+    /// [`stale_in`](Self::stale_in)); [`NEVER`]: only when marked.
+    fresh_until: u64,
     cursor: Arc<StickyCursor>,
     /// The last batch [`pick_for_batch`](Self::pick_for_batch) picked for: its number in the
     /// high half, its partition + 1 in the low half; [`NO_PICK`] before the first.
     last_pick: AtomicU64,
 }
+
+/// [`TopicHealth::fresh_until`] of health that turns stale only when marked.
+const NEVER: u64 = u64::MAX;
 
 /// [`TopicHealth::last_pick`] before any pick (no partition is `u32::MAX - 1`).
 const NO_PICK: u64 = u64::MAX;
@@ -133,7 +137,7 @@ impl TopicHealth {
             absorbs_moved_keys,
             by_capacity,
             stale: false,
-            fresh_until: None,
+            fresh_until: NEVER,
             cursor: Arc::new(StickyCursor::new()),
             last_pick: AtomicU64::new(NO_PICK),
         }
@@ -263,19 +267,31 @@ impl TopicHealth {
     /// left of `max_staleness`, so that health is not routed by past it even when the
     /// monitor's task is not scheduled in time (a runtime whose threads something blocks).
     ///
-    /// Timed by quanta's clock (the TSC where it is reliable), which a
-    /// [`quanta::Clock::mock`] does not move: a router on a mock clock never sees this
-    /// deadline pass.
+    /// Timed by [`clock::global`] (the TSC where quanta finds it reliable, calibrated against
+    /// the monotonic clock), so the deadline can drift from the monitor's own timer by the
+    /// calibration's error (parts per million of `after`). A router judges it by its own
+    /// clock's raw readings: one built on [`quanta::Clock::mock`] never sees it pass.
+    ///
+    /// With a deadline, `is_stale` depends on when it is called: two calls can disagree.
     #[must_use]
-    pub fn stale_in(mut self, after: Duration) -> Self {
-        self.fresh_until = Some(quanta::Instant::now() + after);
+    pub fn stale_in(self, after: Duration) -> Self {
+        self.stale_in_on(clock::global(), after)
+    }
+
+    /// [`stale_in`](Self::stale_in), timed by `clock`.
+    #[must_use]
+    pub fn stale_in_on(mut self, clock: &quanta::Clock, after: Duration) -> Self {
+        self.fresh_until = clock
+            .raw()
+            .saturating_add(clock::ticks_for(clock, after))
+            .min(NEVER - 1);
         self
     }
 
     /// Whether this health is too old to route by: the monitor declared it so, or the deadline
     /// set with [`stale_in`](Self::stale_in) has passed.
     pub fn is_stale(&self) -> bool {
-        self.is_stale_at(quanta::Instant::now())
+        self.is_stale_at(clock::global().raw())
     }
 
     /// Whether the monitor marked this health stale ([`to_stale`](Self::to_stale)), its
@@ -284,11 +300,11 @@ impl TopicHealth {
         self.stale
     }
 
-    /// [`is_stale`](Self::is_stale) at `now` (of quanta's clock): for a caller that has read
-    /// the clock already.
+    /// [`is_stale`](Self::is_stale) at `now`, a raw reading of a [`quanta::Clock`] (a
+    /// router's own): for a caller that has read the clock already.
     #[inline(always)]
-    pub fn is_stale_at(&self, now: quanta::Instant) -> bool {
-        self.stale || self.fresh_until.is_some_and(|until| now >= until)
+    pub fn is_stale_at(&self, now: u64) -> bool {
+        self.stale | (now >= self.fresh_until)
     }
 
     /// Number of partitions the health covers (highest known id + 1).
@@ -653,21 +669,24 @@ mod tests {
     fn health_turns_stale_at_its_deadline_without_being_marked() {
         let (clock, mock) = quanta::Clock::mock();
         mock.increment(Duration::from_secs(1));
-        quanta::with_clock(&clock, || {
-            let t = TopicHealth::new("t", SystemTime::now(), vec![health(0, 1.0, true)])
-                .stale_in(Duration::from_millis(100));
-            assert!(!t.is_stale());
-            mock.increment(Duration::from_millis(99));
-            assert!(!t.is_stale(), "fresh before its deadline");
-            mock.increment(Duration::from_millis(1));
-            assert!(t.is_stale(), "stale at its deadline");
-            assert!(!t.is_marked_stale(), "nobody marked it");
-            assert!(t.to_stale().is_marked_stale());
-            // Without a deadline, only marking makes health stale.
-            let forever = TopicHealth::new("t", SystemTime::UNIX_EPOCH, vec![]);
-            mock.increment(Duration::from_secs(3600));
-            assert!(!forever.is_stale());
-        });
+        let t = TopicHealth::new("t", SystemTime::now(), vec![health(0, 1.0, true)])
+            .stale_in_on(&clock, Duration::from_millis(100));
+        assert!(!t.is_stale_at(clock.raw()));
+        mock.increment(Duration::from_millis(99));
+        assert!(!t.is_stale_at(clock.raw()), "fresh before its deadline");
+        mock.increment(Duration::from_millis(1));
+        assert!(t.is_stale_at(clock.raw()), "stale at its deadline");
+        assert!(!t.is_marked_stale(), "nobody marked it");
+        let marked = t.to_stale();
+        assert!(marked.is_marked_stale() && marked.is_stale_at(0));
+        // Without a deadline, only marking makes health stale.
+        let forever = TopicHealth::new("t", SystemTime::UNIX_EPOCH, vec![]);
+        assert!(!forever.is_stale_at(u64::MAX - 1));
+        // On the process's clock, the deadline is ahead.
+        let real =
+            TopicHealth::new("t", SystemTime::now(), vec![]).stale_in(Duration::from_secs(60));
+        assert!(!real.is_stale());
+        assert!(real.is_stale_at(u64::MAX));
     }
 
     /// Partitions with the given capacities, each with 100 msg/s arriving; those in `hot`

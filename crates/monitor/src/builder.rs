@@ -135,6 +135,9 @@ impl HealthMonitorBuilder {
     /// Like [`spawn`](Self::spawn), on the given runtime.
     pub fn spawn_on(self, runtime: &Handle) -> MonitorResult<MonitorHandle> {
         self.validate()?;
+        // Health's deadlines are timed by this clock, calibrated on first use (up to 200 ms
+        // of busy work): here, not on a runtime worker in the middle of a round.
+        let _ = ksp_core::clock::global();
         let Self {
             collector,
             calculator,

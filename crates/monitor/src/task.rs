@@ -387,6 +387,7 @@ impl<'a> Monitor<'a> {
     fn expire(&mut self) {
         let now = Instant::now();
         let mut expired = false;
+        let mut latest = Duration::ZERO;
         for (topic, tracked) in &mut self.health {
             if !tracked.health.is_marked_stale() && tracked.expires_at <= now {
                 warn!(
@@ -395,19 +396,18 @@ impl<'a> Monitor<'a> {
                     max_staleness = ?self.settings.config.effective_max_staleness(),
                     "health is stale; routing for this topic falls back to librdkafka's partitioner",
                 );
-                let late = now.saturating_duration_since(tracked.expires_at);
-                if late >= LATE_EXPIRY {
-                    // Routing stopped using it at the deadline all the same (`stale_in`).
-                    warn!(
-                        %topic,
-                        ?late,
-                        "the health monitor's task ran late: something blocks the runtime's \
-                         threads (a blocking call in async code?)",
-                    );
-                }
+                latest = latest.max(now.saturating_duration_since(tracked.expires_at));
                 tracked.health = Arc::new(tracked.health.to_stale());
                 expired = true;
             }
+        }
+        if latest >= LATE_EXPIRY {
+            // Routing stopped using that health at its deadline all the same (`stale_in`).
+            warn!(
+                late = ?latest,
+                "the health monitor's task ran late: something blocks the runtime's threads (a \
+                 blocking call in async code?)",
+            );
         }
         if expired {
             match self.publish() {

@@ -105,7 +105,10 @@ impl Router {
             feed,
             partitioner: config.partitioner.unwrap_or_default(),
             sticky_batch_bytes: config.effective_sticky_batch_bytes(),
-            sticky_linger_ticks: ticks_for(&clock, config.effective_sticky_linger()),
+            sticky_linger_ticks: ksp_core::clock::ticks_for(
+                &clock,
+                config.effective_sticky_linger(),
+            ),
             clock,
             detours,
             gates: config.key_order.is_strict().then(Gates::default),
@@ -210,14 +213,16 @@ impl Router {
         self.feed
             .load()
             .topic(topic)
-            .is_some_and(|t| !t.is_stale() && t.is_routable(partition))
+            .is_some_and(|t| !t.is_stale_at(self.clock.raw()) && t.is_routable(partition))
     }
 
     /// Where the key of `detour` would go by the health of now: the routable partition that
     /// ranks highest for it, if any.
     pub fn detour_now(&self, topic: &str, detour: &NewDetour) -> Option<i32> {
         let snapshot = self.feed.load();
-        let health = snapshot.topic(topic).filter(|t| !t.is_stale())?;
+        let health = snapshot
+            .topic(topic)
+            .filter(|t| !t.is_stale_at(self.clock.raw()))?;
         health.detour(detour.key_hash)
     }
 
@@ -234,7 +239,7 @@ impl Router {
             None => Err(Fallback::NoHealth),
             // The deadline as well as the monitor's mark: a monitor whose task is not
             // scheduled in time (something blocks the runtime's threads) cannot mark it.
-            Some(health) if health.is_stale_at(self.clock.scaled(now)) => Err(Fallback::Stale),
+            Some(health) if health.is_stale_at(now) => Err(Fallback::Stale),
             Some(health) => Ok(health),
         }
     }
@@ -350,15 +355,17 @@ impl Router {
             return KeyStep::Go(Decision::fallback(Fallback::NoHealth));
         };
         let key_hash = xxh3_64(key);
+        let now = self.clock.raw();
+        let stale = view.placement.is_stale_at(now);
         let Some((target, route)) = self.place(&view.placement, key, key_hash) else {
             // No home (an empty key under `consistent_random`, any key under `random`): routed
             // like a keyless message, as librdkafka would.
-            if view.placement.is_stale() {
+            if stale {
                 return KeyStep::Go(Decision::fallback(Fallback::Stale));
             }
-            return KeyStep::Go(self.sticky(&view.placement, size, self.clock.raw()));
+            return KeyStep::Go(self.sticky(&view.placement, size, now));
         };
-        let route = if view.placement.is_stale() {
+        let route = if stale {
             Route::Fallback(Fallback::Stale)
         } else {
             route
@@ -451,7 +458,7 @@ impl Router {
     /// every snapshot; a simulation driving a router by hand calls it after each publication).
     pub fn observe_health(&self) {
         if let Some(gates) = &self.gates {
-            gates.observe(&self.feed.load_full());
+            gates.observe_at(&self.feed.load_full(), None, self.clock.raw());
         }
     }
 
@@ -520,7 +527,11 @@ impl Router {
         // sending moved keys to their old partitions.
         let take_in = |snapshot: &ksp_core::HealthSnapshot| {
             if let Some(gates) = &self.gates {
-                gates.observe_at(snapshot, Some(std::time::SystemTime::now()));
+                gates.observe_at(
+                    snapshot,
+                    Some(std::time::SystemTime::now()),
+                    self.clock.raw(),
+                );
             }
         };
         if self.feed.load().version() > 0 {
@@ -592,22 +603,6 @@ pub(crate) fn fingerprint(topic: &str, key_hash: u64) -> u64 {
 #[inline]
 fn fingerprint_with(topic_hash: u64, key_hash: u64) -> u64 {
     mix64(key_hash ^ topic_hash.rotate_left(29))
-}
-
-/// The number of raw ticks of `clock` that make up `duration` (the clock only converts the
-/// other way, so search for it).
-fn ticks_for(clock: &quanta::Clock, duration: std::time::Duration) -> u64 {
-    let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
-    let (mut low, mut high) = (0u64, u64::MAX / 2);
-    while low < high {
-        let mid = low + (high - low) / 2;
-        if clock.delta_as_nanos(0, mid) >= nanos {
-            high = mid;
-        } else {
-            low = mid + 1;
-        }
-    }
-    low
 }
 
 #[cfg(test)]
@@ -694,7 +689,7 @@ mod tests {
         let clock = quanta::Clock::new();
         for ms in [0, 1, 10, 250, 900_000] {
             let d = std::time::Duration::from_millis(ms);
-            let back = clock.delta(0, ticks_for(&clock, d));
+            let back = clock.delta(0, ksp_core::clock::ticks_for(&clock, d));
             assert!(
                 back >= d && back - d < std::time::Duration::from_micros(1),
                 "{d:?} → {back:?}"

@@ -404,18 +404,27 @@ impl Gates {
     /// watermarks and committed offsets, closes what drained, and wakes the waiting sends.
     /// A snapshot older than one already taken in is ignored; a topic missing from it keeps
     /// its placement, marked stale (the monitor restarting publishes an empty snapshot first).
+    #[cfg(test)]
     pub(crate) fn observe(&self, snapshot: &HealthSnapshot) {
-        self.observe_at(snapshot, None);
+        self.observe_at(snapshot, None, ksp_core::clock::global().raw());
     }
 
     /// [`observe`](Self::observe), the snapshot taken in at `taken_in` (the producer passes
     /// the clock; `None`, as a simulation driving a router by hand does: when it was read).
+    /// `now` (a raw reading of the router's clock) judges staleness, once per topic: a collection taken in
+    /// past its deadline (a busy runtime) does not move keys, but its watermarks and committed
+    /// offsets, facts whatever their age, are kept.
     ///
     /// A transition's barrier is the first collection read after the transition was taken
     /// in, not merely after it was read: a snapshot taken in late (a follower adopting it
     /// after an outage, a busy runtime) leaves collections read before this router stopped
     /// sending the moved keys to their old partitions, and those cannot be barriers.
-    pub(crate) fn observe_at(&self, snapshot: &HealthSnapshot, taken_in: Option<SystemTime>) {
+    pub(crate) fn observe_at(
+        &self,
+        snapshot: &HealthSnapshot,
+        taken_in: Option<SystemTime>,
+        now: u64,
+    ) {
         let version = snapshot.version();
         let mut state = lock(&self.state);
         if state.version.is_some_and(|v| v >= version) {
@@ -426,10 +435,11 @@ impl Gates {
         for topic in snapshot.topics() {
             let hash = topic.topic_hash();
             let taken_in = taken_in.map_or(topic.collected_at(), |t| t.max(topic.collected_at()));
+            let stale = topic.is_stale_at(now);
             let mut view = match state.views.remove(&hash) {
-                Some(mut view) if topic.is_stale() => {
+                Some(mut view) if stale => {
                     // Nothing new was read: keys keep their places.
-                    if !view.placement.is_stale() {
+                    if !view.placement.is_marked_stale() {
                         view.placement = Arc::new(view.placement.to_stale());
                     }
                     view
@@ -473,7 +483,7 @@ impl Gates {
                     view
                 }
             };
-            if !topic.is_stale() {
+            if !topic.is_marked_stale() {
                 view.marks.observe(topic);
             }
             for t in &mut view.transitions {
@@ -497,7 +507,7 @@ impl Gates {
             next.insert(hash, view);
         }
         for (hash, mut view) in state.views.drain() {
-            if !view.placement.is_stale() {
+            if !view.placement.is_marked_stale() {
                 view.placement = Arc::new(view.placement.to_stale());
             }
             next.insert(hash, view);
@@ -693,28 +703,36 @@ mod tests {
     fn a_collection_read_before_the_transition_was_taken_in_is_no_barrier() {
         let gates = Gates::default();
         let mut feed = Feed::new();
-        gates.observe_at(&feed.next(topic(0, &[true; 3], &[(0, 10); 3])), Some(at(0)));
+        gates.observe_at(
+            &feed.next(topic(0, &[true; 3], &[(0, 10); 3])),
+            Some(at(0)),
+            ksp_core::clock::global().raw(),
+        );
         // Read at 1, taken in only at 3: the keys of partition 1 went there until 3.
         gates.observe_at(
             &feed.next(topic(1, &SICK, &[(10, 10), (10, 50), (10, 10)])),
             Some(at(3)),
+            ksp_core::clock::global().raw(),
         );
         // The collection read at 2, before this router stopped sending: no barrier, although
         // the group is past its watermark.
         gates.observe_at(
             &feed.next(topic(2, &SICK, &[(10, 10), (50, 50), (10, 10)])),
             Some(at(3)),
+            ksp_core::clock::global().raw(),
         );
         assert!(waits(&gates));
         // The first collection read after 3 is.
         gates.observe_at(
             &feed.next(topic(4, &SICK, &[(10, 10), (50, 60), (10, 10)])),
             Some(at(4)),
+            ksp_core::clock::global().raw(),
         );
         assert!(waits(&gates));
         gates.observe_at(
             &feed.next(topic(5, &SICK, &[(10, 10), (60, 60), (10, 10)])),
             Some(at(5)),
+            ksp_core::clock::global().raw(),
         );
         assert!(!waits(&gates));
     }

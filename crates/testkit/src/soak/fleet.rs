@@ -25,10 +25,13 @@ use super::{GROUP, SoakSpec, TOPIC};
 use crate::{TestkitError, TestkitResult};
 
 /// How late past `max_staleness` a probe may still see health fresh: health carries its
-/// deadline on the monotonic clock (`TopicHealth::stale_in`), a probe ages it by the wall
-/// clock, and the two may disagree by a little. Not the monitor's timer: routing does not
+/// deadline on quanta's clock (`TopicHealth::stale_in`: the TSC, calibrated once), a probe
+/// ages it by the wall clock (which NTP slews), and the two may disagree by a little: 5 ms,
+/// or 1 % of `max_staleness` when that is more. Not the monitor's timer: routing does not
 /// wait for it (it once did, and a stalled runtime kept 22 s old health in use).
-pub(crate) const STALENESS_SLACK: Duration = Duration::from_millis(5);
+pub(crate) fn staleness_slack(max_staleness: Duration) -> Duration {
+    (max_staleness / 100).max(Duration::from_millis(5))
+}
 
 /// Local queue of each instance, in messages (`queue.buffering.max.messages`).
 pub(crate) const QUEUE_MESSAGES: u64 = 2000;
@@ -268,7 +271,7 @@ impl Slot {
             if age_us > self.oldest_fresh_us.fetch_max(age_us, Ordering::Relaxed) {
                 self.oldest_fresh_at_ms.store(now_ms, Ordering::Relaxed);
             }
-            if age > max_staleness + STALENESS_SLACK {
+            if age > max_staleness + staleness_slack(max_staleness) {
                 self.over_staleness.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -191,7 +191,8 @@ pub struct SoakReport {
     pub over_staleness: u64,
     /// Which instance saw the oldest health routed by, and when (from the start).
     pub oldest_fresh_seen: Option<(String, Duration)>,
-    /// The most the probes' task woke late (a stalled runtime), and when.
+    /// The most the probes' task ran behind its 50 ms schedule (a stalled runtime, or its
+    /// own work: the heap count), and when.
     pub probe_late: (Duration, Duration),
     /// The most a plain thread's 10 ms sleep overran (a stalled process), and when.
     pub thread_late: (Duration, Duration),
@@ -356,7 +357,7 @@ impl SoakReport {
                             at.as_secs_f64()
                         )),
                     self.spec.max_staleness.as_millis(),
-                    fleet::STALENESS_SLACK.as_millis(),
+                    fleet::staleness_slack(self.spec.max_staleness).as_millis(),
                     self.over_staleness
                 ),
             ),
@@ -628,8 +629,8 @@ impl fmt::Display for SoakReport {
             "(sends not made while an instance restarted: {}; burst messages sent: {}; leader \
              restarts that found no leader and closed another instance: {}; reader errors: {}; \
              accounting entries held at the end: {}; failures other than a full local queue, \
-             by reason: {}; the probes' task woke at most {:.1} ms late (at {:.1} s), a plain \
-             thread's 10 ms sleep overran by at most {:.1} ms (at {:.1} s))",
+             by reason: {}; the probes' task ran at most {:.1} ms behind its schedule (at {:.1} s), \
+             a plain thread's 10 ms sleep overran by at most {:.1} ms (at {:.1} s))",
             self.skipped,
             self.burst_sent,
             self.no_leader_closes,
@@ -649,6 +650,15 @@ impl fmt::Display for SoakReport {
             self.thread_late.0.as_secs_f64() * 1e3,
             self.thread_late.1.as_secs_f64(),
         )
+    }
+}
+
+/// Clears the run's flag when dropped, so that the threads reading it stop.
+struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
     }
 }
 
@@ -883,6 +893,8 @@ async fn run(spec: SoakSpec) -> TestkitResult<SoakReport> {
     // The load and the probes run until the schedule is done: `duration`, or later when
     // episodes ran late (every planned episode runs, with its quiet window).
     let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    // A run that fails half-way stops its threads too.
+    let _stop = StopOnDrop(running.clone());
     let mut loads = Vec::new();
     let mut blocking_loads = Vec::new();
     for slot in &slots {
