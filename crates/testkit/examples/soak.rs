@@ -12,6 +12,11 @@
 //! so that the memory judged is the producers' and the harness's; `--broker-in-process`
 //! keeps it in this one.
 //!
+//! Memory is judged on glibc's count of the heap in use. This program runs itself again with
+//! glibc's per-thread caches off (`GLIBC_TUNABLES=glibc.malloc.tcache_count=0`): `malloc_info`
+//! does not list what they hold as free. With `GLIBC_TUNABLES` already set, it is left as
+//! set (the memory line says whether the caches were off).
+//!
 //! ```text
 //! cargo run --release -p ksp-testkit --features redis --example soak -- --duration 30m --seed 7
 //! ```
@@ -69,6 +74,18 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("GLIBC_TUNABLES").is_none() {
+        use std::os::unix::process::CommandExt;
+        // glibc reads its tunables when the process starts: only a new one takes them.
+        let error = std::process::Command::new(std::env::current_exe()?)
+            .args(std::env::args_os().skip(1))
+            .env("GLIBC_TUNABLES", ksp_testkit::NO_THREAD_CACHES)
+            .exec();
+        return Err(anyhow::anyhow!(
+            "running this program again with glibc's per-thread caches off: {error}"
+        ));
+    }
     if std::env::var_os("RUST_LOG").is_some() {
         // On standard error: the broker's process answers the soak on standard output.
         tracing_subscriber::fmt()

@@ -33,6 +33,20 @@ pub(crate) fn heap_use() -> Result<HeapUse, NoCount> {
     glibc::count()
 }
 
+/// The `GLIBC_TUNABLES` setting that turns glibc's per-thread caches off.
+///
+/// Each thread's cache keeps up to 7 freed chunks of each small size (to 1 KiB) for the
+/// thread's next allocations. `malloc_info` does not list them as free, so what they hold
+/// counts as in use: it grows with the threads alive and with how full their caches are,
+/// not with what the program holds. A program that judges the heap in use runs with them off
+/// (the soak example sets this and runs itself again).
+pub const NO_THREAD_CACHES: &str = "glibc.malloc.tcache_count=0";
+
+/// Whether this process runs with glibc's per-thread caches off ([`NO_THREAD_CACHES`]).
+pub fn thread_caches_off() -> bool {
+    std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.split(':').any(|s| s == NO_THREAD_CACHES))
+}
+
 /// Why there is no count of the heap.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum NoCount {

@@ -35,7 +35,7 @@ pub mod soak;
 
 pub use backend::{TestKafka, TestRedis};
 #[cfg(feature = "redis")]
-pub use heap::HeapUse;
+pub use heap::{HeapUse, NO_THREAD_CACHES, thread_caches_off};
 pub use ksp_demo::{DrainingConsumer, DrainingConsumerBuilder, demo};
 pub use ledger::{Entry, Ledger, Outcome, Reconciliation, Tally};
 pub use load::Load;

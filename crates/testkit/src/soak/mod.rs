@@ -452,8 +452,13 @@ impl SoakReport {
         if !self.heap.is_empty() {
             let _ = write!(
                 text,
-                "; each count of the heap took at most {:.1} ms",
-                self.heap_count_max.as_secs_f64() * 1e3
+                "; each count of the heap took at most {:.1} ms; glibc's per-thread caches {}",
+                self.heap_count_max.as_secs_f64() * 1e3,
+                if crate::heap::thread_caches_off() {
+                    "off (counted as free)"
+                } else {
+                    "on (what they hold counts as in use)"
+                }
             );
         }
         (verdict, name, text)
