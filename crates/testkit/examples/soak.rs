@@ -14,8 +14,10 @@
 //!
 //! Memory is judged on glibc's count of the heap in use. This program runs itself again with
 //! glibc's per-thread caches off (`GLIBC_TUNABLES=glibc.malloc.tcache_count=0`): `malloc_info`
-//! does not list what they hold as free. With `GLIBC_TUNABLES` already set, it is left as
-//! set (the memory line says whether the caches were off).
+//! does not list what they hold as free. With `GLIBC_TUNABLES` already set, or with
+//! `--keep-thread-caches`, it runs as it is (the memory line says whether the caches were
+//! off). Under heaptrack or valgrind, which follow only the first program, set
+//! `GLIBC_TUNABLES=glibc.malloc.tcache_count=0` yourself (or pass `--keep-thread-caches`).
 //!
 //! ```text
 //! cargo run --release -p ksp-testkit --features redis --example soak -- --duration 30m --seed 7
@@ -50,11 +52,18 @@ struct Args {
     /// glibc's count).
     #[arg(long)]
     samples: Option<std::path::PathBuf>,
+    /// Do not run again with glibc's per-thread caches off (see the module's docs).
+    #[arg(long)]
+    keep_thread_caches: bool,
     /// Serve the embedded cluster for a soak in the parent process (how this program runs
     /// itself as the broker's process).
     #[arg(long, hide = true)]
     serve_broker: bool,
 }
+
+/// Set in the environment of the run started again with the caches off.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const RAN_AGAIN: &str = "KSP_SOAK_RAN_AGAIN";
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text
@@ -75,12 +84,18 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("GLIBC_TUNABLES").is_none() {
+    if !args.keep_thread_caches
+        && !args.serve_broker
+        && std::env::var_os("GLIBC_TUNABLES").is_none()
+        && std::env::var_os(RAN_AGAIN).is_none()
+    {
         use std::os::unix::process::CommandExt;
-        // glibc reads its tunables when the process starts: only a new one takes them.
+        // glibc reads its tunables when the process starts: only a new one takes them. Once
+        // (the marker), whatever glibc made of the variable.
         let error = std::process::Command::new(std::env::current_exe()?)
             .args(std::env::args_os().skip(1))
             .env("GLIBC_TUNABLES", ksp_testkit::NO_THREAD_CACHES)
+            .env(RAN_AGAIN, "1")
             .exec();
         return Err(anyhow::anyhow!(
             "running this program again with glibc's per-thread caches off: {error}"

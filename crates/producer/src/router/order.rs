@@ -411,9 +411,11 @@ impl Gates {
 
     /// [`observe`](Self::observe), the snapshot taken in at `taken_in` (the producer passes
     /// the clock; `None`, as a simulation driving a router by hand does: when it was read).
-    /// `now` (a raw reading of the router's clock) judges staleness, once per topic: a collection taken in
-    /// past its deadline (a busy runtime) does not move keys, but its watermarks and committed
-    /// offsets, facts whatever their age, are kept.
+    /// `now` (a raw reading of the router's clock) judges staleness, once per topic: a
+    /// collection taken in past its deadline (a busy runtime) is handled as one marked stale.
+    /// It does not replace the placement taken in before it, and its watermarks and committed
+    /// offsets are not taken either: a pin's barrier counts collections from the placement's
+    /// time on, so every collection whose marks are taken must move the placement too.
     ///
     /// A transition's barrier is the first collection read after the transition was taken
     /// in, not merely after it was read: a snapshot taken in late (a follower adopting it
@@ -483,7 +485,7 @@ impl Gates {
                     view
                 }
             };
-            if !topic.is_marked_stale() {
+            if !stale {
                 view.marks.observe(topic);
             }
             for t in &mut view.transitions {
@@ -813,6 +815,33 @@ mod tests {
         gates.observe(&feed.next(topic(3, &[true, false], &[(10, 10), (11, 12)])));
         assert!(gates.pin(7).is_none());
         assert_eq!(gates.pinned_keys(), 0);
+    }
+
+    /// Regression (a review of 63a6c58): collections taken in past their deadline added their
+    /// watermarks and committed offsets but left the placement, whose time a pin's barrier
+    /// counts from, behind; the pin of a key sent after them was then released by them, before
+    /// that send was consumed. The sequence that releases the pin above, each collection taken
+    /// in late: nothing may release it.
+    #[test]
+    fn collections_taken_in_past_their_deadline_released_a_pin() {
+        let gates = Gates::default();
+        let mut feed = Feed::new();
+        gates.observe(&feed.next(topic(0, &[true, false], &[(0, 10), (0, 10)])));
+        gates.set_pin(7, hash(), 1, at(0));
+        let late =
+            |t: Arc<TopicHealth>| Arc::new(Arc::into_inner(t).unwrap().stale_in(Duration::ZERO));
+        let offsets = [
+            [(10, 10), (10, 10)],
+            [(10, 10), (10, 11)],
+            [(10, 10), (11, 12)],
+        ];
+        for (second, offsets) in (1..).zip(offsets) {
+            gates.observe(&feed.next(late(topic(second, &[true, false], &offsets))));
+        }
+        assert!(
+            gates.pin(7).is_some(),
+            "released by collections taken in late"
+        );
     }
 
     #[test]
