@@ -293,6 +293,11 @@ async fn stale_health_is_ignored() {
     .await
     .expect("health turns stale");
     assert_eq!(stale.partitions[0].lag, Some(5000));
+    sends_fall_back_for_stale_health(&producer).await;
+}
+
+/// No partition is reported healthy, and a keyless send goes to librdkafka for stale health.
+async fn sends_fall_back_for_stale_health(producer: &AsyncSmartProducer) {
     assert_eq!(producer.healthy_partitions(TOPIC), None);
     let d = producer
         .produce(FutureRecord::<(), _>::to(TOPIC).payload("v"))
@@ -324,14 +329,9 @@ async fn health_was_routed_by_past_max_staleness_while_the_runtime_was_blocked()
         let keyed = producer.decide(&FutureRecord::to(TOPIC).key(&key).payload("v"));
         assert_eq!(keyed.route, Route::Fallback(Fallback::Stale), "key {key}");
     }
-    assert_eq!(producer.healthy_partitions(TOPIC), None);
     assert!(producer.topic_summary(TOPIC).unwrap().stale);
     // And the send itself.
-    let d = producer
-        .produce(FutureRecord::<(), _>::to(TOPIC).payload("v"))
-        .await
-        .unwrap();
-    assert_eq!(d.route, Route::Fallback(Fallback::Stale));
+    sends_fall_back_for_stale_health(&producer).await;
 }
 
 /// The same under strict key order: keys keep their placement and say it is stale (a key
