@@ -116,6 +116,14 @@ impl Routing {
             }
             return Pending::Held;
         }
+        // Keyed, left to the router, relaxed order, no fleet to agree with: unless the key
+        // moves, nothing is remembered.
+        if let (Some(key), None) = (key, partition)
+            && self.fleet_free()
+            && let Some(decision) = self.router.route_keyed_home(topic, key, size)
+        {
+            return Pending::Ready(Routed::plain(decision, false));
+        }
         let (decision, new_detour) = self.router.route_detailed(topic, partition, key, size);
         #[cfg(feature = "redis")]
         if let (Some(l2), Some(key), None) = (&self.l2, key, partition)
@@ -128,6 +136,15 @@ impl Routing {
             self.router.remember_detour(&detour, partition);
         }
         Pending::Ready(Routed::plain(decision, first_move))
+    }
+
+    /// Whether no Redis L2 coordinates key moves (nothing to ask it before a keyed send).
+    #[inline(always)]
+    fn fleet_free(&self) -> bool {
+        #[cfg(feature = "redis")]
+        return self.l2.is_none();
+        #[cfg(not(feature = "redis"))]
+        true
     }
 
     /// Under strict key order, decides a keyed message's partition after waiting in its key's

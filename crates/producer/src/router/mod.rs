@@ -191,6 +191,38 @@ impl Router {
         }
     }
 
+    /// [`route_detailed`](Self::route_detailed) for a keyed message the record leaves to the
+    /// router, under relaxed key order, when the decision remembers nothing: the key's home is
+    /// routable, the partitioner does not hash keys, or health says fall back. `None` when the
+    /// key would move (or under strict key order): the caller asks `route_detailed`. The send
+    /// path's common keyed case, on its own so that it inlines without carrying a
+    /// [`NewDetour`].
+    #[inline]
+    pub(crate) fn route_keyed_home(
+        &self,
+        topic: &str,
+        key: &[u8],
+        size: usize,
+    ) -> Option<Decision> {
+        if self.gates.is_some() {
+            return None;
+        }
+        let snapshot = self.feed.load();
+        let now = self.clock.raw();
+        let health = match self.fresh(&snapshot, topic, now) {
+            Ok(health) => health,
+            Err(fallback) => return Some(Decision::fallback(fallback)),
+        };
+        match self.partitioner.home(Some(key), health.partition_count()) {
+            Some(home) if health.is_routable(home) => Some(Decision {
+                partition: Some(home),
+                route: Route::Home,
+            }),
+            Some(_) => None,
+            None => Some(self.sticky(health, size, now)),
+        }
+    }
+
     /// Makes the key of `detour` go to `partition` from now on.
     pub fn remember_detour(&self, detour: &NewDetour, partition: i32) {
         self.detours.insert(
@@ -649,6 +681,115 @@ mod tests {
         let d = router.route("t", Some(0), Some(b"k"), 10);
         assert_eq!(d.partition, Some(0));
         assert_eq!(d.route, Route::Explicit);
+    }
+
+    /// The send path's keyed shortcut decides as the full path does, and declines exactly
+    /// the keys whose home is unroutable (which the full path moves, or keeps home as a
+    /// fallback).
+    #[test]
+    fn keyed_home_shortcut_agrees_with_route_detailed() {
+        let (mut publisher, router) = router();
+        let keys: Vec<Vec<u8>> = (0..500).map(|i| format!("key-{i}").into_bytes()).collect();
+        // No health, then stale health, then health with unroutable partitions, then none
+        // routable.
+        let shapes: [Option<&[bool]>; 4] = [
+            None,
+            Some(&[true, false, true, false, true, true, false, true]),
+            Some(&[false, false, false, false, false, false, false, true]),
+            Some(&[false; 8]),
+        ];
+        let mut declined = 0;
+        for (i, shape) in shapes.iter().enumerate() {
+            if let Some(healthy) = shape {
+                publish(&mut publisher, healthy);
+            }
+            if i == 1 {
+                // Once as published, once stale.
+                publisher.publish(HealthSnapshot::new([Arc::new(
+                    topic("t", shape.unwrap()).to_stale(),
+                )]));
+                for key in &keys {
+                    assert_eq!(
+                        router.route_keyed_home("t", key, 10),
+                        Some(Decision::fallback(Fallback::Stale))
+                    );
+                }
+                publish(&mut publisher, shape.unwrap());
+            }
+            for key in &keys {
+                let (full, detour) = router.route_detailed("t", None, Some(key), 10);
+                match router.route_keyed_home("t", key, 10) {
+                    Some(short) => {
+                        assert_eq!(short, full, "{key:?}");
+                        assert!(detour.is_none(), "{key:?}");
+                    }
+                    None => {
+                        // Its home is unroutable: moved, or kept home when the routable
+                        // partitions are too few to take the moved keys.
+                        declined += 1;
+                        assert!(
+                            matches!(
+                                full.route,
+                                Route::Moved
+                                    | Route::Fallback(
+                                        Fallback::TooFewRoutable | Fallback::NoRoutablePartition
+                                    )
+                            ),
+                            "{key:?}: {full:?}"
+                        );
+                        assert_eq!(full.route == Route::Moved, detour.is_some(), "{key:?}");
+                    }
+                }
+            }
+        }
+        // Keys whose home is unroutable were declined: 3 of 8 partitions, then 7, then 8.
+        assert!(declined > 500 * 15 / 8, "{declined}");
+    }
+
+    /// Keys moved and remembered go home again once their home is routable, by the shortcut
+    /// as by the full path.
+    #[test]
+    fn keyed_home_shortcut_sends_a_remembered_key_home_once_its_home_recovers() {
+        let (mut publisher, router) = router();
+        publish(&mut publisher, &[true, true, true, false]);
+        let mut moved = Vec::new();
+        for i in 0..200 {
+            let key = format!("key-{i}").into_bytes();
+            let (decision, detour) = router.route_detailed("t", None, Some(&key), 10);
+            if let Some(detour) = detour {
+                router.remember_detour(&detour, decision.partition.unwrap());
+                assert_eq!(router.route_keyed_home("t", &key, 10), None);
+                moved.push(key);
+            }
+        }
+        assert!(!moved.is_empty());
+        publish(&mut publisher, &[true; 4]);
+        for key in &moved {
+            let (full, _) = router.route_detailed("t", None, Some(key), 10);
+            assert_eq!(full.route, Route::Home);
+            assert_eq!(router.route_keyed_home("t", key, 10), Some(full));
+        }
+    }
+
+    /// Under a partitioner that gives keys no home, keyed messages stick as keyless ones do,
+    /// by the shortcut as by the full path.
+    #[test]
+    fn keyed_home_shortcut_sticks_when_keys_have_no_home() {
+        let (mut publisher, feed) = health_channel();
+        let config = RouterConfig {
+            partitioner: Some(Partitioner::Random),
+            ..RouterConfig::default()
+        };
+        let router = Router::new(feed, &config).unwrap();
+        publish(&mut publisher, &[true, false, true, true]);
+        for i in 0..100 {
+            let key = format!("key-{i}").into_bytes();
+            let short = router.route_keyed_home("t", &key, 10).unwrap();
+            let (full, detour) = router.route_detailed("t", None, Some(&key), 10);
+            assert!(detour.is_none());
+            assert_eq!(short.route, full.route);
+            assert_ne!(short.partition, Some(1), "{short:?}");
+        }
     }
 
     #[test]
