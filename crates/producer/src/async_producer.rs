@@ -158,14 +158,14 @@ impl AsyncSmartProducer {
         trace!(topic, %route, partition = ?record.partition, "routed");
 
         let may_resend = routed.may_resend_unpartitioned();
-        let delivery = match self.inner.producer.send_result(record) {
+        let producer: &FutureProducer<SmartContext> = &self.inner.producer;
+        let delivery = match producer.send_result(record) {
             Ok(delivery) => delivery,
             Err((error, mut record)) if may_resend && is_unknown_partition(&error) => {
                 // The cluster has partitions this producer's metadata does not know yet.
                 route = Route::Fallback(Fallback::PartitionUnknownToProducer);
                 record.partition = None;
-                self.inner
-                    .producer
+                producer
                     .send_result(record)
                     .map_err(|(error, record)| ProduceError::refused(error, parts(record), route))?
             }
@@ -174,7 +174,7 @@ impl AsyncSmartProducer {
                     // Strict key order: the key must go where it was placed, not where
                     // librdkafka's partitioner would send it. Partitions were just added:
                     // refused, and librdkafka learns them for the next try.
-                    refresh_metadata(&self.inner.producer, topic);
+                    refresh_metadata(producer, topic);
                 }
                 return Err(ProduceError::refused(error, parts(record), route));
             }
@@ -186,7 +186,7 @@ impl AsyncSmartProducer {
         let mut in_flight = InFlight {
             delivery: None,
             reservation: Some(reservation),
-            producer: &self.inner.producer,
+            producer,
         };
         let report = in_flight.delivery.insert(delivery).await;
         // The report is in: nothing left to wait for if this future is dropped now.
