@@ -68,7 +68,7 @@ impl Partitioner {
         let hash = match self {
             Self::Random => return None,
             Self::ConsistentRandom if key.is_empty() => return None,
-            Self::Consistent | Self::ConsistentRandom => crc32fast::hash(key),
+            Self::Consistent | Self::ConsistentRandom => crc32(key),
             Self::Murmur2 | Self::Murmur2Random => {
                 murmur2::murmur2(key, murmur2::KAFKA_SEED) & 0x7fff_ffff
             }
@@ -77,6 +77,64 @@ impl Partitioner {
         Some((hash % count) as i32)
     }
 }
+
+/// Keys up to this long are hashed here, four bytes at a time: below it, `crc32fast`'s set-up
+/// (its CPU feature check and hasher) costs more than the bytes do.
+const SHORT_KEY: usize = 16;
+
+/// zlib's CRC-32 (librdkafka's `rd_crc32`, the `consistent` partitioners' hash).
+#[inline]
+fn crc32(key: &[u8]) -> u32 {
+    if key.len() > SHORT_KEY {
+        return crc32fast::hash(key);
+    }
+    let [t0, t1, t2, t3] = &CRC32_TABLES;
+    let mut words = key.chunks_exact(4);
+    let mut crc = !0_u32;
+    for word in &mut words {
+        crc ^= u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+        crc = t3[usize::from(crc as u8)]
+            ^ t2[usize::from((crc >> 8) as u8)]
+            ^ t1[usize::from((crc >> 16) as u8)]
+            ^ t0[usize::from((crc >> 24) as u8)];
+    }
+    for &b in words.remainder() {
+        crc = t0[usize::from(crc as u8 ^ b)] ^ (crc >> 8);
+    }
+    !crc
+}
+
+/// CRC-32's tables for four bytes at a time (reflected polynomial `0xedb88320`): `[0]` the
+/// remainder of each byte, `[k]` of each byte followed by `k` zero bytes.
+const CRC32_TABLES: [[u32; 256]; 4] = {
+    let mut tables = [[0_u32; 256]; 4];
+    let mut i = 0;
+    while i < 256 {
+        let mut crc = i as u32;
+        let mut bit = 0;
+        while bit < 8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+            bit += 1;
+        }
+        tables[0][i] = crc;
+        i += 1;
+    }
+    let mut k = 1;
+    while k < 4 {
+        let mut i = 0;
+        while i < 256 {
+            let previous = tables[k - 1][i];
+            tables[k][i] = (previous >> 8) ^ tables[0][(previous & 0xff) as usize];
+            i += 1;
+        }
+        k += 1;
+    }
+    tables
+};
 
 /// librdkafka's `rd_fnv1a`: 32-bit FNV-1a, then the absolute value of the hash read as a
 /// signed integer (to match Sarama). Not a plain FNV crate call because of that last step.
@@ -136,6 +194,26 @@ mod tests {
             Partitioner::ConsistentRandom.home(Some(b"kafka"), 7),
             Some((0x5bbc_7517_u32 % 7) as i32)
         );
+    }
+
+    /// Short keys, hashed a byte at a time, and long ones, by `crc32fast`, hash alike.
+    #[test]
+    fn crc32_of_short_and_long_keys_is_zlibs() {
+        assert_eq!(crc32(b"kafka"), 0x5bbc_7517);
+        assert_eq!(crc32(b""), 0);
+        // Every length either side of the switch, over bytes that cover the table.
+        let bytes: Vec<u8> = (0..4096_u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for len in 0..=3 * SHORT_KEY {
+            for start in (0..bytes.len() - len).step_by(61) {
+                let key = &bytes[start..start + len];
+                assert_eq!(crc32(key), crc32fast::hash(key), "{key:?}");
+            }
+        }
+        for key in KEYS {
+            assert_eq!(crc32(key), crc32fast::hash(key), "{key:?}");
+        }
     }
 
     #[test]
