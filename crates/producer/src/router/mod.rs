@@ -167,16 +167,13 @@ impl Router {
             };
             return (decision, None);
         }
-        let snapshot = self.feed.load();
-        let now = self.clock.raw();
-        let health = match self.fresh(&snapshot, topic, now) {
-            Ok(health) => health,
-            Err(fallback) => return (Decision::fallback(fallback), None),
-        };
-        match self.partitioner.home(Some(key), health.partition_count()) {
-            Some(home) => self.keyed(health, key, home),
-            None => (self.sticky(health, size, now), None),
-        }
+        self.keyed_home(
+            topic,
+            key,
+            size,
+            |decision| (decision, None),
+            |health| self.away_from_home(health, key),
+        )
     }
 
     /// [`route_detailed`](Self::route_detailed) for a keyless message the record leaves to
@@ -207,19 +204,34 @@ impl Router {
         if self.gates.is_some() {
             return None;
         }
+        self.keyed_home(topic, key, size, Some, |_| None)
+    }
+
+    /// A keyed message's decision under relaxed key order, as far as its home: `decided` takes
+    /// it (fallback on stale or missing health, the home when routable, sticky when the
+    /// partitioner gives keys no home); `away` is asked instead when the home is unroutable.
+    #[inline(always)]
+    fn keyed_home<R>(
+        &self,
+        topic: &str,
+        key: &[u8],
+        size: usize,
+        decided: impl FnOnce(Decision) -> R,
+        away: impl FnOnce(&TopicHealth) -> R,
+    ) -> R {
         let snapshot = self.feed.load();
         let now = self.clock.raw();
         let health = match self.fresh(&snapshot, topic, now) {
             Ok(health) => health,
-            Err(fallback) => return Some(Decision::fallback(fallback)),
+            Err(fallback) => return decided(Decision::fallback(fallback)),
         };
         match self.partitioner.home(Some(key), health.partition_count()) {
-            Some(home) if health.is_routable(home) => Some(Decision {
+            Some(home) if health.is_routable(home) => decided(Decision {
                 partition: Some(home),
                 route: Route::Home,
             }),
-            Some(_) => None,
-            None => Some(self.sticky(health, size, now)),
+            Some(_) => away(health),
+            None => decided(self.sticky(health, size, now)),
         }
     }
 
@@ -297,14 +309,9 @@ impl Router {
         }
     }
 
-    fn keyed(&self, health: &TopicHealth, key: &[u8], home: i32) -> (Decision, Option<NewDetour>) {
-        if health.is_routable(home) {
-            let home = Decision {
-                partition: Some(home),
-                route: Route::Home,
-            };
-            return (home, None);
-        }
+    /// A key whose home is unroutable: moved (to its remembered detour, or a new one), or
+    /// kept home as a fallback.
+    fn away_from_home(&self, health: &TopicHealth, key: &[u8]) -> (Decision, Option<NewDetour>) {
         if health.routable_partitions().is_empty() {
             return (Decision::fallback(Fallback::NoRoutablePartition), None);
         }
