@@ -226,10 +226,12 @@ impl Inspect<'_> {
     }
 
     pub(crate) fn healthy_partitions(&self, topic: &str) -> Option<Vec<i32>> {
-        let snapshot = self.health();
+        let routing = self.0?;
+        let snapshot = routing.router.feed().load_full();
+        let now = routing.router.now();
         snapshot
             .topic(topic)
-            .filter(|t| !t.is_stale())
+            .filter(|t| !t.is_stale_at(now))
             .map(|t| t.routable_partitions().to_vec())
     }
 

@@ -14,10 +14,17 @@ pub(crate) struct RoutabilityTracker {
 }
 
 impl RoutabilityTracker {
-    pub(crate) fn newly_unroutable(&mut self, snapshot: &HealthSnapshot) -> HashSet<(u64, i32)> {
+    /// The partitions of fresh topics that were routable in the previous snapshot and are not
+    /// in `snapshot`; `now` is a raw reading of the router's clock, the one its health
+    /// deadlines are timed by.
+    pub(crate) fn newly_unroutable(
+        &mut self,
+        snapshot: &HealthSnapshot,
+        now: u64,
+    ) -> HashSet<(u64, i32)> {
         let mut lost = HashSet::new();
         let mut current = HashMap::new();
-        for topic in snapshot.topics().filter(|t| !t.is_stale()) {
+        for topic in snapshot.topics().filter(|t| !t.is_stale_at(now)) {
             let before = self.previous.get(&topic.topic_hash());
             for partition in 0..topic.partition_count() {
                 // A topic seen for the first time (or again after a gap) may have detours
@@ -43,6 +50,10 @@ mod tests {
     use super::*;
 
     fn topic(name: &str, healthy: &[bool]) -> Arc<TopicHealth> {
+        Arc::new(health(name, healthy))
+    }
+
+    fn health(name: &str, healthy: &[bool]) -> TopicHealth {
         let partitions = healthy
             .iter()
             .enumerate()
@@ -54,7 +65,11 @@ mod tests {
                 )
             })
             .collect();
-        Arc::new(TopicHealth::new(name, SystemTime::now(), partitions))
+        TopicHealth::new(name, SystemTime::now(), partitions)
+    }
+
+    fn now() -> u64 {
+        ksp_core::clock::global().raw()
     }
 
     #[test]
@@ -63,12 +78,38 @@ mod tests {
         let first = HealthSnapshot::new([topic("t", &[true, false, true])]);
         let hash = first.topic("t").unwrap().topic_hash();
         // First sight: every unroutable partition counts as lost.
-        assert_eq!(tracker.newly_unroutable(&first), HashSet::from([(hash, 1)]));
+        assert_eq!(
+            tracker.newly_unroutable(&first, now()),
+            HashSet::from([(hash, 1)])
+        );
         // Same again: nothing new.
         let same = HealthSnapshot::new([topic("t", &[true, false, true])]);
-        assert!(tracker.newly_unroutable(&same).is_empty());
+        assert!(tracker.newly_unroutable(&same, now()).is_empty());
         // Partition 2 falls, 1 recovers.
         let next = HealthSnapshot::new([topic("t", &[true, true, false])]);
-        assert_eq!(tracker.newly_unroutable(&next), HashSet::from([(hash, 2)]));
+        assert_eq!(
+            tracker.newly_unroutable(&next, now()),
+            HashSet::from([(hash, 2)])
+        );
+    }
+
+    /// Health timed by a router's own clock (a mock one here) was judged stale by the
+    /// process's clock, so the tracker skipped it and never reported a partition it lost.
+    #[test]
+    fn tracker_judges_staleness_by_the_routers_clock_not_the_process_clock() {
+        let (clock, _mock) = quanta::Clock::mock();
+        let timed = |healthy: &[bool]| {
+            let t = health("t", healthy).stale_in_on(&clock, std::time::Duration::from_secs(60));
+            HealthSnapshot::new([Arc::new(t)])
+        };
+        let mut tracker = RoutabilityTracker::default();
+        let first = timed(&[true, true]);
+        let hash = first.topic("t").unwrap().topic_hash();
+        assert!(tracker.newly_unroutable(&first, clock.raw()).is_empty());
+        let next = timed(&[true, false]);
+        assert_eq!(
+            tracker.newly_unroutable(&next, clock.raw()),
+            HashSet::from([(hash, 1)])
+        );
     }
 }

@@ -252,6 +252,11 @@ impl Router {
         self.detours.invalidate(&fingerprint(topic, key_hash));
     }
 
+    /// A raw reading of this router's clock, the one health's deadlines are judged by.
+    pub(crate) fn now(&self) -> u64 {
+        self.clock.raw()
+    }
+
     /// Whether `partition` of `topic` may be routed to now (fresh health says so).
     pub fn is_routable(&self, topic: &str, partition: i32) -> bool {
         self.feed
@@ -582,7 +587,7 @@ impl Router {
                 take_in(&snapshot);
                 continue;
             }
-            let lost = tracker.newly_unroutable(&snapshot);
+            let lost = tracker.newly_unroutable(&snapshot, self.clock.raw());
             if lost.is_empty() {
                 continue;
             }
