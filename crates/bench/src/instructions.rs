@@ -56,6 +56,20 @@ pub enum Kind {
     Smart,
     /// A plain `FutureProducer`.
     Plain,
+    /// The smart producer with smart routing off (`smart_enabled(false)`): what wrapping
+    /// `FutureProducer` costs without the routing (the queue reservation, the delivery guard,
+    /// the route counter).
+    Unrouted,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Smart => "smart",
+            Kind::Plain => "plain",
+            Kind::Unrouted => "unrouted",
+        }
+    }
 }
 
 pub(crate) enum Sender {
@@ -273,6 +287,11 @@ pub fn run(
                 Sender::Smart(p)
             }
             Kind::Plain => Sender::Plain(config.create()?),
+            Kind::Unrouted => Sender::Smart(
+                AsyncSmartProducer::builder(config)
+                    .smart_enabled(false)
+                    .build()?,
+            ),
         })
     })?;
     let keys: Vec<String> = (0..10_000).map(|i| format!("key-{i}")).collect();
@@ -295,6 +314,8 @@ pub struct Row {
     pub keyed: bool,
     /// On the sending thread, per message, plain then smart; two runs each.
     pub caller: [[Counted; 2]; 2],
+    /// On the sending thread, per message, the smart producer with routing off; two runs.
+    pub unrouted: [Counted; 2],
     /// The whole producer process (every thread), plain then smart: the slope between a run
     /// of 10 000 and one of 30 000 messages, so setup and idle work cancel out.
     pub process: [f64; 2],
@@ -506,10 +527,7 @@ fn count(
     command
         .arg(exe)
         .args(["instructions", "--producer"])
-        .arg(match kind {
-            Kind::Smart => "smart",
-            Kind::Plain => "plain",
-        })
+        .arg(kind.name())
         .args(["--partitions", &partitions.to_string()])
         .args(["--messages", &messages.to_string()]);
     if keyed {
@@ -566,6 +584,7 @@ pub fn measure(exe: &Path) -> anyhow::Result<Option<Vec<Row>>> {
     for partitions in [8, 1024] {
         for keyed in [false, true] {
             let mut caller = [[Counted::default(); 2]; 2];
+            let mut unrouted = [Counted::default(); 2];
             let mut process = [0.0; 2];
             let mut runs = Runs::default();
             let mut count = |kind, messages, toggled| {
@@ -582,10 +601,14 @@ pub fn measure(exe: &Path) -> anyhow::Result<Option<Vec<Row>>> {
                 let long = count(kind, 3 * N, false)?.total;
                 process[i] = (long - short) / (2 * N) as f64;
             }
+            for slot in &mut unrouted {
+                *slot = count(Kind::Unrouted, N, true)?.per(N);
+            }
             rows.push(Row {
                 partitions,
                 keyed,
                 caller,
+                unrouted,
                 process,
                 runs,
             });
@@ -601,15 +624,24 @@ impl Row {
             .map(|runs| (figure(&runs[0]) + figure(&runs[1])) / 2.0)
     }
 
-    /// The larger difference between a producer's two runs, relative to their mean.
+    /// The largest difference between a producer's two runs (plain, smart, smart with routing
+    /// off), relative to their mean.
     pub fn spread(&self, figure: impl Fn(&Counted) -> f64) -> f64 {
         self.caller
             .iter()
+            .chain([&self.unrouted])
             .map(|runs| {
                 let (a, b) = (figure(&runs[0]), figure(&runs[1]));
                 (a - b).abs() / ((a + b) / 2.0)
             })
             .fold(0.0, f64::max)
+    }
+
+    /// The smart producer with routing off, on the sending thread outside the allocator: the
+    /// mean of its two runs.
+    pub fn unrouted(&self) -> f64 {
+        let [a, b] = self.unrouted.map(|c| c.outside_allocator());
+        (a + b) / 2.0
     }
 
     /// What the smart producer adds on the sending thread, outside the allocator, relative to
@@ -635,17 +667,18 @@ pub fn table(rows: Option<&[Row]>) -> String {
         return "Not measured: valgrind is not installed (`apt-get install valgrind`).\n".into();
     };
     let mut md = String::from(
-        "| partitions | keys | sending thread, outside the allocator: plain → smart | spread | sending thread, allocator included | spread | whole producer process (rough) |\n|---:|---|---|---:|---|---:|---|\n",
+        "| partitions | keys | sending thread, outside the allocator: plain → smart | spread | of which wrapping `FutureProducer` (smart, routing off) | sending thread, allocator included | spread | whole producer process (rough) |\n|---:|---|---|---:|---|---|---:|---|\n",
     );
     for r in rows {
         let [op, os] = r.means(Counted::outside_allocator);
         let [tp, ts] = r.means(|c| c.total);
         md.push_str(&format!(
-            "| {} | {} | {} | {:.2} % | {} | {:.2} % | {} |\n",
+            "| {} | {} | {} | {:.2} % | {} | {} | {:.2} % | {} |\n",
             r.partitions,
             if r.keyed { "10 000 keys" } else { "none" },
             change(op, os),
             r.spread(Counted::outside_allocator) * 100.0,
+            change(op, r.unrouted()),
             change(tp, ts),
             r.spread(|c| c.total) * 100.0,
             change(r.process[0], r.process[1]),
@@ -666,7 +699,13 @@ pub fn table(rows: Option<&[Row]>) -> String {
          first column, without the allocator (every call from outside it into glibc's \
          `malloc` family, Rust's allocation shims or the counting wrapper this binary installs \
          for its allocation table, with all it calls), then the total with the allocator. Two \
-         runs per producer; the spread is the larger difference between the two. *Whole \
+         runs per producer; the spread is the largest difference between a producer's two. \
+         *Of which wrapping `FutureProducer`*: the smart producer built with \
+         `smart_enabled(false)`, the same `produce` without the routing (the queue reservation, \
+         the guard that keeps a dropped send's report awaited, the route counter, the async \
+         wrapper), against plain; the rest of the smart producer's difference is the routing, \
+         net of librdkafka's partitioner, which a routed send skips by naming its partition. \
+         *Whole \
          producer process*: every thread of it (librdkafka's batching, network \
          and delivery threads too), as the slope between a run of 10 000 and one of 30 000 \
          messages, so that setup cancels out. Work that follows the clock does not: under \
@@ -707,6 +746,7 @@ mod tests {
                 [counted(1300.0, 300.0), counted(1330.0, 320.0)],
                 [counted(1400.0, 300.0), counted(1400.0, 300.0)],
             ],
+            unrouted: [counted(1350.0, 300.0), counted(1350.0, 300.0)],
             process: [2000.0, 2050.0],
             runs: Runs {
                 counted: 8,
@@ -716,7 +756,7 @@ mod tests {
         let md = table(Some(&[row]));
         assert!(
             md.contains(
-                "| 8 | none | 1005 → 1100 (+95, +9.5 %) | 1.00 % | 1315 → 1400 (+85, +6.5 %) | 2.28 % | 2000 → 2050 (+50, +2.5 %) |"
+                "| 8 | none | 1005 → 1100 (+95, +9.5 %) | 1.00 % | 1005 → 1050 (+45, +4.5 %) | 1315 → 1400 (+85, +6.5 %) | 2.28 % | 2000 → 2050 (+50, +2.5 %) |"
             ),
             "{md}"
         );
