@@ -39,8 +39,9 @@ pub struct TopicHealth {
     absorbs_moved_keys: bool,
     by_capacity: bool,
     stale: bool,
-    /// When this health turns stale by itself, in raw ticks of [`clock::global`] (see
-    /// [`stale_in`](Self::stale_in)); [`NEVER`]: only when marked.
+    /// When this health turns stale by itself, in raw ticks of the clock that set it
+    /// ([`clock::global`] for [`stale_in`](Self::stale_in), any for
+    /// [`stale_in_on`](Self::stale_in_on)); [`NEVER`]: only when marked.
     fresh_until: u64,
     cursor: Arc<StickyCursor>,
     /// The last batch [`pick_for_batch`](Self::pick_for_batch) picked for: its number in the

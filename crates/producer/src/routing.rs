@@ -225,6 +225,15 @@ impl Inspect<'_> {
         self.feed().load_full()
     }
 
+    /// A raw reading of the router's clock, the one it judges health's deadlines by (the
+    /// process's without smart routing: its snapshot is empty anyway).
+    fn now(&self) -> u64 {
+        self.0.map_or_else(
+            || ksp_core::clock::global().raw(),
+            |routing| routing.router.now(),
+        )
+    }
+
     pub(crate) fn healthy_partitions(&self, topic: &str) -> Option<Vec<i32>> {
         let routing = self.0?;
         let snapshot = routing.router.feed().load_full();
@@ -237,16 +246,18 @@ impl Inspect<'_> {
 
     pub(crate) fn topic_summary(&self, topic: &str) -> Option<TopicSummary> {
         let snapshot = self.health();
+        let now = self.now();
         snapshot
             .topic(topic)
-            .map(|t| TopicSummary::new(snapshot.version(), t))
+            .map(|t| TopicSummary::at(snapshot.version(), t, now))
     }
 
     pub(crate) fn health_summary(&self) -> Vec<TopicSummary> {
         let snapshot = self.health();
+        let now = self.now();
         let mut topics: Vec<_> = snapshot
             .topics()
-            .map(|t| TopicSummary::new(snapshot.version(), t))
+            .map(|t| TopicSummary::at(snapshot.version(), t, now))
             .collect();
         topics.sort_by(|a, b| a.topic.cmp(&b.topic));
         topics

@@ -65,13 +65,19 @@ pub struct PartitionSummary {
 }
 
 impl TopicSummary {
-    /// Summarizes one topic's health.
+    /// Summarizes one topic's health (stale or not by the process's clock,
+    /// [`ksp_core::clock::global`], the one the health monitor times deadlines by).
     pub fn new(snapshot_version: u64, health: &TopicHealth) -> Self {
+        Self::at(snapshot_version, health, ksp_core::clock::global().raw())
+    }
+
+    /// [`new`](Self::new), stale or not at `now`, a raw reading of a router's clock.
+    pub(crate) fn at(snapshot_version: u64, health: &TopicHealth, now: u64) -> Self {
         let shares = health.keyless_shares();
         Self {
             topic: health.topic().to_owned(),
             snapshot_version,
-            stale: health.is_stale(),
+            stale: health.is_stale_at(now),
             age: health.age(),
             routable: health.routable_partitions().to_vec(),
             total_lag: health

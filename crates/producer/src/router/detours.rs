@@ -15,8 +15,8 @@ pub(crate) struct RoutabilityTracker {
 
 impl RoutabilityTracker {
     /// The partitions of fresh topics that were routable in the previous snapshot and are not
-    /// in `snapshot`; `now` is a raw reading of the router's clock, the one its health
-    /// deadlines are timed by.
+    /// in `snapshot`; `now` is a raw reading of the router's clock, by which the router judges
+    /// its health's deadlines (see [`Router::with_clock`](super::Router::with_clock)).
     pub(crate) fn newly_unroutable(
         &mut self,
         snapshot: &HealthSnapshot,
@@ -95,11 +95,13 @@ mod tests {
 
     /// Health timed by a router's own clock (a mock one here) was judged stale by the
     /// process's clock, so the tracker skipped it and never reported a partition it lost.
+    /// The deadline is a microsecond of the mock clock, which never moves by itself: fresh by
+    /// it, long past by the process's clock (a microsecond after boot).
     #[test]
     fn tracker_judges_staleness_by_the_routers_clock_not_the_process_clock() {
-        let (clock, _mock) = quanta::Clock::mock();
+        let (clock, mock) = quanta::Clock::mock();
         let timed = |healthy: &[bool]| {
-            let t = health("t", healthy).stale_in_on(&clock, std::time::Duration::from_secs(60));
+            let t = health("t", healthy).stale_in_on(&clock, std::time::Duration::from_micros(1));
             HealthSnapshot::new([Arc::new(t)])
         };
         let mut tracker = RoutabilityTracker::default();
@@ -111,5 +113,9 @@ mod tests {
             tracker.newly_unroutable(&next, clock.raw()),
             HashSet::from([(hash, 1)])
         );
+        // Past its deadline by the router's clock: stale, so nothing is judged by it.
+        let last = timed(&[false, true]);
+        mock.increment(std::time::Duration::from_micros(2));
+        assert!(tracker.newly_unroutable(&last, clock.raw()).is_empty());
     }
 }

@@ -88,8 +88,13 @@ impl Router {
         Self::with_clock(feed, config, quanta::Clock::new())
     }
 
-    /// A router whose sticky linger is timed by `clock`: `quanta::Clock::mock()` makes a
-    /// simulation or a test decide when time passes.
+    /// A router timed by `clock`: its sticky linger, and the deadlines of the health it reads
+    /// (`quanta::Clock::mock()` makes a simulation or a test decide when time passes).
+    ///
+    /// Health deadlines are raw readings of the clock that set them
+    /// ([`TopicHealth::stale_in_on`]); the health monitor sets them by
+    /// [`ksp_core::clock::global`], whose raw readings every `quanta::Clock::new()` shares.
+    /// A router on a mock clock must read health timed by that same mock clock.
     pub fn with_clock(
         feed: HealthFeed,
         config: &RouterConfig,
@@ -660,6 +665,10 @@ mod tests {
     use super::*;
 
     fn topic(name: &str, healthy: &[bool]) -> Arc<TopicHealth> {
+        Arc::new(health(name, healthy))
+    }
+
+    fn health(name: &str, healthy: &[bool]) -> TopicHealth {
         let partitions = healthy
             .iter()
             .enumerate()
@@ -671,7 +680,7 @@ mod tests {
                 )
             })
             .collect();
-        Arc::new(TopicHealth::new(name, SystemTime::now(), partitions))
+        TopicHealth::new(name, SystemTime::now(), partitions)
     }
 
     fn router() -> (HealthPublisher, Router) {
@@ -1036,6 +1045,19 @@ mod tests {
         );
     }
 
+    /// Waits (at most a second) for the follower to forget detours until `expected` keys are
+    /// remembered as moved, and checks it did.
+    async fn assert_moved_keys_become(router: &Router, expected: u64) {
+        for _ in 0..200 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            router.run_pending_tasks();
+            if router.moved_keys() == expected {
+                break;
+            }
+        }
+        assert_eq!(router.moved_keys(), expected);
+    }
+
     #[tokio::test]
     async fn detours_to_partitions_that_turn_unhealthy_are_dropped_on_notification() {
         let (mut publisher, router) = router();
@@ -1060,16 +1082,48 @@ mod tests {
             .count() as u64;
         assert!(to_two > 0);
         publish(&mut publisher, &[true, false, false, true]);
-        for _ in 0..200 {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            router.run_pending_tasks();
-            if router.moved_keys() == before - to_two {
-                break;
-            }
-        }
-        assert_eq!(router.moved_keys(), before - to_two);
+        assert_moved_keys_become(&router, before - to_two).await;
         drop(publisher);
         follower.await.unwrap();
+    }
+
+    /// The detour follower judged staleness by the process's clock: a router on a mock clock,
+    /// fed health timed by that clock, saw it stale and never forgot detours to partitions it
+    /// lost. The deadline is a microsecond of the mock clock, which never moves by itself:
+    /// fresh by it, long past by the process's clock.
+    #[tokio::test]
+    async fn detours_are_dropped_by_the_routers_clock_not_the_process_clock() {
+        let (clock, _mock) = quanta::Clock::mock();
+        let (mut publisher, feed) = health_channel();
+        let router =
+            Arc::new(Router::with_clock(feed, &RouterConfig::default(), clock.clone()).unwrap());
+        // Owns the publisher: dropping it ends the follower.
+        let mut publish = move |healthy: &[bool]| {
+            let health =
+                health("t", healthy).stale_in_on(&clock, std::time::Duration::from_micros(1));
+            publisher.publish(HealthSnapshot::new([Arc::new(health)]));
+        };
+        let follower = tokio::spawn(router.clone().follow_health());
+        publish(&[true, false, true, true]);
+        let keys: Vec<Vec<u8>> = (0..200)
+            .map(|i| format!("key-{i}").into_bytes())
+            .filter(|k| router.partitioner().home(Some(k), 4) == Some(1))
+            .collect();
+        let to_two = keys
+            .iter()
+            .filter(|k| router.route("t", None, Some(k), 10).partition == Some(2))
+            .count() as u64;
+        assert!(to_two > 0);
+        router.run_pending_tasks();
+        let before = router.moved_keys();
+        assert_eq!(before, keys.len() as u64);
+        publish(&[true, false, false, true]);
+        assert_moved_keys_become(&router, before - to_two).await;
+        drop(publish);
+        tokio::time::timeout(std::time::Duration::from_secs(10), follower)
+            .await
+            .expect("the follower ends with its feed")
+            .unwrap();
     }
 
     fn strict_router() -> (HealthPublisher, Router) {
