@@ -6,9 +6,10 @@
 //! entering and leaving *every* function that matches):
 //!
 //! 1. `ksp_measured_sends`: each send up to its enqueue. Its `produce`/`send` future is boxed
-//!    (as `tokio::spawn` would) and polled once: the local queue's reservation (smart producer
-//!    only), the routing layer (smart only), librdkafka's partitioner (plain only: the smart
-//!    producer names the partition), and librdkafka's enqueue (`rd_kafka_producev`).
+//!    (as `tokio::spawn` would) and polled once: the local queue's reservation (the smart
+//!    producer, routing on or off), the routing layer (smart with routing on) or librdkafka's
+//!    partitioner (plain, and smart with routing off: a routed send names the partition), and
+//!    librdkafka's enqueue (`rd_kafka_producev`).
 //! 2. `ksp_measured_deliveries`: once every delivery report is in (waited for, not counted),
 //!    each future polled to its end, which takes one poll.
 //!
@@ -565,8 +566,8 @@ fn count(
     Ok((counted, attempt - 1))
 }
 
-/// Every configuration (8 and 1 024 partitions, keyless and keyed, plain and smart), or
-/// `None` when valgrind is not installed.
+/// Every configuration (8 and 1 024 partitions, keyless and keyed; plain, smart, and smart
+/// with routing off), or `None` when valgrind is not installed.
 ///
 /// # Errors
 ///
@@ -652,12 +653,62 @@ impl Row {
     }
 }
 
-/// `a → b (+d, +p %)`.
+/// `a → b (+d, +p %)`: `d` is the difference of the rounded ends shown, so that the cell adds
+/// up; `p` is exact.
 fn change(a: f64, b: f64) -> String {
     format!(
-        "{a:.0} → {b:.0} ({:+.0}, {:+.1} %)",
-        b - a,
+        "{:.0} → {:.0} ({:+.0}, {:+.1} %)",
+        a.round(),
+        b.round(),
+        b.round() - a.round(),
         (b / a - 1.0) * 100.0
+    )
+}
+
+/// `lo–hi`, each with `show`, or one figure when they show the same; `–` without any.
+fn range(values: impl Iterator<Item = f64>, show: impl Fn(f64) -> String) -> String {
+    let Some((lo, hi)) = values.fold(None, |span, v| match span {
+        None => Some((v, v)),
+        Some((lo, hi)) => Some((f64::min(lo, v), f64::max(hi, v))),
+    }) else {
+        return "–".into();
+    };
+    let (lo, hi) = (show(lo), show(hi));
+    if lo == hi {
+        lo
+    } else {
+        format!("{lo} to {hi}")
+    }
+}
+
+/// What the table says of its rows: what wrapping `FutureProducer` adds, and what the routing
+/// adds, keyless and keyed, in instructions a message (from the table's rounded figures).
+fn split(rows: &[Row]) -> String {
+    let plain = |r: &Row| r.means(Counted::outside_allocator)[0];
+    let smart = |r: &Row| r.means(Counted::outside_allocator)[1];
+    let whole = |v: f64| format!("{v:.0}");
+    let routing = |keyed: bool| {
+        range(
+            rows.iter()
+                .filter(|r| r.keyed == keyed)
+                .map(|r| smart(r).round() - r.unrouted().round()),
+            whole,
+        )
+    };
+    format!(
+        "Outside the allocator, with routing off, wrapping `FutureProducer` adds {} instructions \
+         a message ({}); the routing adds the rest, net of librdkafka's partitioner: {} keyless, \
+         {} keyed.\n",
+        range(
+            rows.iter().map(|r| r.unrouted().round() - plain(r).round()),
+            whole
+        ),
+        range(
+            rows.iter().map(|r| r.unrouted() / plain(r) - 1.0),
+            |v| format!("{:+.1} %", v * 100.0)
+        ),
+        routing(false),
+        routing(true),
     )
 }
 
@@ -666,8 +717,9 @@ pub fn table(rows: Option<&[Row]>) -> String {
     let Some(rows) = rows else {
         return "Not measured: valgrind is not installed (`apt-get install valgrind`).\n".into();
     };
-    let mut md = String::from(
-        "| partitions | keys | sending thread, outside the allocator: plain → smart | spread | of which wrapping `FutureProducer` (smart, routing off) | sending thread, allocator included | spread | whole producer process (rough) |\n|---:|---|---|---:|---|---|---:|---|\n",
+    let mut md = split(rows);
+    md.push_str(
+        "\n| partitions | keys | sending thread, outside the allocator: plain → smart | spread | of which wrapping `FutureProducer` (smart, routing off) | sending thread, allocator included | spread | whole producer process (rough) |\n|---:|---|---|---:|---|---|---:|---|\n",
     );
     for r in rows {
         let [op, os] = r.means(Counted::outside_allocator);
@@ -690,8 +742,9 @@ pub fn table(rows: Option<&[Row]>) -> String {
          counted (2 000 messages, or keyed 10 000, every key once), the broker in a child \
          process that valgrind does not trace. *Sending thread*: what the thread that calls \
          `produce`/`send` executes, in two parts: every send polled once, up to its enqueue \
-         (the smart producer's queue reservation and routing, librdkafka's partitioner for the \
-         plain one, librdkafka's enqueue), then, once every delivery report is in, every \
+         (the smart producer's queue reservation, its routing or, for the plain producer and \
+         the smart one with routing off, librdkafka's partitioner, then librdkafka's enqueue), \
+         then, once every delivery report is in, every \
          future polled to its end. No wake-up or executor scheduling that timing decides is \
          inside the count. The heap allocator's instructions still follow timing: glibc's \
          `malloc` costs more or less per call with the state of its heap, which librdkafka's \
@@ -699,7 +752,8 @@ pub fn table(rows: Option<&[Row]>) -> String {
          first column, without the allocator (every call from outside it into glibc's \
          `malloc` family, Rust's allocation shims or the counting wrapper this binary installs \
          for its allocation table, with all it calls), then the total with the allocator. Two \
-         runs per producer; the spread is the largest difference between a producer's two. \
+         runs per producer; the spread is the largest difference between a producer's two (plain, \
+         smart, or smart with routing off). \
          *Of which wrapping `FutureProducer`*: the smart producer built with \
          `smart_enabled(false)`, the same `produce` without the routing (the queue reservation, \
          the guard that keeps a dropped send's report awaited, the route counter, the async \
@@ -712,7 +766,7 @@ pub fn table(rows: Option<&[Row]>) -> String {
          valgrind a longer run takes longer, so librdkafka's timers (and, for the smart \
          producer, its lag reader's threads) stay in the slope, and a timer that fires in one \
          run and not the other moves it either way (it has come out below the sending \
-         thread's own count): one run each, read it as rough, not as the figure. A run fails \
+         thread's own count, and the smart producer's below the plain one's): one run each, read it as rough, not as the figure. A run fails \
          rather than count something else when a send is refused, a future has not ended once \
          every report is in, or a message is lost. A run in which a send's report came back \
          within that send's first poll (valgrind let librdkafka's threads send it and take its \
@@ -746,17 +800,32 @@ mod tests {
                 [counted(1300.0, 300.0), counted(1330.0, 320.0)],
                 [counted(1400.0, 300.0), counted(1400.0, 300.0)],
             ],
-            unrouted: [counted(1350.0, 300.0), counted(1350.0, 300.0)],
+            // Its runs differ most: the spread is theirs.
+            unrouted: [counted(1340.0, 300.0), counted(1370.0, 300.0)],
             process: [2000.0, 2050.0],
             runs: Runs {
                 counted: 8,
                 voided: 1,
             },
         };
-        let md = table(Some(&[row]));
+        let keyed = Row {
+            keyed: true,
+            caller: [row.caller[0], [counted(1500.0, 300.0); 2]],
+            unrouted: [counted(1360.0, 300.0); 2],
+            ..row
+        };
+        let md = table(Some(&[row, keyed]));
         assert!(
             md.contains(
-                "| 8 | none | 1005 → 1100 (+95, +9.5 %) | 1.00 % | 1005 → 1050 (+45, +4.5 %) | 1315 → 1400 (+85, +6.5 %) | 2.28 % | 2000 → 2050 (+50, +2.5 %) |"
+                "| 8 | none | 1005 → 1100 (+95, +9.5 %) | 2.84 % | 1005 → 1055 (+50, +5.0 %) | 1315 → 1400 (+85, +6.5 %) | 2.28 % | 2000 → 2050 (+50, +2.5 %) |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "wrapping `FutureProducer` adds 50 to 55 instructions a message (+5.0 % to \
+                 +5.5 %); the routing adds the rest, net of librdkafka's partitioner: 45 keyless, \
+                 140 keyed."
             ),
             "{md}"
         );
@@ -766,7 +835,9 @@ mod tests {
             row.smart_adds()
         );
         assert!(
-            md.contains("up to 3 times in all. This table counted 8 runs; 1 other was voided so."),
+            md.contains(
+                "up to 3 times in all. This table counted 16 runs; 2 others were voided so."
+            ),
             "{md}"
         );
         assert!(table(None).contains("valgrind is not installed"));
