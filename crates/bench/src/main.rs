@@ -81,23 +81,7 @@ enum Command {
     /// `valgrind --tool=callgrind --collect-atstart=no
     /// --toggle-collect=ksp_bench::instructions::ksp_measured_sends
     /// --toggle-collect=ksp_bench::instructions::ksp_measured_deliveries`).
-    Instructions {
-        /// Which producer.
-        #[arg(long, value_enum)]
-        producer: ksp_bench::instructions::Kind,
-        /// Keyed over 10 000 keys (default keyless).
-        #[arg(long)]
-        keyed: bool,
-        /// Partitions of the topic.
-        #[arg(long, default_value_t = 8)]
-        partitions: i32,
-        /// Messages counted.
-        #[arg(long, default_value_t = 10_000)]
-        messages: usize,
-        /// Bytes of payload per message (`instructions-table` counts 100).
-        #[arg(long, default_value_t = 100)]
-        payload: usize,
-    },
+    Instructions(ksp_bench::instructions::Spec),
     /// Cost of one lag refresh.
     Refresh {
         /// Refreshes per configuration.
@@ -187,18 +171,9 @@ async fn main() -> anyhow::Result<()> {
                 .await??;
             print!("{}", ksp_bench::instructions::table(rows.as_deref()));
         }
-        Command::Instructions {
-            producer,
-            keyed,
-            partitions,
-            messages,
-            payload,
-        } => {
+        Command::Instructions(spec) => {
             let exe = std::env::current_exe()?;
-            tokio::task::spawn_blocking(move || {
-                ksp_bench::instructions::run(producer, keyed, partitions, messages, payload, &exe)
-            })
-            .await??;
+            tokio::task::spawn_blocking(move || ksp_bench::instructions::run(spec, &exe)).await??;
         }
         Command::Refresh { refreshes } => {
             print!("{}", refresh::table(&[8, 256, 1024], refreshes).await?);
@@ -405,13 +380,13 @@ async fn all(root: &Path) -> anyhow::Result<()> {
             )?;
             writeln!(
                 headline,
-                "| the first figure, run to run (largest difference between two runs of one producer: plain, smart, or smart with routing off) | ≤ 0.5 % | {:.2} % | {} |",
+                "| instructions, run to run (largest difference between two runs of one producer: plain, smart, or smart with routing off) | ≤ 0.5 % | {:.2} % | {} |",
                 spread * 100.0,
                 verdict(spread <= 0.005)
             )?;
             writeln!(
                 headline,
-                "| the first figure, heap allocator included (its cost per call follows the machine's timing) | ≤ 3 % | {:+.1} % | {} |",
+                "| instructions, heap allocator included (its cost per call follows the machine's timing) | ≤ 3 % | {:+.1} % | {} |",
                 with_allocator * 100.0,
                 verdict(with_allocator <= 0.03)
             )?;
@@ -421,7 +396,7 @@ async fn all(root: &Path) -> anyhow::Result<()> {
                 .fold(f64::NEG_INFINITY, f64::max);
             writeln!(
                 headline,
-                "| of the first figure, what the smart producer adds with routing off (`smart_enabled(false)`: wrapping `FutureProducer`, the queue reservation, the delivery guard), worst | – | {:+.1} % | |",
+                "| of the instructions, what the smart producer adds with routing off (`smart_enabled(false)`: wrapping `FutureProducer`, the queue reservation, the delivery guard), worst | – | {:+.1} % | |",
                 wrapper * 100.0,
             )?;
         }

@@ -95,8 +95,8 @@ mod tests {
 
     /// Health timed by a router's own clock (a mock one here) was judged stale by the
     /// process's clock, so the tracker skipped it and never reported a partition it lost.
-    /// The deadline is a microsecond of the mock clock, which never moves by itself: fresh by
-    /// it, long past by the process's clock (a microsecond after boot).
+    /// The deadline is 1 000 ticks of the mock clock (a microsecond), which never moves by
+    /// itself: fresh by it, long past by the process's clock (1 000 ticks after boot).
     #[test]
     fn tracker_judges_staleness_by_the_routers_clock_not_the_process_clock() {
         let (clock, mock) = quanta::Clock::mock();
