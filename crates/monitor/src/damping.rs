@@ -20,7 +20,7 @@ use ksp_core::{ConfigError, PartitionHealth};
 /// Only the calculator's verdict is damped: a partition whose leader is unavailable is
 /// unroutable at once, and routable again as soon as its leader is back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct DampingConfig {
     /// The first hold. Default 60 s. Zero disables damping.
@@ -47,21 +47,24 @@ impl DampingConfig {
         let day = Duration::from_secs(24 * 3600);
         if self.recovery_hold > day {
             return Err(ConfigError::duration(
-                "recovery_hold",
+                "damping.recovery_hold",
                 self.recovery_hold,
                 "at most 24h (0 disables damping)",
             ));
         }
         if self.max_hold < self.recovery_hold || self.max_hold > day {
             return Err(ConfigError::duration(
-                "max_hold",
+                "damping.max_hold",
                 self.max_hold,
-                format!("between recovery_hold ({:?}) and 24h", self.recovery_hold),
+                format!(
+                    "between damping.recovery_hold ({:?}) and 24h (default 10 minutes)",
+                    self.recovery_hold
+                ),
             ));
         }
         if self.penalty_half_life < Duration::from_secs(1) || self.penalty_half_life > day {
             return Err(ConfigError::duration(
-                "penalty_half_life",
+                "damping.penalty_half_life",
                 self.penalty_half_life,
                 "between 1s and 24h",
             ));
@@ -492,12 +495,15 @@ mod tests {
             max_hold: Duration::from_secs(1),
             ..DampingConfig::default()
         };
-        assert_eq!(c.validate().unwrap_err().setting, "max_hold");
+        assert_eq!(c.validate().unwrap_err().setting, "damping.max_hold");
         let c = DampingConfig {
             penalty_half_life: Duration::ZERO,
             ..DampingConfig::default()
         };
-        assert_eq!(c.validate().unwrap_err().setting, "penalty_half_life");
+        assert_eq!(
+            c.validate().unwrap_err().setting,
+            "damping.penalty_half_life"
+        );
         DampingConfig::DISABLED.validate().unwrap();
         DampingConfig::default().validate().unwrap();
     }

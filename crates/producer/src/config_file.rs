@@ -376,6 +376,9 @@ impl SmartProducerConfig {
             ));
         }
         self.calculator()?;
+        if let Some(damping) = &self.health_monitor.damping {
+            damping.validate()?;
+        }
         self.router_config().key_order.validate()?;
         #[cfg(feature = "redis")]
         if let Some(redis) = &self.redis {
@@ -642,6 +645,72 @@ mod tests {
         assert!(err.to_string().contains("topicz"), "{err}");
         let err = SmartProducerConfig::parse("cache:\n  size: 3\n", Format::Yaml).unwrap_err();
         assert!(err.to_string().contains("size"), "{err}");
+    }
+
+    /// Bug: `CalculatorConfig` accepted keys it does not have, so a misspelt calculator
+    /// setting silently fell back to its default.
+    #[test]
+    fn unknown_calculator_keys_are_named() {
+        let err = SmartProducerConfig::parse(
+            "topics = [\"t\"]\n[health_monitor]\n\
+             calculator = { kind = \"threshold\", max_lag_for_health = 500 }\n",
+            Format::Toml,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("max_lag_for_health"), "{err}");
+        let err = SmartProducerConfig::parse(
+            "{\"topics\": [\"t\"], \"health_monitor\": \
+             {\"calculator\": {\"kind\": \"relative\", \"hot_factr\": 3}}}",
+            Format::Json,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("hot_factr"), "{err}");
+        // The documented way to switch kinds from the environment: the whole object.
+        let file = "topics = [\"t\"]\n[health_monitor]\n\
+                    calculator = { kind = \"relative\", hot_factor = 3.0 }\n";
+        let env = [(
+            "KSP_HEALTH_MONITOR__CALCULATOR".to_owned(),
+            r#"{"kind":"threshold","max_lag":500}"#.to_owned(),
+        )];
+        let c = SmartProducerConfig::parse_with_env(file, Format::Toml, "test", env).unwrap();
+        assert_eq!(
+            c.health_monitor.calculator,
+            Some(CalculatorConfig::Threshold {
+                health_threshold: ksp_core::ThresholdCalculator::DEFAULT_THRESHOLD,
+                max_lag: 500,
+            })
+        );
+    }
+
+    /// Bug: `damping` needed all three of its keys although each has a default.
+    #[test]
+    fn damping_keys_left_out_take_their_defaults() {
+        let c = SmartProducerConfig::parse(
+            "topics = [\"t\"]\n[health_monitor]\ndamping = { recovery_hold = \"0s\" }\n",
+            Format::Toml,
+        )
+        .unwrap();
+        let damping = c.health_monitor.damping.unwrap();
+        assert_eq!(damping.recovery_hold, Duration::ZERO);
+        assert_eq!(damping.max_hold, DampingConfig::default().max_hold);
+        assert_eq!(
+            damping.penalty_half_life,
+            DampingConfig::default().penalty_half_life
+        );
+        let err = SmartProducerConfig::parse(
+            "topics = [\"t\"]\n[health_monitor]\ndamping = { recovery_hol = \"0s\" }\n",
+            Format::Toml,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("recovery_hol"), "{err}");
+        // A first hold past the default longest one names the key left out, and its default.
+        let err = SmartProducerConfig::parse(
+            "topics = [\"t\"]\n[health_monitor]\ndamping = { recovery_hold = \"15m\" }\n",
+            Format::Toml,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("damping.max_hold"), "{err}");
+        assert!(err.to_string().contains("default 10 minutes"), "{err}");
     }
 
     #[test]
