@@ -249,3 +249,55 @@ fn a_plain_producer_needs_no_routing_settings() {
         .unwrap();
     valid(kafka(&[])).validate().unwrap();
 }
+
+/// Bug: `validate()` (and so `ksp check-config`) skipped the lag reader's checks, which only
+/// `build()` ran: a configuration without brokers passed `validate()` and failed `build()`.
+#[test]
+fn validate_checks_the_lag_readers_settings_like_build() {
+    let no_brokers = || {
+        AsyncSmartProducer::builder(ClientConfig::new())
+            .consumer_group("processors")
+            .topics(["orders"])
+    };
+    let err = no_brokers().validate().unwrap_err();
+    let BuildError::Config(config) = &err else {
+        panic!("not a config error: {err:?}");
+    };
+    assert_eq!(config.setting, "bootstrap.servers", "{err}");
+    // `build` says the same, before it looks for a runtime (there is none here).
+    let err = no_brokers().build().unwrap_err();
+    assert!(
+        matches!(&err, BuildError::Config(c) if c.setting == "bootstrap.servers"),
+        "{err:?}"
+    );
+    // Without smart routing there is no lag reader to check.
+    AsyncSmartProducer::builder(ClientConfig::new())
+        .smart_enabled(false)
+        .validate()
+        .unwrap();
+}
+
+/// Bug: with Redis, `build()` outside a Tokio runtime panicked (the Redis client's connection
+/// task was spawned before the monitor's check for a runtime) instead of failing with
+/// `NoRuntime`.
+#[cfg(feature = "redis")]
+#[test]
+fn building_with_redis_outside_a_runtime_is_an_error_not_a_panic() {
+    use kafka_smart_producer::monitor::MonitorError;
+    use kafka_smart_producer::redis::{L2Error, RedisClient, RedisConfig};
+
+    let built = std::panic::catch_unwind(|| {
+        valid(kafka(&[]))
+            .redis(RedisConfig::new("redis://127.0.0.1:1"))
+            .build()
+    });
+    let err = built.expect("build panicked").unwrap_err();
+    assert!(
+        matches!(err, BuildError::Monitor(MonitorError::NoRuntime)),
+        "{err:?}"
+    );
+    let connected =
+        std::panic::catch_unwind(|| RedisClient::connect(&RedisConfig::new("redis://127.0.0.1:1")));
+    let err = connected.expect("connect panicked").unwrap_err();
+    assert!(matches!(err, L2Error::NoRuntime), "{err:?}");
+}

@@ -118,7 +118,8 @@ fn broken_files_are_refused_with_the_setting_the_value_and_what_is_allowed() {
 fn secrets_are_redacted_and_environment_overrides_apply() {
     let (_dir, path) = file(
         "secret.toml",
-        "topics = [\"t\"]\nconsumer_group = \"g\"\n[kafka]\n\"sasl.password\" = \"hunter2\"\n\
+        "\"bootstrap.servers\" = \"localhost:9092\"\ntopics = [\"t\"]\nconsumer_group = \"g\"\n\
+         [kafka]\n\"sasl.password\" = \"hunter2\"\n\
          [redis]\nurl = \"redis://user:s3cret@redis:6379/0\"\n",
     );
     let (ok, out, err) = ksp(
@@ -156,4 +157,20 @@ fn the_ksp_binary_pulls_no_test_machinery() {
     for test_only in ["ksp-testkit", "testcontainers", "bollard"] {
         assert!(!tree.contains(test_only), "{test_only} in:\n{tree}");
     }
+}
+
+/// Bug: `check-config` passed a file without brokers, which `build()` then refused: it ran
+/// every check but the lag reader's.
+#[test]
+fn a_file_without_brokers_is_refused_like_build_refuses_it() {
+    let (_dir, path) = file(
+        "no-brokers.toml",
+        "topics = [\"t\"]\nconsumer_group = \"g\"\n",
+    );
+    let (ok, _, err) = ksp(&["check-config", &path], &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("invalid `bootstrap.servers` = <unset>"),
+        "{err}"
+    );
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use ksp_core::secret::redact;
 use ksp_core::{ConfigError, HotPartitionCalculator, LagCollector, RelativeCalculator};
-use ksp_monitor::{HealthMonitor, KafkaLagCollector, KafkaLagCollectorBuilder, MonitorConfig};
+use ksp_monitor::{
+    HealthMonitor, KafkaLagCollector, KafkaLagCollectorBuilder, MonitorConfig, MonitorError,
+};
 use rdkafka::ClientConfig;
 use rdkafka::statistics::Statistics;
 use tokio_util::task::AbortOnDropHandle;
@@ -154,8 +156,9 @@ impl AsyncSmartProducerBuilder {
     }
 
     /// Runs every check [`build`](Self::build) runs, librdkafka's own parsing of the client
-    /// settings included, without creating a client or touching the network. Use it to reject a
-    /// bad configuration at startup, or in a test.
+    /// settings included (the producer's, and with smart routing the lag reader's), without
+    /// creating a client or touching the network. Use it to reject a bad configuration at
+    /// startup, or in a test.
     ///
     /// # Errors
     ///
@@ -165,7 +168,10 @@ impl AsyncSmartProducerBuilder {
         self.checked().map(drop)
     }
 
-    fn checked(&self) -> Result<(LocalQueue, RouterConfig), BuildError> {
+    /// The checks, and what they built: the queue mirror, the router's settings and, with
+    /// smart routing, the lag collector (the caller's, or the default one, which creates no
+    /// client until its first collection).
+    fn checked(&self) -> Result<Checked, BuildError> {
         let queue = LocalQueue::new(&self.kafka, self.queue_timeout)?;
         queue.client_config(&self.kafka)?;
         let router = self.router.for_producer(&self.kafka)?;
@@ -181,6 +187,7 @@ impl AsyncSmartProducerBuilder {
                 .into());
             }
         }
+        let mut collector = None;
         if self.smart_enabled {
             ksp_monitor::validate_watch(&self.group, &self.topics)?;
             self.monitor.validate()?;
@@ -196,39 +203,53 @@ impl AsyncSmartProducerBuilder {
                 context: "invalid rdkafka client configuration".into(),
                 source,
             })?;
-        Ok((queue, router))
+        if self.smart_enabled {
+            collector = Some(match &self.collector {
+                Some(collector) => collector.clone(),
+                None => Arc::new(default_collector(&self.kafka, &self.monitor)?),
+            });
+        }
+        Ok(Checked {
+            queue,
+            router,
+            collector,
+        })
     }
 
     /// Validates, and with smart routing spawns the monitor (and the Redis L2) on the current
     /// Tokio runtime: what every producer flavour shares.
     pub(crate) fn into_parts(self) -> Result<Parts, BuildError> {
-        let (queue, router_config) = self.checked()?;
+        let Checked {
+            queue,
+            router: router_config,
+            collector,
+        } = self.checked()?;
         let Self {
             kafka,
-            smart_enabled,
             group,
             topics,
             monitor,
             calculator,
-            collector,
             statistics,
             #[cfg(feature = "redis")]
             redis,
             ..
         } = self;
         let producer_config = queue.client_config(&kafka)?;
-        if !smart_enabled {
+        let Some(collector) = collector else {
+            // Smart routing is off.
             return Ok(Parts {
                 kafka: producer_config,
                 statistics,
                 queue,
                 routing: None,
             });
-        }
-        let collector = match collector {
-            Some(collector) => collector,
-            None => Arc::new(default_collector(&kafka, &monitor)?),
         };
+        // Before anything spawns a task (the Redis client's connection does first), which
+        // would panic outside a runtime.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(MonitorError::NoRuntime.into());
+        }
         #[cfg(feature = "redis")]
         let (collector, mut l2) = match &redis {
             Some(config) => {
@@ -275,15 +296,24 @@ impl AsyncSmartProducerBuilder {
     }
 }
 
+/// What [`AsyncSmartProducerBuilder::checked`] built.
+struct Checked {
+    queue: LocalQueue,
+    router: RouterConfig,
+    /// `None` without smart routing.
+    collector: Option<Arc<dyn LagCollector>>,
+}
+
 /// The collector a producer uses unless given one: Kafka's, its requests timed out at the
 /// collection budget (no request can outlast a collection), which also bounds how long its
 /// librdkafka client keeps a connection that stopped answering (see
-/// [`KafkaLagCollectorBuilder::request_timeout`]).
+/// [`KafkaLagCollectorBuilder::request_timeout`]). A bad setting is a [`BuildError::Config`]
+/// (or [`BuildError::Kafka`]), as the producer's own are.
 fn default_collector(
     kafka: &ClientConfig,
     monitor: &MonitorConfig,
-) -> Result<KafkaLagCollector, ksp_monitor::MonitorError> {
-    KafkaLagCollector::builder(kafka)
+) -> Result<KafkaLagCollector, BuildError> {
+    let collector = KafkaLagCollector::builder(kafka)
         .request_timeout(
             monitor
                 .effective_collect_timeout()
@@ -291,7 +321,12 @@ fn default_collector(
                 // The shortest the collector takes.
                 .max(Duration::from_millis(10)),
         )
-        .build()
+        .build();
+    collector.map_err(|error| match error {
+        MonitorError::Config(config) => BuildError::Config(config),
+        MonitorError::Kafka { context, source } => BuildError::Kafka { context, source },
+        other => BuildError::Monitor(other),
+    })
 }
 
 impl fmt::Debug for AsyncSmartProducerBuilder {

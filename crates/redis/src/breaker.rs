@@ -180,13 +180,18 @@ impl Drop for Permit<'_> {
 
 impl CircuitBreaker {
     /// A closed breaker.
-    pub fn new(config: BreakerConfig) -> Self {
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the setting [`BreakerConfig::validate`] refuses.
+    pub fn new(config: BreakerConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
         // The series exist from the start, so alert rules see the first opening. The gauge
         // counts the open breakers of the process: each breaker adds 1 while it is open (and
         // takes it back when it closes or is dropped), so producers do not overwrite each other.
         metrics::gauge!("ksp_redis_breaker_open").increment(0.0);
         metrics::counter!("ksp_redis_breaker_opened_total").increment(0);
-        Self {
+        Ok(Self {
             config,
             origin: Instant::now(),
             state: Mutex::new(State::Closed {
@@ -195,7 +200,7 @@ impl CircuitBreaker {
             }),
             opened: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
-        }
+        })
     }
 
     /// Permission to call, or `None` to fail fast.
@@ -364,16 +369,34 @@ mod tests {
         }
     }
 
+    /// Bug: a breaker built from settings `validate` refuses panicked once it opened
+    /// (`Instant + Duration::MAX`).
+    #[test]
+    fn a_breaker_from_invalid_settings_is_refused_not_a_panic() {
+        let mut c = config();
+        c.cool_down = Duration::MAX;
+        let Err(err) = CircuitBreaker::new(c) else {
+            panic!("accepted")
+        };
+        assert_eq!(err.setting, "redis.breaker.cool_down");
+        let mut c = config();
+        c.window = Duration::ZERO;
+        let Err(err) = CircuitBreaker::new(c) else {
+            panic!("accepted")
+        };
+        assert_eq!(err.setting, "redis.breaker.window");
+    }
+
     #[test]
     fn stays_closed_below_min_calls_and_below_the_rate() {
-        let b = CircuitBreaker::new(config());
+        let b = CircuitBreaker::new(config()).unwrap();
         let t = b.origin;
         for _ in 0..3 {
             assert!(call(&b, t, false));
         }
         // 3 failures of 3 calls: under min_calls.
         assert_eq!(b.state(), BreakerState::Closed);
-        let b = CircuitBreaker::new(config());
+        let b = CircuitBreaker::new(config()).unwrap();
         for i in 0..100 {
             // One failure in three: under the rate.
             assert!(call(&b, t, i % 3 != 2));
@@ -383,7 +406,7 @@ mod tests {
 
     #[test]
     fn opens_at_the_rate_fails_fast_then_probes_once() {
-        let b = CircuitBreaker::new(config());
+        let b = CircuitBreaker::new(config()).unwrap();
         let t = b.origin;
         assert!(call(&b, t, true));
         assert!(call(&b, t, true));
@@ -430,14 +453,14 @@ mod tests {
             })
         };
         metrics::with_local_recorder(&recorder, || {
-            let first = CircuitBreaker::new(config());
+            let first = CircuitBreaker::new(config()).unwrap();
             let t = first.origin;
             for _ in 0..4 {
                 call(&first, t, false);
             }
             assert_eq!(first.state(), BreakerState::Open);
             assert_eq!(gauge(), Some(1.0));
-            let second = CircuitBreaker::new(config());
+            let second = CircuitBreaker::new(config()).unwrap();
             assert_eq!(gauge(), Some(1.0), "the first breaker is still open");
             for _ in 0..4 {
                 call(&second, t, false);
@@ -462,7 +485,7 @@ mod tests {
 
     #[test]
     fn cancelled_calls_do_not_open_the_breaker() {
-        let b = CircuitBreaker::new(config());
+        let b = CircuitBreaker::new(config()).unwrap();
         for _ in 0..50 {
             drop(b.try_call().expect("closed"));
         }
@@ -478,7 +501,7 @@ mod tests {
     /// timeout would: a call abandoned after its deadline counts as failed.
     #[test]
     fn calls_abandoned_past_their_deadline_open_the_breaker() {
-        let b = CircuitBreaker::new(config());
+        let b = CircuitBreaker::new(config()).unwrap();
         for _ in 0..4 {
             drop(b.try_call_abandoned_after(Instant::now()).expect("closed"));
         }
@@ -487,7 +510,7 @@ mod tests {
 
     #[test]
     fn opens_after_min_calls_failures_in_a_row_despite_earlier_successes() {
-        let b = CircuitBreaker::new(config());
+        let b = CircuitBreaker::new(config()).unwrap();
         let t = b.origin;
         for _ in 0..1000 {
             assert!(call(&b, t, true));
@@ -502,7 +525,7 @@ mod tests {
 
     #[test]
     fn old_failures_age_out_of_the_window() {
-        let b = CircuitBreaker::new(config());
+        let b = CircuitBreaker::new(config()).unwrap();
         let t = b.origin;
         for _ in 0..3 {
             assert!(call(&b, t, false));

@@ -44,10 +44,23 @@ struct Inner {
     failures: AtomicU64,
 }
 
+/// Fails with [`L2Error::NoRuntime`] outside a Tokio runtime, where spawning a task panics.
+pub(crate) fn in_runtime() -> L2Result<()> {
+    tokio::runtime::Handle::try_current()
+        .map(drop)
+        .map_err(|_| L2Error::NoRuntime)
+}
+
 impl RedisClient {
     /// Starts connecting to `config.url` in the background.
+    ///
+    /// # Errors
+    ///
+    /// [`L2Error::Config`] for a bad setting, [`L2Error::Redis`] when fred refuses the
+    /// configuration, [`L2Error::NoRuntime`] outside a Tokio runtime.
     pub fn connect(config: &RedisConfig) -> L2Result<Self> {
         config.validate()?;
+        in_runtime()?;
         let client = builder(config)?.build().map_err(L2Error::Redis)?;
         // Connect in the background: the first connection is retried until it succeeds, later
         // ones by fred's reconnect policy, forever; commands fail fast while the connection is
@@ -72,7 +85,7 @@ impl RedisClient {
                 first_options,
                 ever_connected: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
-                breaker: CircuitBreaker::new(config.breaker),
+                breaker: CircuitBreaker::new(config.breaker)?,
                 config: config.clone(),
                 options,
                 calls: AtomicU64::new(0),

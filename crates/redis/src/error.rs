@@ -17,6 +17,10 @@ pub enum L2Error {
     /// Redis failed, timed out or was unreachable.
     #[error("redis: {0}")]
     Redis(#[source] fred::error::Error),
+    /// Called outside a Tokio runtime: the client's connection (and the fleet's tasks) run
+    /// on one.
+    #[error("no Tokio runtime: the Redis L2 must be started from within one")]
+    NoRuntime,
     /// Redis answered something this crate does not accept.
     #[error("unexpected answer from redis: {0}")]
     Unexpected(String),

@@ -21,6 +21,7 @@ pub(crate) fn listen(
     cancel: CancellationToken,
     on_message: impl Fn(&str) + Send + 'static,
 ) -> L2Result<AbortOnDropHandle<()>> {
+    crate::client::in_runtime()?;
     let subscriber = client.subscriber()?;
     let quit_within = client.config().command_timeout;
     let reconnect_max_delay = client.config().reconnect_max_delay;

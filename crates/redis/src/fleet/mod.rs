@@ -317,7 +317,13 @@ impl FleetCollectorBuilder {
     }
 
     /// Starts the lease and listener tasks. Needs a Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`L2Error::NoRuntime`](crate::L2Error::NoRuntime) outside a Tokio runtime; the
+    /// listener's errors.
     pub fn spawn(self) -> L2Result<FleetCollector> {
+        crate::client::in_runtime()?;
         // The series exist from the start (nothing published or adopted). The leader gauge
         // counts the instances of the process that lead: each adds 1 while it leads.
         metrics::gauge!("ksp_fleet_leader").increment(0.0);
