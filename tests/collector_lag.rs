@@ -576,3 +576,28 @@ async fn an_idle_collector_closes_its_lag_reader_and_reopens_it_when_asked_again
     let recounted = counts_when(&collector, |c| c.offset_fetch > counted.offset_fetch).await;
     assert!(recounted.is_some(), "{:?}", collector.request_counts(GROUP));
 }
+
+/// Bug: a budget too large to add to the clock (`Duration::MAX`, or `ksp lag --timeout` with
+/// a huge value) panicked on `Instant + Duration` instead of meaning "no budget of its own".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_beyond_the_clock_means_no_deadline_not_a_panic() {
+    common::init_tracing();
+    let kafka = MockKafka::start(1).unwrap();
+    let scenario = LagScenario::new("orders", 2)
+        .offsets(0, 10, 4)
+        .offsets(1, 5, 5);
+    scenario.create(&kafka, GROUP).await.unwrap();
+    let collector = KafkaLagCollector::builder(&kafka.client_config())
+        .build()
+        .unwrap();
+    let topics = ["orders".to_owned()];
+    let collected = tokio::spawn(async move {
+        collector
+            .collect(&LagRequest::new(GROUP, &topics, Duration::MAX))
+            .await
+    })
+    .await
+    .expect("collect panicked")
+    .expect("collection succeeds");
+    assert_eq!(collected[0].total_lag(), 6);
+}

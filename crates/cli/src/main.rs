@@ -47,8 +47,8 @@ enum Command {
         #[command(flatten)]
         target: Target,
         /// Read twice, this long apart, to show drain and arrival rates and the predicted
-        /// time-lag (e.g. 10s; consumers that commit every 5 s need at least that).
-        #[arg(long, value_parser = humantime::parse_duration)]
+        /// time-lag (e.g. 10s; consumers that commit every 5 s need at least that; at most 1h).
+        #[arg(long, value_parser = duration_within(Duration::from_millis(10), HOUR))]
         window: Option<Duration>,
     },
     /// Show lag and health per partition, read every --interval, until `q` or Ctrl-C.
@@ -59,8 +59,8 @@ enum Command {
     Watch {
         #[command(flatten)]
         target: Target,
-        /// Time between reads, e.g. 2s, 500ms.
-        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        /// Time between reads, e.g. 2s, 500ms (10ms to 1h).
+        #[arg(long, default_value = "2s", value_parser = duration_within(Duration::from_millis(10), HOUR))]
         interval: Duration,
         /// Print this many tables, then stop (implies --plain; default: until q or Ctrl-C).
         #[arg(long)]
@@ -100,9 +100,30 @@ pub(crate) struct Target {
     /// Extra rdkafka settings, e.g. -X security.protocol=SASL_SSL.
     #[arg(short = 'X', value_parser = key_value)]
     pub(crate) set: Vec<(String, String)>,
-    /// How long one collection may take.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    /// How long one collection may take (10ms to 1h).
+    #[arg(long, default_value = "10s", value_parser = duration_within(Duration::from_millis(10), HOUR))]
     pub(crate) timeout: Duration,
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// A duration flag's parser: humantime's syntax, within `min..=max` (a duration past what the
+/// clock holds would panic where it is added to it).
+fn duration_within(
+    min: Duration,
+    max: Duration,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |text| {
+        let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+        if d < min || d > max {
+            return Err(format!(
+                "expected a duration between {} and {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ));
+        }
+        Ok(d)
+    }
 }
 
 fn key_value(text: &str) -> Result<(String, String), String> {

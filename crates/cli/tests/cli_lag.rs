@@ -101,3 +101,32 @@ fn bad_arguments_are_explained() {
     assert!(!ok);
     assert!(err.contains("median"), "{err}");
 }
+
+/// Bug: `--interval` and `--timeout` took any duration, and one too large to add to the clock
+/// (`ksp watch --interval 10000000000000000000s` in a terminal, `ksp lag --timeout` likewise)
+/// panicked. Out-of-range durations are now refused by name before anything runs.
+#[test]
+fn durations_out_of_range_are_refused_by_name() {
+    let huge = "10000000000000000000s";
+    let target = ["-b", "127.0.0.1:1", "-g", "g", "-t", "orders"];
+    for (command, flag, value) in [
+        ("watch", "--interval", huge),
+        ("watch", "--interval", "0s"),
+        ("lag", "--timeout", huge),
+        ("lag", "--window", huge),
+    ] {
+        let mut args = vec![command, flag, value, "--count", "1"];
+        if command == "lag" {
+            args.truncate(3);
+        }
+        args.extend(target);
+        let out = Command::new(env!("CARGO_BIN_EXE_ksp"))
+            .args(&args)
+            .output()
+            .expect("ksp runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(flag), "{args:?}: {err}");
+        assert!(err.contains("between"), "{args:?}: {err}");
+    }
+}

@@ -156,10 +156,14 @@ impl KafkaLagCollector {
     }
 }
 
+/// A budget that never runs out, and still adds to the clock without overflowing.
+const NO_DEADLINE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 #[async_trait]
 impl LagCollector for KafkaLagCollector {
     async fn collect(&self, request: &LagRequest<'_>) -> Result<Vec<TopicLag>, CollectError> {
-        let deadline = Instant::now() + request.budget;
+        // A budget past what the clock can hold (`Duration::MAX`) means no deadline of its own.
+        let deadline = Instant::now() + request.budget.min(NO_DEADLINE);
         let group = request.group;
         let reader = self.inner.reader(group, HIGH_WATERMARK_READER)?;
         let timeout = self.inner.request_timeout;
