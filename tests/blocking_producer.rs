@@ -141,3 +141,92 @@ async fn built_inside_a_runtime_it_uses_that_runtime() {
         .unwrap()
         .unwrap();
 }
+
+/// Bug: a send from inside a delivery callback (librdkafka's polling thread, the one thread
+/// whose callbacks give queue room back) waited for room while the queue was full: it could
+/// only ever wait out `queue_timeout`, and no delivery report was served meanwhile. It now
+/// fails at once there, as on a one-thread runtime's thread.
+#[test]
+fn a_send_from_a_delivery_callback_never_waits_for_room() {
+    use std::sync::{Arc, OnceLock};
+
+    let kafka = cluster_with_slow_partition();
+    let mut config = kafka.client_config();
+    config.set("queue.buffering.max.messages", "1");
+    let producer = Arc::new(
+        SmartProducer::builder(config)
+            .smart_enabled(false)
+            .queue_timeout(Duration::from_secs(120))
+            .build_blocking()
+            .unwrap(),
+    );
+    // The callback's handle on the producer (dropped with the slot at the end).
+    let slot: Arc<OnceLock<Arc<SmartProducer>>> = Arc::new(OnceLock::new());
+    slot.set(producer.clone()).ok().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let in_callback = slot.clone();
+    producer
+        .send(
+            BaseRecord::<(), _>::to("orders").payload("first"),
+            move |outcome| {
+                outcome.unwrap();
+                // The first message's room is still held (given back after this callback),
+                // so the queue of one is full.
+                let producer = in_callback.get().unwrap();
+                let again =
+                    producer.send(BaseRecord::<(), _>::to("orders").payload("second"), |_| {});
+                tx.send(again.map_err(|e| e.is_queue_full())).unwrap();
+            },
+        )
+        .unwrap();
+    // Well under `queue_timeout`: a send that waited for room would not have answered yet.
+    let again = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the send inside the callback answered without waiting out queue_timeout");
+    assert_eq!(again, Err(true), "refused as queue-full at once");
+    drop(slot);
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
+
+/// The rule above is per producer: from one producer's delivery callback, a send of another
+/// producer still waits for room (its room comes back on its own polling thread).
+#[test]
+fn a_send_from_a_callback_to_another_producer_still_waits_for_room() {
+    use std::sync::{Arc, OnceLock};
+
+    let kafka = cluster_with_slow_partition();
+    let build = || {
+        let mut config = kafka.client_config();
+        config.set("queue.buffering.max.messages", "1");
+        SmartProducer::builder(config)
+            .smart_enabled(false)
+            .queue_timeout(Duration::from_secs(120))
+            .build_blocking()
+            .unwrap()
+    };
+    let first = build();
+    let other: Arc<OnceLock<SmartProducer>> = Arc::new(OnceLock::new());
+    other.set(build()).ok().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let in_callback = other.clone();
+    first
+        .send(
+            BaseRecord::<(), _>::to("orders").payload("first"),
+            move |outcome| {
+                outcome.unwrap();
+                let other = in_callback.get().unwrap();
+                // Takes the other producer's only place; the next send must wait for its
+                // report, which the other producer's own thread serves.
+                other
+                    .send(BaseRecord::<(), _>::to("orders").payload("a"), |_| {})
+                    .unwrap();
+                let waited = other.send(BaseRecord::<(), _>::to("orders").payload("b"), |_| {});
+                tx.send(waited.map_err(|e| e.to_string())).unwrap();
+            },
+        )
+        .unwrap();
+    let waited = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert!(waited.is_ok(), "{waited:?}");
+    first.flush(Duration::from_secs(10)).unwrap();
+    other.get().unwrap().flush(Duration::from_secs(10)).unwrap();
+}

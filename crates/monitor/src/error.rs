@@ -23,12 +23,14 @@ pub enum MonitorError {
     /// The monitor task is no longer running (it was shut down or cancelled).
     #[error("the health monitor has stopped")]
     Stopped,
-    /// Waiting for the monitor here would deadlock: the caller runs on the thread of a
-    /// one-thread Tokio runtime, the one that would have to run the monitor (the blocking
-    /// producer, called from async code).
+    /// The blocking producer may not wait on this thread: it drives a one-thread Tokio
+    /// runtime, the one that would have to run the monitor (the blocking producer, called from
+    /// async code), or it runs one of the producer's callbacks, which would stall its delivery
+    /// reports.
     #[error(
         "cannot wait for the health monitor on this thread: it drives a one-thread Tokio \
-         runtime; call from a plain thread, or use the async producer"
+         runtime or runs one of the producer's callbacks; call from a plain thread, or use the \
+         async producer"
     )]
     WouldBlock,
     /// There is no monitor: smart routing is disabled on this producer.

@@ -57,12 +57,16 @@ impl fmt::Debug for Opaque {
 /// The health monitor needs a Tokio runtime: inside one, it runs there; otherwise the producer
 /// starts a one-thread runtime of its own (thread `ksp-monitor`), stopped by
 /// [`close`](Self::close) or on drop. `send` blocks the calling thread only to wait for queue
-/// room or for a key's first move to be agreed with the fleet; on a thread of a multi-thread
-/// Tokio runtime it waits through `block_in_place`. On the thread of a one-thread runtime,
-/// which is the one that would have to run what it waits for, it never waits: a full queue
-/// fails at once, a key's first move uses the detour already agreed or the local one (so a
-/// key moving for the first time in a fleet may then split), `refresh_health` returns
-/// [`MonitorError::WouldBlock`] and `close` stops the monitor in the background.
+/// room (at most `queue_timeout`), for a key's first move to be agreed with the fleet (a
+/// bounded wait), under strict key order for its key's turn (at most `max_hold`), and, when a
+/// strict-order send is refused for a partition librdkafka does not know yet, for fresh
+/// metadata (at most 5 s). On a thread of a multi-thread Tokio runtime it waits through
+/// `block_in_place`. On the thread of a one-thread runtime, which is the one that would have
+/// to run what it waits for, and inside one of this producer's callbacks (on librdkafka's
+/// polling thread, whose delivery callbacks give queue room back), it never waits: a full queue fails at once, a key's
+/// first move uses the detour already agreed or the local one (so a key moving for the first
+/// time in a fleet may then split), `refresh_health` returns [`MonitorError::WouldBlock`] and
+/// `close` stops the monitor in the background.
 ///
 /// ```no_run
 /// use ksp_producer::blocking::SmartProducer;
@@ -109,8 +113,9 @@ impl SmartProducer {
     /// Hands `record` to librdkafka; `on_delivery` runs (on librdkafka's polling thread) with
     /// where it landed or why it failed. Returns how it was routed.
     ///
-    /// Waits up to `queue_timeout` for room when the local queue is full (not when called from
-    /// a Tokio runtime's thread: see the type's documentation).
+    /// Waits up to `queue_timeout` for room when the local queue is full (not on a one-thread
+    /// Tokio runtime's thread, nor inside one of this producer's callbacks: see the type's
+    /// documentation).
     ///
     /// # Errors
     ///
@@ -160,7 +165,7 @@ impl SmartProducer {
                     // Strict key order: the key must go where it was placed. Partitions were
                     // just added: refused, and librdkafka learns them for the next try (where
                     // this thread may wait for it).
-                    if may_block() {
+                    if self.may_block() {
                         let fetch = || {
                             self.producer
                                 .client()
@@ -208,7 +213,7 @@ impl SmartProducer {
         if let Some(room) = self.queue.try_reserve(payload) {
             return Some(room);
         }
-        if self.queue.timeout().is_zero() || !may_block() {
+        if self.queue.timeout().is_zero() || !self.may_block() {
             return None;
         }
         self.block_on(async {
@@ -234,7 +239,7 @@ impl SmartProducer {
             #[cfg(feature = "redis")]
             Pending::InLine if key.is_some() => {
                 let key = key.unwrap_or_default();
-                if may_block() {
+                if self.may_block() {
                     self.block_on(routing.route_in_line(record.topic, key, size))
                 } else {
                     routing.route_without_waiting(record.topic, key, size)
@@ -242,7 +247,7 @@ impl SmartProducer {
             }
             Pending::Held => {
                 let key = key.unwrap_or_default();
-                if may_block() {
+                if self.may_block() {
                     self.block_on(routing.route_held(record.topic, key, size))
                 } else {
                     routing.route_held_now(record.topic, key, size)
@@ -391,6 +396,17 @@ impl SmartProducer {
         }
     }
 
+    /// Whether this thread may wait: not on a one-thread runtime's thread (the one that would
+    /// have to run what it waits for), nor inside one of this producer's callbacks (on
+    /// librdkafka's polling thread, whose delivery callbacks are what give queue room back and
+    /// report what was written). A plain thread, or a thread of a multi-thread runtime (via
+    /// `block_in_place`), may.
+    fn may_block(&self) -> bool {
+        IN_CALLBACK_OF.get() != self.producer.context().id
+            && Handle::try_current()
+                .map_or(true, |h| h.runtime_flavor() == RuntimeFlavor::MultiThread)
+    }
+
     /// Like [`block_on`](Self::block_on) where blocking is allowed; otherwise `future` is left
     /// to run on its own and `None` comes back at once.
     fn block_on_if_allowed<F>(&self, future: F) -> Option<F::Output>
@@ -398,7 +414,7 @@ impl SmartProducer {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        if may_block() {
+        if self.may_block() {
             Some(self.block_on(future))
         } else {
             drop(self.handle.spawn(future));
@@ -407,11 +423,25 @@ impl SmartProducer {
     }
 }
 
-/// Whether this thread may wait for the monitor's runtime: a plain thread, or a thread of a
-/// multi-thread Tokio runtime (via `block_in_place`). Not the thread of a one-thread runtime,
-/// which is the only one that could run what it would wait for.
-fn may_block() -> bool {
-    Handle::try_current().map_or(true, |h| h.runtime_flavor() == RuntimeFlavor::MultiThread)
+thread_local! {
+    /// The producer whose callback this thread runs now (its [`CallbackContext::id`]); 0 for
+    /// none.
+    static IN_CALLBACK_OF: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks this thread as running a callback of producer `id`, until dropped (also on a panic).
+struct InCallback(u64);
+
+impl InCallback {
+    fn enter(id: u64) -> Self {
+        Self(IN_CALLBACK_OF.replace(id))
+    }
+}
+
+impl Drop for InCallback {
+    fn drop(&mut self) {
+        IN_CALLBACK_OF.set(self.0);
+    }
 }
 
 fn parts<'a, K, P, D>(record: &BaseRecord<'a, K, P, D>) -> RecordParts<'a, K, P>
@@ -435,6 +465,9 @@ where
 #[derive(Default)]
 pub struct CallbackContext {
     statistics: Option<crate::context::OnStatistics>,
+    /// This producer, to its callbacks: a send from one of them never waits (see
+    /// [`SmartProducer::may_block`]).
+    id: u64,
 }
 
 impl std::fmt::Debug for CallbackContext {
@@ -447,6 +480,7 @@ impl std::fmt::Debug for CallbackContext {
 
 impl ClientContext for CallbackContext {
     fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        let _in_callback = InCallback::enter(self.id);
         crate::context::on_statistics(self.statistics.as_ref(), &statistics);
     }
 }
@@ -480,7 +514,11 @@ impl ProducerContext for CallbackContext {
         };
         // The room is given back when the opaque is dropped, after the callback.
         // A panicking callback must not take librdkafka's polling thread down with it.
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(outcome))).is_err() {
+        let run = std::panic::AssertUnwindSafe(|| {
+            let _in_callback = InCallback::enter(self.id);
+            callback(outcome);
+        });
+        if std::panic::catch_unwind(run).is_err() {
             tracing::error!("a delivery callback panicked");
         }
         drop(opaque);
@@ -562,10 +600,12 @@ impl AsyncSmartProducerBuilder {
             let _entered = handle.enter();
             self.into_parts()?
         };
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let producer: ThreadedProducer<CallbackContext, NoCustomPartitioner> = parts
             .kafka
             .create_with_context(CallbackContext {
                 statistics: parts.statistics,
+                id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             })
             .map_err(|source| BuildError::Kafka {
                 context: "creating the rdkafka producer".into(),
