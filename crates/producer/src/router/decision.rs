@@ -33,8 +33,9 @@ pub enum Route {
     /// A keyless message, sent to the current sticky partition, chosen among the healthy
     /// partitions with probability proportional to health.
     Sticky,
-    /// A keyed message whose home partition is healthy: it goes home (librdkafka's
-    /// partitioner picks it, exactly as without this library).
+    /// A keyed message whose home partition is healthy: it goes home, the partition
+    /// librdkafka's partitioner would hash it to, exactly as without this library (named on
+    /// the record, so librdkafka's partitioner does not run).
     Home,
     /// A keyed message whose home partition is unhealthy, sent to its detour.
     Moved,
