@@ -277,15 +277,21 @@ impl Ledger {
                 result.duplicated.push(id);
             }
             match &entry.outcome {
-                Outcome::Delivered { partition, offset } => match &copies[..] {
-                    [] if *offset == NO_OFFSET => result.acknowledged_unwritten.push(id),
-                    [] => result.lost.push(id),
+                Outcome::Delivered { partition, offset } => {
                     // Delivered without an offset: where the partition says is all it told.
-                    [(p, o), ..] if p == partition && (o == offset || *offset == NO_OFFSET) => {
+                    let reported = |&(p, o): &(i32, i64)| {
+                        p == *partition && (o == *offset || *offset == NO_OFFSET)
+                    };
+                    if copies.is_empty() && *offset == NO_OFFSET {
+                        result.acknowledged_unwritten.push(id);
+                    } else if copies.is_empty() {
+                        result.lost.push(id);
+                    } else if copies.iter().any(reported) {
                         result.delivered_found += 1;
+                    } else {
+                        result.misplaced.push(id);
                     }
-                    _ => result.misplaced.push(id),
-                },
+                }
                 Outcome::Failed { .. } if !copies.is_empty() => result.failed_but_written.push(id),
                 _ => {}
             }
