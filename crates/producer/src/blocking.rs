@@ -63,10 +63,10 @@ impl fmt::Debug for Opaque {
 /// metadata (at most 5 s). On a thread of a multi-thread Tokio runtime it waits through
 /// `block_in_place`. On the thread of a one-thread runtime, which is the one that would have
 /// to run what it waits for, and inside one of this producer's callbacks (on librdkafka's
-/// polling thread, whose delivery callbacks give queue room back), it never waits: a full queue fails at once, a key's
-/// first move uses the detour already agreed or the local one (so a key moving for the first
-/// time in a fleet may then split), `refresh_health` returns [`MonitorError::WouldBlock`] and
-/// `close` stops the monitor in the background.
+/// polling thread, whose delivery callbacks give queue room back), it never waits: a full
+/// queue fails at once, a key's first move uses the detour already agreed or the local one (so
+/// a key moving for the first time in a fleet may then split), `refresh_health` returns
+/// [`MonitorError::WouldBlock`] and `close` stops the monitor in the background.
 ///
 /// ```no_run
 /// use ksp_producer::blocking::SmartProducer;

@@ -187,7 +187,6 @@ impl AsyncSmartProducerBuilder {
                 .into());
             }
         }
-        let mut collector = None;
         if self.smart_enabled {
             ksp_monitor::validate_watch(&self.group, &self.topics)?;
             self.monitor.validate()?;
@@ -203,12 +202,11 @@ impl AsyncSmartProducerBuilder {
                 context: "invalid rdkafka client configuration".into(),
                 source,
             })?;
-        if self.smart_enabled {
-            collector = Some(match &self.collector {
-                Some(collector) => collector.clone(),
-                None => Arc::new(default_collector(&self.kafka, &self.monitor)?),
-            });
-        }
+        let collector = match (&self.collector, self.smart_enabled) {
+            (_, false) => None,
+            (Some(collector), true) => Some(collector.clone()),
+            (None, true) => Some(Arc::new(default_collector(&self.kafka, &self.monitor)?) as _),
+        };
         Ok(Checked {
             queue,
             router,
@@ -307,13 +305,12 @@ struct Checked {
 /// The collector a producer uses unless given one: Kafka's, its requests timed out at the
 /// collection budget (no request can outlast a collection), which also bounds how long its
 /// librdkafka client keeps a connection that stopped answering (see
-/// [`KafkaLagCollectorBuilder::request_timeout`]). A bad setting is a [`BuildError::Config`]
-/// (or [`BuildError::Kafka`]), as the producer's own are.
+/// [`KafkaLagCollectorBuilder::request_timeout`]).
 fn default_collector(
     kafka: &ClientConfig,
     monitor: &MonitorConfig,
-) -> Result<KafkaLagCollector, BuildError> {
-    let collector = KafkaLagCollector::builder(kafka)
+) -> Result<KafkaLagCollector, MonitorError> {
+    KafkaLagCollector::builder(kafka)
         .request_timeout(
             monitor
                 .effective_collect_timeout()
@@ -321,12 +318,7 @@ fn default_collector(
                 // The shortest the collector takes.
                 .max(Duration::from_millis(10)),
         )
-        .build();
-    collector.map_err(|error| match error {
-        MonitorError::Config(config) => BuildError::Config(config),
-        MonitorError::Kafka { context, source } => BuildError::Kafka { context, source },
-        other => BuildError::Monitor(other),
-    })
+        .build()
 }
 
 impl fmt::Debug for AsyncSmartProducerBuilder {

@@ -25,9 +25,10 @@ pub enum BuildError {
         #[source]
         source: KafkaError,
     },
-    /// The health monitor could not be started.
+    /// The health monitor could not be started (its setting errors are [`Config`](Self::Config)
+    /// and its Kafka client's [`Kafka`](Self::Kafka), as the producer's own are).
     #[error(transparent)]
-    Monitor(#[from] MonitorError),
+    Monitor(MonitorError),
     /// The blocking producer's own runtime thread (for its monitor) could not start.
     #[error("starting the health monitor's runtime thread")]
     Runtime(#[source] std::io::Error),
@@ -36,6 +37,16 @@ pub enum BuildError {
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     #[error("redis")]
     Redis(#[source] ksp_redis::L2Error),
+}
+
+impl From<MonitorError> for BuildError {
+    fn from(error: MonitorError) -> Self {
+        match error {
+            MonitorError::Config(config) => Self::Config(config),
+            MonitorError::Kafka { context, source } => Self::Kafka { context, source },
+            other => Self::Monitor(other),
+        }
+    }
 }
 
 /// A message that could not be produced, handed back with the reason.

@@ -165,15 +165,12 @@ impl Reconciliation {
     }
 }
 
-/// librdkafka's offset of a message delivered without one (`RD_KAFKA_OFFSET_INVALID`).
-const NO_OFFSET: i64 = -1001;
-
-/// Whether `copies` (sorted) of a message reported at `(partition, offset)` are the embedded
-/// broker's retry of its batch: two copies, both on that partition, the reported one second
-/// (a retry writes the batch again, later in the same partition; never elsewhere, never
-/// earlier).
-fn is_retry_copy(copies: &[(i32, i64)], partition: i32, offset: i64) -> bool {
-    matches!(copies, [(p0, o0), (p1, o1)] if *p0 == partition && *p1 == partition && *o1 == offset && o0 < o1)
+/// Whether a message found at `first`, reported at `reported` (partition, offset), is a batch
+/// written twice: on the same partition, the reported copy after the first (librdkafka's retry
+/// writes a batch again; it never moves a message to another partition or back in the log).
+/// The soak's accounting and the ledger's share this rule.
+pub(crate) fn is_retry_copy(first: (i32, i64), reported: (i32, i64)) -> bool {
+    first.0 == reported.0 && first.1 < reported.1
 }
 
 impl Ledger {
@@ -267,8 +264,11 @@ impl Ledger {
         for (&id, entry) in entries.iter() {
             let copies = seen.get_mut(&id).map_or(&mut [][..], Vec::as_mut_slice);
             copies.sort_unstable();
-            if let Outcome::Delivered { partition, offset } = entry.outcome
-                && is_retry_copy(copies, partition, offset)
+            // Exactly two copies, the reported one second: the broker's retry.
+            if let (Outcome::Delivered { partition, offset }, [first, second]) =
+                (&entry.outcome, &copies[..])
+                && *second == (*partition, *offset)
+                && is_retry_copy(*first, *second)
             {
                 result.retry_copies.push(id);
                 continue;
@@ -278,11 +278,12 @@ impl Ledger {
             }
             match &entry.outcome {
                 Outcome::Delivered { partition, offset } => {
-                    // Delivered without an offset: where the partition says is all it told.
-                    let reported = |&(p, o): &(i32, i64)| {
-                        p == *partition && (o == *offset || *offset == NO_OFFSET)
-                    };
-                    if copies.is_empty() && *offset == NO_OFFSET {
+                    // Delivered without an offset (negative, as the soak reads it): where the
+                    // partition says is all it told.
+                    let no_offset = *offset < 0;
+                    let reported =
+                        |&(p, o): &(i32, i64)| p == *partition && (o == *offset || no_offset);
+                    if copies.is_empty() && no_offset {
                         result.acknowledged_unwritten.push(id);
                     } else if copies.is_empty() {
                         result.lost.push(id);

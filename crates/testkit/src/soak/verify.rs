@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::ledger::is_retry_copy;
+
 /// How long a read by the group waits before it is judged: its message's delivery report
 /// (which says whose it is) must be in by then.
 const REPORT_GRACE: Duration = Duration::from_secs(5);
@@ -688,13 +690,6 @@ fn shrink_map<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
     if map.capacity() > shrink_above(map.len()) {
         map.shrink_to(2 * map.len());
     }
-}
-
-/// Whether a message found at `first`, reported at `reported`, is a batch written twice: on
-/// the same partition, the reported copy after the first (librdkafka's retry writes a batch
-/// again; it never moves a message to another partition or back in the log).
-fn is_retry_copy(first: At, reported: At) -> bool {
-    first.0 == reported.0 && first.1 < reported.1
 }
 
 fn epoch_ms() -> i64 {
