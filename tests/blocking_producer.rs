@@ -142,6 +142,18 @@ async fn built_inside_a_runtime_it_uses_that_runtime() {
         .unwrap();
 }
 
+/// A producer without routing whose local queue holds one message, and whose sends wait
+/// for room up to 120 s.
+fn one_message_queue(kafka: &MockKafka) -> SmartProducer {
+    let mut config = kafka.client_config();
+    config.set("queue.buffering.max.messages", "1");
+    SmartProducer::builder(config)
+        .smart_enabled(false)
+        .queue_timeout(Duration::from_secs(120))
+        .build_blocking()
+        .unwrap()
+}
+
 /// Bug: a send from inside a delivery callback (librdkafka's polling thread, the one thread
 /// whose callbacks give queue room back) waited for room while the queue was full: it could
 /// only ever wait out `queue_timeout`, and no delivery report was served meanwhile. It now
@@ -151,15 +163,7 @@ fn a_send_from_a_delivery_callback_never_waits_for_room() {
     use std::sync::{Arc, OnceLock};
 
     let kafka = cluster_with_slow_partition();
-    let mut config = kafka.client_config();
-    config.set("queue.buffering.max.messages", "1");
-    let producer = Arc::new(
-        SmartProducer::builder(config)
-            .smart_enabled(false)
-            .queue_timeout(Duration::from_secs(120))
-            .build_blocking()
-            .unwrap(),
-    );
+    let producer = Arc::new(one_message_queue(&kafka));
     // The callback's handle on the producer (dropped with the slot at the end).
     let slot: Arc<OnceLock<Arc<SmartProducer>>> = Arc::new(OnceLock::new());
     slot.set(producer.clone()).ok().unwrap();
@@ -195,18 +199,9 @@ fn a_send_from_a_callback_to_another_producer_still_waits_for_room() {
     use std::sync::{Arc, OnceLock};
 
     let kafka = cluster_with_slow_partition();
-    let build = || {
-        let mut config = kafka.client_config();
-        config.set("queue.buffering.max.messages", "1");
-        SmartProducer::builder(config)
-            .smart_enabled(false)
-            .queue_timeout(Duration::from_secs(120))
-            .build_blocking()
-            .unwrap()
-    };
-    let first = build();
+    let first = one_message_queue(&kafka);
     let other: Arc<OnceLock<SmartProducer>> = Arc::new(OnceLock::new());
-    other.set(build()).ok().unwrap();
+    other.set(one_message_queue(&kafka)).ok().unwrap();
     let (tx, rx) = mpsc::channel();
     let in_callback = other.clone();
     first
